@@ -1,0 +1,99 @@
+"""The Python API behind the CLI, for notebooks and scripts.
+
+>>> from delineo import api
+>>> result = api.contour("ct.nii.gz", "out/")              # doctest: +SKIP
+>>> result["structures"]["PTV70"]["volume_cc"]             # doctest: +SKIP
+>>> report = api.evaluate("cxr-jsrt", "data/jsrt", "r.json")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from delineo.contours.overview import write_overview
+from delineo.data.io import Image, read_image, write_mask
+from delineo.errors import InputError
+from delineo.inference.predictor import Predictor
+from delineo.metrics.evaluate import evaluate
+from delineo.metrics.segmentation import volume_cc
+from delineo.models.registry import available_models
+from delineo.training.loop import train
+
+DEFAULT_MODELS = {2: "cxr-jsrt", 3: "hn-ct"}
+
+__all__ = ["contour", "contour_image", "default_model", "evaluate", "train"]
+
+
+def default_model(spatial_dims: int) -> str:
+    """The bundled model used when none is named: ``hn-ct`` for 3D CT, ``cxr-jsrt`` for 2D X-rays."""
+    name = DEFAULT_MODELS[spatial_dims]
+    if name not in available_models():
+        raise InputError(None, f"no bundled {spatial_dims}D model {name!r}; bundled: {', '.join(available_models()) or 'none'} (use --model)")
+    return name
+
+
+def contour_image(
+    image: Image,
+    out_dir: str | Path,
+    *,
+    predictor: Predictor,
+    structures: Sequence[str] | None = None,
+    source: str = "",
+    overview: bool = True,
+) -> dict[str, Any]:
+    """Contour an in-memory image and write ``segmentations/<ROI>.nii.gz``, ``summary.json`` and
+    overview PNGs into ``out_dir``. Returns the summary (volumes in cc, or cm² for 2D)."""
+    out_dir = Path(out_dir)
+    seg_dir = out_dir / "segmentations"
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    masks = predictor.predict(image, structures)
+    t0 = time.perf_counter()
+    files = {}
+    for name, mask in masks.items():
+        files[name] = str(write_mask(seg_dir / f"{name}.nii.gz", mask, image))
+    unit = "cc" if image.array.ndim == 3 else "cm2"
+    summary = {
+        "input": source,
+        "model": predictor.bundle.name,
+        "device": str(predictor.device),
+        "spacing_mm": list(image.spacing_mm),
+        "shape": list(image.shape),
+        "structures": {
+            name: {
+                f"volume_{unit}": round(volume_cc(mask, image.spacing_mm), 3),
+                "roi_type": predictor.bundle.meta.get("roi_types", {}).get(name, "ORGAN"),
+                "empty": not bool(mask.any()),
+                "file": files[name],
+            }
+            for name, mask in masks.items()
+        },
+    }
+    if overview:
+        summary["overview"] = [str(p) for p in write_overview(image, masks, out_dir, title=f"{Path(source).name} — {predictor.bundle.name}")]
+    predictor.timings["write"] = time.perf_counter() - t0
+    summary["seconds"] = {k: round(v, 4) for k, v in predictor.timings.items()}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def contour(
+    input_path: str | Path,
+    out_dir: str | Path,
+    *,
+    model: str | None = None,
+    device: str = "auto",
+    structures: Sequence[str] | None = None,
+    overview: bool = True,
+) -> dict[str, Any]:
+    """Contour a NIfTI CT (or a PNG X-ray) with a bundled or given model; see :func:`contour_image`."""
+    t0 = time.perf_counter()
+    image = read_image(input_path)
+    read_s = time.perf_counter() - t0
+    predictor = Predictor(model or default_model(image.array.ndim), device)
+    summary = contour_image(image, out_dir, predictor=predictor, structures=structures, source=str(input_path), overview=overview)
+    summary["seconds"]["read"] = round(read_s, 4)
+    (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,3 @@
+"""Command-line interface (placeholder, filled below)."""
+def main():
+    pass

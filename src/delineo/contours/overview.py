@@ -1,0 +1,128 @@
+"""Overview images: the image in a display window with each structure's outline in its fixed colour.
+
+3D volumes get one panel per view (axial, coronal, sagittal) through the centre of the
+contoured structures, in radiological convention (patient right on the image left,
+anterior/superior at the top), with the voxel aspect ratio respected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from delineo.contours.colors import structure_color
+from delineo.data.io import Image
+
+SOFT_TISSUE_WINDOW = (40.0, 400.0)  # level, width in HU
+VIEWS = ("axial", "coronal", "sagittal")
+
+
+def _to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    ras = nib.orientations.axcodes2ornt(("R", "A", "S"))
+    return nib.orientations.apply_orientation(array, nib.orientations.ornt_transform(ornt, ras))
+
+
+def _ras_spacing(affine: np.ndarray) -> np.ndarray:
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    out = np.zeros(3)
+    for i, (axis, _) in enumerate(ornt):
+        out[int(axis)] = spacing[i]
+    return out
+
+
+def _slice(vol: np.ndarray, view: str, index: int) -> np.ndarray:
+    # RAS array -> 2D display array with rows top->bottom, cols left->right
+    if view == "axial":
+        s = vol[:, :, index]
+    elif view == "coronal":
+        s = vol[:, index, :]
+    else:
+        s = vol[index, :, :]
+    return s.T[::-1, ::-1]
+
+
+def write_overview(
+    image: Image,
+    masks: dict[str, np.ndarray],
+    out_dir: str | Path,
+    *,
+    window: tuple[float, float] | None = None,
+    title: str = "",
+    per_view: bool = True,
+) -> list[Path]:
+    """Write ``overview.png`` (all views side by side) and, for 3D, ``overview_<view>.png``.
+
+    window: (level, width) of the display window; default soft tissue (40, 400) HU for 3D and
+    the full range for 2D images. Returns the written paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(masks)
+    colors = {n: np.array(structure_color(n, i)) / 255.0 for i, n in enumerate(names)}
+    handles = [Line2D([0], [0], color=colors[n], lw=3, label=n) for n in names if masks[n].any()]
+
+    if image.array.ndim == 2:
+        level, width = window or (float(image.array.max() + image.array.min()) / 2, float(np.ptp(image.array)) or 1.0)
+        panels = [("image", image.array.astype(float), {n: m for n, m in masks.items()}, 1.0)]
+    else:
+        level, width = window or SOFT_TISSUE_WINDOW
+        vol = _to_ras(image.array.astype(np.float32), image.affine)
+        ras_masks = {n: _to_ras(m.astype(bool), image.affine) for n, m in masks.items()}
+        sx, sy, sz = _ras_spacing(image.affine)
+        union = np.zeros(vol.shape, bool)
+        for m in ras_masks.values():
+            union |= m
+        centre = [int(round(c)) for c in (np.argwhere(union).mean(0) if union.any() else np.array(vol.shape) / 2)]
+        aspects = {"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy}
+        index = {"axial": centre[2], "coronal": centre[1], "sagittal": centre[0]}
+        panels = [
+            (v, _slice(vol, v, index[v]), {n: _slice(m, v, index[v]) for n, m in ras_masks.items()}, aspects[v])
+            for v in VIEWS
+        ]
+
+    def draw(ax, name, img2d, masks2d, aspect):
+        ax.imshow(img2d, cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=aspect, interpolation="nearest")
+        for n, m in masks2d.items():
+            if m.any():
+                ax.contour(m.astype(float), levels=[0.5], colors=[colors[n]], linewidths=1.2)
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+
+    written: list[Path] = []
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.6, 4.6), squeeze=False)
+    for ax, (name, img2d, m2d, aspect) in zip(axes[0], panels):
+        draw(ax, name, img2d, m2d, aspect)
+    if handles:
+        fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.86 if handles else 1, 0.95))
+    path = out_dir / "overview.png"
+    fig.savefig(path, dpi=100, facecolor="white")
+    plt.close(fig)
+    written.append(path)
+    if per_view and len(panels) > 1:
+        for name, img2d, m2d, aspect in panels:
+            fig, ax = plt.subplots(figsize=(6.2, 5.2))
+            draw(ax, name, img2d, m2d, aspect)
+            if handles:
+                ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+            fig.tight_layout()
+            p = out_dir / f"overview_{name}.png"
+            fig.savefig(p, dpi=100, facecolor="white")
+            plt.close(fig)
+            written.append(p)
+    return written

@@ -1,0 +1,174 @@
+"""Inference: raw image -> model grid -> network -> input grid -> thresholded, cleaned masks.
+
+Stages (timed separately, see :attr:`Predictor.timings`):
+
+1. ``preprocess``  intensity normalisation and resampling to the model's ``spacing_mm``
+2. ``model``       whole-volume or MONAI sliding-window inference, optional mirroring TTA
+3. ``postprocess`` probabilities resampled to the input grid, threshold, keep the N largest
+                   connected components per structure (MONAI ``KeepLargestConnectedComponent``)
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from contextlib import nullcontext
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from monai.transforms import KeepLargestConnectedComponent
+
+from delineo.data.io import Image
+from delineo.data.transforms import preprocess, resample
+from delineo.errors import InputError
+from delineo.models.registry import ModelBundle, load_model
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto``/None -> cuda when available, else cpu."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(None, f"device {device!r} requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def _pad_to_multiple(x: torch.Tensor, k: int) -> tuple[torch.Tensor, list[slice]]:
+    spatial = x.shape[2:]
+    target = [int(np.ceil(s / k) * k) for s in spatial]
+    pads: list[int] = []
+    for s, t in reversed(list(zip(spatial, target))):
+        pads += [(t - s) // 2, t - s - (t - s) // 2]
+    crop = [slice(None), slice(None)] + [slice((t - s) // 2, (t - s) // 2 + s) for s, t in zip(spatial, target)]
+    return (F.pad(x, pads, mode="replicate") if any(pads) else x), crop
+
+
+@torch.no_grad()
+def predict_probabilities(
+    network: torch.nn.Module,
+    image: torch.Tensor,
+    *,
+    patch_size: Sequence[int] | None = None,
+    overlap: float = 0.5,
+    mirror: bool = False,
+    amp: bool = False,
+    sw_batch_size: int = 2,
+) -> torch.Tensor:
+    """Sigmoid probabilities ``(B, C, *spatial)`` for a normalised batch ``(B, 1, *spatial)``.
+
+    patch_size: ``None`` runs the whole image at once (padded to the network's divisor);
+    otherwise MONAI sliding-window inference with Gaussian blending and ``overlap``.
+    mirror: average over all 2**ndim flips of the spatial axes (nnU-Net-style TTA).
+    """
+    network.eval()
+    divisor = network.spec.divisor
+    autocast = (
+        torch.autocast(device_type=image.device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    )
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            if patch_size is None:
+                xp, crop = _pad_to_multiple(x, divisor)
+                return network(xp)[tuple(crop)].float()
+            return sliding_window_inference(
+                x, roi_size=list(patch_size), sw_batch_size=sw_batch_size, predictor=network,
+                overlap=overlap, mode="gaussian",
+            ).float()
+
+    spatial_axes = list(range(2, image.ndim))
+    flips: list[tuple[int, ...]] = [()]
+    if mirror:
+        flips = [c for r in range(len(spatial_axes) + 1) for c in itertools.combinations(spatial_axes, r)]
+    total = None
+    for axes in flips:
+        x = torch.flip(image, axes) if axes else image
+        p = torch.sigmoid(run(x))
+        p = torch.flip(p, axes) if axes else p
+        total = p if total is None else total + p
+    return total / len(flips)
+
+
+def keep_largest_components(masks: np.ndarray, structures: Sequence[str], keep: dict[str, int]) -> np.ndarray:
+    """Keep the ``keep[name]`` largest connected components of each listed structure.
+
+    masks: bool ``(C, *spatial)``; structures not in ``keep`` are left as they are.
+    """
+    out = masks.copy()
+    for c, name in enumerate(structures):
+        n = keep.get(name)
+        if n and out[c].any():
+            tool = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, num_components=int(n))
+            out[c] = np.asarray(tool(torch.as_tensor(out[c][None].astype(np.uint8))))[0].astype(bool)
+    return out
+
+
+class Predictor:
+    """Contour images with a model folder.
+
+    >>> predictor = Predictor("cxr-jsrt")              # doctest: +SKIP
+    >>> masks = predictor.predict(read_image("x.png"))  # doctest: +SKIP  {roi_name: bool array}
+    """
+
+    def __init__(
+        self,
+        model: ModelBundle | str,
+        device: str | None = "auto",
+        *,
+        patch_size: Sequence[int] | None | str = "model",
+        overlap: float | None = None,
+        mirror: bool | None = None,
+        threshold: float | None = None,
+        amp: bool | None = None,
+    ):
+        self.device = resolve_device(device)
+        self.bundle = model if isinstance(model, ModelBundle) else load_model(model, self.device)
+        self.bundle.to(self.device)
+        cfg = self.bundle.inference
+        self.patch_size = cfg.get("patch_size") if patch_size == "model" else patch_size
+        self.overlap = float(cfg.get("overlap", 0.5) if overlap is None else overlap)
+        self.mirror = bool(cfg.get("mirror", False) if mirror is None else mirror)
+        self.threshold = float(cfg.get("threshold", 0.5) if threshold is None else threshold)
+        self.amp = bool(self.device.type == "cuda" if amp is None else amp)
+        self.timings: dict[str, float] = {}
+
+    @property
+    def structures(self) -> list[str]:
+        return self.bundle.structures
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def probabilities_on_model_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised ``(1, *spatial)`` on the model grid -> probabilities ``(C, *spatial)``."""
+        return predict_probabilities(
+            self.bundle.network, x[None].to(self.device), patch_size=self.patch_size,
+            overlap=self.overlap, mirror=self.mirror, amp=self.amp,
+        )[0]
+
+    def predict(self, image: Image, structures: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Masks on ``image``'s grid: ``{roi_name: bool array of image.shape}``."""
+        spatial_dims = self.bundle.spec.spatial_dims
+        if image.array.ndim != spatial_dims:
+            raise InputError(None, f"model {self.bundle.name} expects {spatial_dims}D images, got shape {image.shape}")
+        wanted = list(structures) if structures else self.structures
+        unknown = sorted(set(wanted) - set(self.structures))
+        if unknown:
+            raise InputError(None, f"model {self.bundle.name} has no structure(s) {', '.join(unknown)}")
+        t0 = time.perf_counter()
+        x = preprocess(image.array[None], image.spacing_mm, self.bundle.preprocess)
+        t1 = time.perf_counter()
+        probs = self.probabilities_on_model_grid(x)
+        self._sync()
+        t2 = time.perf_counter()
+        probs = resample(probs, image.shape, "linear")
+        masks = (probs >= self.threshold).cpu().numpy()
+        masks = keep_largest_components(masks, self.structures, self.bundle.postprocess.get("keep_largest", {}))
+        t3 = time.perf_counter()
+        self.timings = {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2}
+        index = {name: i for i, name in enumerate(self.structures)}
+        return {name: masks[index[name]] for name in wanted}

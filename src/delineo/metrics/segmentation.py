@@ -1,0 +1,109 @@
+"""Segmentation metrics for one structure: prediction and reference are boolean arrays on one grid.
+
+All computations go through MONAI (``compute_dice``, ``compute_hausdorff_distance``,
+``compute_average_surface_distance``, ``compute_surface_dice``) with the voxel spacing, so
+distances are in mm. Empty masks are decided here, before MONAI sees them (MONAI returns
+NaN/inf with warnings for those), with these conventions:
+
+=================  =====  ======  =====  ============
+case               dice   hd95    asd    surface dice
+=================  =====  ======  =====  ============
+both empty         1.0    0.0     0.0    1.0
+one of them empty  0.0    inf     inf    0.0
+=================  =====  ======  =====  ============
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.metrics import (
+    compute_average_surface_distance,
+    compute_dice,
+    compute_hausdorff_distance,
+    compute_surface_dice,
+)
+
+
+def _pair(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    p = torch.as_tensor(np.asarray(pred) if not isinstance(pred, torch.Tensor) else pred).bool()
+    r = torch.as_tensor(np.asarray(ref) if not isinstance(ref, torch.Tensor) else ref).bool()
+    if p.shape != r.shape:
+        raise ValueError(f"prediction shape {tuple(p.shape)} != reference shape {tuple(r.shape)}")
+    return p[None, None].float(), r[None, None].float()
+
+
+def _empties(pred, ref) -> tuple[bool, bool]:
+    return not bool(np.any(np.asarray(pred))), not bool(np.any(np.asarray(ref)))
+
+
+def dice(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> float:
+    """Dice = 2|P∩R| / (|P|+|R|); 1.0 when both are empty."""
+    p, r = _pair(pred, ref)
+    return float(compute_dice(p, r, include_background=True, ignore_empty=False)[0, 0])
+
+
+def dice_per_structure(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Dice per sample and structure. pred, ref: ``(B, C, *spatial)`` binary -> ``(B, C)`` float."""
+    return compute_dice(pred.float(), ref.float(), include_background=True, ignore_empty=False)
+
+
+def _distance(fn, pred, ref, spacing_mm: Sequence[float], **kwargs) -> float:
+    pe, re = _empties(pred, ref)
+    if pe and re:
+        return 0.0
+    if pe or re:
+        return math.inf
+    p, r = _pair(pred, ref)
+    return float(fn(p, r, include_background=True, spacing=[float(s) for s in spacing_mm], **kwargs)[0, 0])
+
+
+def hd95(pred, ref, spacing_mm: Sequence[float]) -> float:
+    """95th-percentile symmetric Hausdorff distance between surfaces, in mm."""
+    return _distance(compute_hausdorff_distance, pred, ref, spacing_mm, percentile=95)
+
+
+def average_surface_distance(pred, ref, spacing_mm: Sequence[float]) -> float:
+    """Symmetric average surface distance, in mm."""
+    return _distance(compute_average_surface_distance, pred, ref, spacing_mm, symmetric=True)
+
+
+def surface_dice(pred, ref, spacing_mm: Sequence[float], tolerance_mm: float = 2.0) -> float:
+    """Normalised surface Dice: fraction of both surfaces within ``tolerance_mm`` of the other."""
+    pe, re = _empties(pred, ref)
+    if pe and re:
+        return 1.0
+    if pe or re:
+        return 0.0
+    p, r = _pair(pred, ref)
+    # MONAI's surface Dice expects one-hot input with a background channel it can skip
+    p2 = torch.cat([1 - p, p], dim=1)
+    r2 = torch.cat([1 - r, r], dim=1)
+    value = compute_surface_dice(
+        p2, r2, class_thresholds=[float(tolerance_mm)], include_background=False, spacing=[float(s) for s in spacing_mm]
+    )
+    return float(value[0, 0])
+
+
+def volume_cc(mask: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """Volume in cm³ (cc) of a 3D mask; for a 2D mask, area in cm²."""
+    return float(np.count_nonzero(mask)) * float(np.prod(spacing_mm)) / (1000.0 if len(spacing_mm) == 3 else 100.0)
+
+
+def structure_metrics(pred, ref, spacing_mm: Sequence[float], tolerance_mm: float = 2.0) -> dict[str, float]:
+    """All metrics for one structure: dice, hd95_mm, asd_mm, surface_dice, volume difference."""
+    pred = np.asarray(pred).astype(bool)
+    ref = np.asarray(ref).astype(bool)
+    v_pred, v_ref = volume_cc(pred, spacing_mm), volume_cc(ref, spacing_mm)
+    return {
+        "dice": dice(pred, ref),
+        "hd95_mm": hd95(pred, ref, spacing_mm),
+        "asd_mm": average_surface_distance(pred, ref, spacing_mm),
+        "surface_dice": surface_dice(pred, ref, spacing_mm, tolerance_mm),
+        "volume_pred_cc": v_pred,
+        "volume_ref_cc": v_ref,
+        "volume_diff_cc": v_pred - v_ref,
+    }

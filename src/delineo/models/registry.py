@@ -1,0 +1,115 @@
+"""Model folders: ``models/<name>/model.json`` + ``weights.safetensors``.
+
+``model.json`` holds everything needed to use the weights again: the network spec, the
+ordered structure names, preprocessing (spacing, intensity), inference and post-processing
+settings, and the record of how it was trained (data, command, seed, time, hardware) with
+its validation metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from delineo.errors import InputError
+from delineo.models.networks import NetworkSpec, SegUNet, build_network
+from delineo.settings import models_dir
+
+MODEL_JSON = "model.json"
+WEIGHTS = "weights.safetensors"
+
+
+@dataclass
+class ModelBundle:
+    """A trained network with its metadata. ``meta`` is the parsed ``model.json``."""
+
+    path: Path | None
+    meta: dict[str, Any]
+    network: SegUNet
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.path.name if self.path else "model")
+
+    @property
+    def structures(self) -> list[str]:
+        return list(self.meta["structures"])
+
+    @property
+    def spec(self) -> NetworkSpec:
+        return self.network.spec
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        return self.meta.get("preprocess", {})
+
+    @property
+    def inference(self) -> dict[str, Any]:
+        return self.meta.get("inference", {})
+
+    @property
+    def postprocess(self) -> dict[str, Any]:
+        return self.meta.get("postprocess", {})
+
+    def to(self, device: str | torch.device) -> "ModelBundle":
+        self.network.to(device)
+        return self
+
+
+def available_models() -> list[str]:
+    """Names of the bundled models (folders under ``models/`` with a ``model.json``)."""
+    root = models_dir()
+    return sorted(p.name for p in root.iterdir() if (p / MODEL_JSON).is_file()) if root.is_dir() else []
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A model folder from a bundled name (``cxr-jsrt``) or a path."""
+    p = Path(name_or_path).expanduser()
+    if (p / MODEL_JSON).is_file():
+        return p
+    bundled = models_dir() / str(name_or_path)
+    if (bundled / MODEL_JSON).is_file():
+        return bundled
+    names = ", ".join(available_models()) or "none"
+    raise InputError(p, f"no model folder here and no bundled model of that name (bundled: {names})")
+
+
+def save_model(folder: str | Path, network: SegUNet, meta: dict[str, Any]) -> Path:
+    """Write ``model.json`` and ``weights.safetensors`` (float32) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta)
+    meta["network"] = network.spec.to_dict()
+    state = {k: v.detach().float().cpu().contiguous() for k, v in network.state_dict().items()}
+    tmp = folder / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(folder / WEIGHTS)
+    (folder / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load a model folder by bundled name or path, in eval mode on ``device``."""
+    folder = resolve_model(name_or_path)
+    try:
+        meta = json.loads((folder / MODEL_JSON).read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(folder / MODEL_JSON, f"not valid JSON ({exc})") from exc
+    for key in ("structures", "network"):
+        if key not in meta:
+            raise InputError(folder / MODEL_JSON, f"missing required key {key!r}")
+    network = build_network(meta["network"])
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise InputError(weights, "weights file is missing")
+    try:
+        network.load_state_dict(load_file(str(weights)))
+    except Exception as exc:
+        raise InputError(weights, f"weights do not fit the network in model.json ({exc})") from exc
+    network.eval()
+    return ModelBundle(folder, meta, network).to(device)

@@ -1,0 +1,116 @@
+"""Training configuration, read from YAML. Paths may use ``${DELINEO_DATA}``.
+
+Example (``configs/cxr-jsrt.yaml``)::
+
+    name: cxr-jsrt
+    output: models/cxr-jsrt
+    data: {train: "${DELINEO_DATA}/jsrt", val_fraction: 0.15, structures: [lung, heart, clavicle]}
+    network: {spatial_dims: 2, channels: [16, 32, 64, 96, 128]}
+    preprocess: {intensity: {kind: window, low: 0, high: 255}}
+    training: {epochs: 60, batch_size: 8, loss: dice_bce, schedule: poly}
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from delineo.errors import ConfigError, InputError
+from delineo.settings import expand
+
+
+def _from_dict(cls, d: dict[str, Any] | None, where: str):
+    d = dict(d or {})
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(names))})")
+    return cls(**d)
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    val: str | None = None  # a separate folder; otherwise ``val_fraction`` of ``train`` is held out
+    val_fraction: float = 0.15
+    split_seed: int = 0
+    structures: list[str] | None = None
+    pixel_spacing_mm: float = 1.0  # for PNG datasets
+    train_cases: list[str] | None = None  # restrict (e.g. for quick runs)
+    max_cases: int | None = None
+    max_val_cases: int | None = None
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 50
+    batch_size: int = 8
+    steps_per_epoch: int | None = None  # None: one pass over the training cases
+    patch_size: list[int] | None = None  # None: whole images
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 3e-5
+    schedule: str = "poly"  # poly | cosine_restarts | cyclic | constant
+    cycle_epochs: int = 10  # period of cosine_restarts / cyclic
+    loss: str = "dice_bce"  # dice | dice_bce
+    augment: str = "default"  # default | none
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    val_every: int = 1
+    num_workers: int = 0
+    threads: int | None = None
+    weighting: dict[str, Any] | None = None  # {kind: uniform} or a registered strategy, e.g. qam
+    label_noise: dict[str, Any] | None = None  # synthetic label corruption of training samples
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    output: str
+    data: DataConfig
+    network: dict[str, Any] = field(default_factory=dict)
+    preprocess: dict[str, Any] = field(default_factory=lambda: {"intensity": {"kind": "window", "low": 0, "high": 255}})
+    inference: dict[str, Any] = field(default_factory=dict)
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    work_dir: str | None = None  # checkpoints; default runs/<name>
+    description: str = ""
+    roi_types: dict[str, str] = field(default_factory=dict)  # roi_name -> PTV / CTV / GTV / ORGAN
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "TrainConfig":
+        d = dict(d)
+        for key in ("name", "output", "data"):
+            if key not in d:
+                raise ConfigError(f"{where}: missing required setting {key!r}")
+        d["data"] = _from_dict(DataConfig, d["data"], f"{where}: data")
+        d["training"] = _from_dict(TrainingConfig, d.get("training"), f"{where}: training")
+        cfg = _from_dict(cls, d, where)
+        cfg.data.train = expand(cfg.data.train)
+        if cfg.data.val:
+            cfg.data.val = expand(cfg.data.val)
+        cfg.output = expand(cfg.output)
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text())
+        except FileNotFoundError as exc:
+            raise InputError(path, "config file does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise InputError(path, f"not valid YAML ({exc})") from exc
+        if not isinstance(d, dict):
+            raise InputError(path, "config must be a YAML mapping")
+        try:
+            return cls.from_dict(d, where=str(path))
+        except TypeError as exc:
+            raise InputError(path, str(exc)) from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

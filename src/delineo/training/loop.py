@@ -1,0 +1,370 @@
+"""The one training loop: 2D and 3D, plain and noisy-label (via a sample-weighting strategy).
+
+``train(config)`` loads and preprocesses the cases once (in memory), trains with MONAI
+augmentation, validates every ``val_every`` epochs with the same inference code the product
+uses, keeps the best weights by mean validation Dice (unknown structures ignored), checkpoints
+every epoch to ``work_dir`` and resumes from there, and writes the model folder, training
+curves (PNG) and history (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from delineo.data.datasets import SegmentationDataset, open_dataset, split_cases
+from delineo.data.transforms import preprocess, preprocess_labels, training_augmentation
+from delineo.errors import ConfigError
+from delineo.inference.predictor import predict_probabilities, resolve_device
+from delineo.metrics.segmentation import dice_per_structure
+from delineo.models.networks import NetworkSpec, build_network, count_parameters
+from delineo.models.registry import save_model
+from delineo.training.config import TrainConfig
+from delineo.training.losses import SegmentationLoss, deep_supervision_loss
+from delineo.training.weighting import build_weighting
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy, PyTorch and MONAI's transforms."""
+    from monai.utils import set_determinism
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    set_determinism(seed=seed)
+
+
+class PreparedCases(Dataset):
+    """Cases preprocessed to the model grid and held in memory.
+
+    Items: ``{"image": float32 (1, *sp), "label": uint8 (C, *sp), "present": bool (C,), "case": str}``;
+    ``transform`` (MONAI, dict-based) is applied to a copy on every access.
+    """
+
+    def __init__(self, dataset: SegmentationDataset, preprocess_spec: dict[str, Any], desc: str = "loading"):
+        self.items: list[dict[str, Any]] = []
+        self.transform: Callable | None = None
+        for i in tqdm(range(len(dataset)), desc=desc, leave=False, disable=None):
+            s = dataset[i]
+            self.items.append(
+                {
+                    "image": preprocess(s["image"], s["spacing_mm"], preprocess_spec),
+                    "label": preprocess_labels(s["label"], s["spacing_mm"], preprocess_spec),
+                    "present": torch.as_tensor(s["present"]),
+                    "case": s["case"],
+                }
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.items[i]
+        if self.transform is None:
+            return dict(item)
+        out = self.transform({"image": item["image"], "label": item["label"]})
+        return {
+            "image": torch.as_tensor(out["image"]).float(),
+            "label": torch.as_tensor(out["label"]).to(torch.uint8),
+            "present": item["present"],
+            "case": item["case"],
+        }
+
+
+def _optimizer(cfg, params) -> torch.optim.Optimizer:
+    t = cfg.training
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.99, nesterov=True, weight_decay=t.weight_decay)
+    raise ConfigError(f"unknown optimizer {t.optimizer!r} (adam, adamw, sgd)")
+
+
+def _scheduler(cfg, optimizer, total_steps: int, steps_per_epoch: int):
+    """Per-step LR schedule: poly (nnU-Net), cosine_restarts (SGDR), cyclic (triangular), constant."""
+    t = cfg.training
+    cycle = max(1, t.cycle_epochs * steps_per_epoch)
+    if t.schedule == "poly":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - min(s, total_steps) / total_steps) ** 0.9)
+    if t.schedule == "cosine_restarts":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=cycle, eta_min=t.lr * 0.01)
+    if t.schedule == "cyclic":
+        return torch.optim.lr_scheduler.CyclicLR(
+            optimizer, base_lr=t.lr * 0.1, max_lr=t.lr, step_size_up=max(1, cycle // 2), mode="triangular",
+            cycle_momentum=t.optimizer == "sgd",
+        )
+    if t.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    raise ConfigError(f"unknown schedule {t.schedule!r} (poly, cosine_restarts, cyclic, constant)")
+
+
+@torch.no_grad()
+def validate(network, cases: PreparedCases, inference: dict[str, Any], device, amp: bool) -> dict[str, Any]:
+    """Dice per structure on the model grid, over cases where the structure is contoured.
+
+    Returns ``{"per_structure": [C floats or nan], "mean": float}``.
+    """
+    sums = None
+    counts = None
+    for item in cases.items:
+        probs = predict_probabilities(
+            network, item["image"][None].to(device), patch_size=inference.get("patch_size"),
+            overlap=float(inference.get("overlap", 0.5)), amp=amp,
+        )
+        pred = probs >= float(inference.get("threshold", 0.5))
+        d = dice_per_structure(pred.cpu(), item["label"][None].bool())[0].double()
+        p = item["present"].double()
+        sums = d * p if sums is None else sums + d * p
+        counts = p if counts is None else counts + p
+    per = (sums / counts.clamp_min(1)).tolist()
+    per = [v if c > 0 else float("nan") for v, c in zip(per, counts.tolist())]
+    valid = [v for v in per if not math.isnan(v)]
+    return {"per_structure": per, "mean": float(np.mean(valid)) if valid else float("nan")}
+
+
+def plot_curves(history: list[dict[str, Any]], structures: list[str], path: Path) -> None:
+    """Training loss and validation Dice per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(epochs, [h["loss"] for h in history], label="train loss")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.set_title("training loss"), ax1.grid(alpha=0.3)
+    val = [h for h in history if h.get("val_dice") is not None]
+    if val:
+        for c, name in enumerate(structures):
+            ax2.plot([h["epoch"] for h in val], [h["val_dice"][c] for h in val], label=name, alpha=0.7)
+        ax2.plot([h["epoch"] for h in val], [h["val_mean_dice"] for h in val], "k-", lw=2, label="mean")
+        ax2.set_ylim(0, 1), ax2.legend(fontsize=7, ncol=2)
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("Dice"), ax2.set_title("validation Dice"), ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def hardware_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    import os
+
+    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
+
+
+def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str | None = None) -> Path:
+    """Train a model from a config (object or YAML path); return the model folder."""
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config)
+    t = cfg.training
+    device = resolve_device(t.device)
+    if t.threads:
+        torch.set_num_threads(int(t.threads))
+    seed_everything(t.seed)
+    amp = bool(t.amp and device.type == "cuda")
+
+    # ---- data -----------------------------------------------------------------------------
+    full = open_dataset(cfg.data.train, cfg.data.structures, cfg.data.train_cases, cfg.data.pixel_spacing_mm)
+    structures = full.structures
+    if cfg.data.val:
+        train_ids = list(full.cases)
+        val_ds = open_dataset(cfg.data.val, structures, None, cfg.data.pixel_spacing_mm)
+        val_ids = list(val_ds.cases)
+    else:
+        train_ids, val_ids = split_cases(full.cases, cfg.data.val_fraction, cfg.data.split_seed)
+        val_ds = open_dataset(cfg.data.train, structures, val_ids, cfg.data.pixel_spacing_mm)
+    if cfg.data.max_cases:
+        train_ids = train_ids[: cfg.data.max_cases]
+    if cfg.data.max_val_cases:
+        val_ids = val_ids[: cfg.data.max_val_cases]
+        val_ds = open_dataset(val_ds.root, structures, val_ids, cfg.data.pixel_spacing_mm)
+    train_ds = open_dataset(cfg.data.train, structures, train_ids, cfg.data.pixel_spacing_mm)
+    train_cases = PreparedCases(train_ds, cfg.preprocess, "loading training cases")
+    val_cases = PreparedCases(val_ds, cfg.preprocess, "loading validation cases")
+
+    noise_records = None
+    if t.label_noise:
+        from delineo.data.noise import corrupt_labels
+
+        ln = dict(t.label_noise)
+        labels, noise_records = corrupt_labels(
+            [it["case"] for it in train_cases.items],
+            [it["label"].numpy() for it in train_cases.items],
+            [it["present"].numpy() for it in train_cases.items],
+            fraction=float(ln.get("fraction", 0.5)),
+            radius=tuple(ln.get("radius", (1, 8))),
+            seed=int(ln.get("seed", t.seed)),
+        )
+        for it, lab in zip(train_cases.items, labels):
+            it["label"] = torch.as_tensor(lab, dtype=torch.uint8)
+
+    spatial_dims = train_cases.items[0]["image"].ndim - 1
+    spec = NetworkSpec.from_dict({"spatial_dims": spatial_dims, "in_channels": 1, "out_channels": len(structures), **cfg.network})
+    if spec.spatial_dims != spatial_dims:
+        raise ConfigError(f"network.spatial_dims={spec.spatial_dims} but the data is {spatial_dims}D")
+    spec.out_channels = len(structures)
+    patch = t.patch_size
+    if patch is None:
+        shapes = {tuple(it["image"].shape[1:]) for it in train_cases.items}
+        if len(shapes) > 1:
+            raise ConfigError(f"training images differ in size {sorted(shapes)[:3]}...; set training.patch_size")
+        patch = [int(math.ceil(s / spec.divisor) * spec.divisor) for s in next(iter(shapes))]
+    if any(p % spec.divisor for p in patch):
+        raise ConfigError(f"training.patch_size {patch} must be a multiple of {spec.divisor}")
+    train_cases.transform = training_augmentation(spatial_dims, patch, t.augment)
+
+    # ---- model, loss, weighting, optimiser ---------------------------------------------------
+    network = build_network(spec).to(device)
+    weighting = build_weighting(t.weighting, in_channels=1 + len(structures), n_structures=len(structures), spatial_dims=spatial_dims).to(device)
+    if t.batch_size < weighting.min_batch_size:
+        raise ConfigError(
+            f"weighting {type(weighting).__name__} compares samples within a batch: batch_size must be >= "
+            f"{weighting.min_batch_size}, got {t.batch_size}"
+        )
+    loss_fn = SegmentationLoss(t.loss)
+    optimizer = _optimizer(cfg, list(network.parameters()) + list(weighting.parameters()))
+    generator = torch.Generator().manual_seed(t.seed)
+    loader = DataLoader(
+        train_cases, batch_size=t.batch_size, shuffle=True, drop_last=len(train_cases) >= t.batch_size,
+        num_workers=t.num_workers, generator=generator, collate_fn=_collate,
+    )
+    steps_per_epoch = t.steps_per_epoch or max(1, len(loader))
+    total_steps = steps_per_epoch * t.epochs
+    scheduler = _scheduler(cfg, optimizer, total_steps, steps_per_epoch)
+
+    work_dir = Path(cfg.work_dir or Path("runs") / cfg.name)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    output = Path(cfg.output)
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best": -1.0, "best_epoch": None, "seconds": 0.0}
+    ckpt_path = work_dir / CHECKPOINT
+    config_dict = cfg.to_dict()
+    if resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt.get("config") == config_dict:
+            network.load_state_dict(ckpt["network"])
+            weighting.load_state_dict(ckpt["weighting"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            state = ckpt["state"]
+            generator.set_state(ckpt["generator"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            np.random.set_state(ckpt["numpy_rng"])
+            random.setstate(ckpt["python_rng"])
+            print(f"resuming {cfg.name} from epoch {state['epoch']} ({ckpt_path})", file=sys.stderr)
+        else:
+            print(f"checkpoint {ckpt_path} is for a different config: starting afresh", file=sys.stderr)
+
+    meta = {
+        "name": cfg.name,
+        "description": cfg.description,
+        "structures": structures,
+        "roi_types": cfg.roi_types,
+        "preprocess": cfg.preprocess,
+        "inference": {"patch_size": None, "overlap": 0.5, "mirror": False, "threshold": 0.5, **cfg.inference},
+        "postprocess": cfg.postprocess,
+        "training": {
+            "data": {"train": cfg.data.train, "n_train": len(train_ids), "val": cfg.data.val or f"{cfg.data.val_fraction:.0%} of train, split seed {cfg.data.split_seed}",
+                     "n_val": len(val_ids), "val_cases": val_ids},
+            "config": config_dict,
+            "command": command or "delineo train --config <config>",
+            "seed": t.seed,
+            "device": str(device),
+            "hardware": hardware_description(device),
+            "parameters": count_parameters(network),
+            "label_noise": [asdict(r) for r in noise_records] if noise_records else None,
+        },
+    }
+
+    # ---- loop ------------------------------------------------------------------------------
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp else nullcontext()
+    bar = tqdm(range(state["epoch"], t.epochs), desc=f"train {cfg.name}", initial=state["epoch"], total=t.epochs, disable=None)
+    for epoch in bar:
+        network.train()
+        weighting.train()
+        t_start = time.perf_counter()
+        losses = []
+        it = iter(loader)
+        for _ in range(steps_per_epoch):
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(loader)
+                batch = next(it)
+            image = batch["image"].to(device)
+            label = batch["label"].to(device)
+            present = batch["present"].to(device)
+            with autocast:
+                outputs = network(image)
+                per_sample = deep_supervision_loss(loss_fn, outputs, label, present)
+                weights = weighting(image, label, present, per_sample)
+                loss = (weights * per_sample).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss))
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
+        if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
+            v = validate(network, val_cases, meta["inference"], device, amp)
+            record["val_dice"] = v["per_structure"]
+            record["val_mean_dice"] = v["mean"]
+            if v["mean"] > state["best"]:
+                state["best"], state["best_epoch"] = v["mean"], epoch + 1
+                meta["training"]["best_epoch"] = epoch + 1
+                meta["validation"] = {
+                    "mean_dice_model_grid": v["mean"],
+                    "dice_model_grid": dict(zip(structures, v["per_structure"])),
+                    "note": "validation Dice on the model grid during training, used to select the epoch",
+                }
+                save_model(output, network, meta)
+        state["seconds"] += time.perf_counter() - t_start
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        bar.set_postfix(loss=f"{record['loss']:.4f}", val_dice=f"{record.get('val_mean_dice', float('nan')):.3f}")
+        torch.save(
+            {
+                "config": config_dict, "network": network.state_dict(), "weighting": weighting.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+            },
+            work_dir / (CHECKPOINT + ".tmp"),
+        )
+        (work_dir / (CHECKPOINT + ".tmp")).replace(ckpt_path)
+
+    # final metadata: timing and history beside the weights of the best epoch
+    final = json.loads((output / "model.json").read_text())
+    final["training"]["epochs"] = t.epochs
+    final["training"]["seconds"] = round(state["seconds"], 1)
+    (output / "model.json").write_text(json.dumps(final, indent=2) + "\n")
+    (output / "history.json").write_text(json.dumps(state["history"], indent=1) + "\n")
+    plot_curves(state["history"], structures, output / "training_curves.png")
+    return output
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "image": torch.stack([i["image"] for i in items]),
+        "label": torch.stack([i["label"] for i in items]),
+        "present": torch.stack([i["present"] for i in items]),
+        "case": [i["case"] for i in items],
+    }

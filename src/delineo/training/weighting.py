@@ -1,0 +1,54 @@
+"""Sample-weighting strategies that plug into the one training loop.
+
+A strategy sees the batch and the per-sample losses and returns weights ``(B,)`` that sum
+to 1; the loop minimises ``sum_i w_i * L_i``. A strategy may have parameters of its own
+(e.g. a quality-awareness network); they are trained by the same optimiser and loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from delineo.errors import ConfigError
+
+
+class SampleWeighting(nn.Module):
+    """Base class. Subclasses implement :meth:`forward`."""
+
+    #: smallest batch the strategy can weight (batch-softmax strategies need 2)
+    min_batch_size = 1
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor, present: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """image ``(B, 1, *sp)``, label ``(B, C, *sp)`` as given (possibly noisy), present ``(B, C)``,
+        per-sample loss ``(B,)`` -> weights ``(B,)`` summing to 1."""
+        raise NotImplementedError
+
+
+class UniformWeighting(SampleWeighting):
+    """Plain training: every sample weighs 1/B (the mean loss)."""
+
+    def forward(self, image, label, present, loss):
+        return torch.full_like(loss, 1.0 / loss.shape[0])
+
+
+_STRATEGIES: dict[str, Callable[..., SampleWeighting]] = {"uniform": UniformWeighting}
+
+
+def register_weighting(name: str, factory: Callable[..., SampleWeighting]) -> None:
+    """Make a strategy available to configs as ``weighting: {kind: name, ...}``."""
+    _STRATEGIES[name] = factory
+
+
+def build_weighting(spec: dict[str, Any] | None, *, in_channels: int, n_structures: int, spatial_dims: int) -> SampleWeighting:
+    """Build from a config block ``{"kind": ..., **options}`` (None -> uniform)."""
+    spec = dict(spec or {"kind": "uniform"})
+    kind = spec.pop("kind", "uniform")
+    if kind not in _STRATEGIES:
+        raise ConfigError(f"unknown weighting {kind!r} (available: {', '.join(sorted(_STRATEGIES))})")
+    factory = _STRATEGIES[kind]
+    if kind == "uniform":
+        return factory(**spec)
+    return factory(in_channels=in_channels, n_structures=n_structures, spatial_dims=spatial_dims, **spec)
