@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from delineo.contours.overview import write_overview
-from delineo.data.io import Image, read_image, write_mask
+from delineo.data.io import Image, grid_affine, is_png, read_image, write_mask
 from delineo.errors import InputError
 from delineo.inference.predictor import Predictor
 from delineo.metrics.evaluate import evaluate
@@ -93,6 +93,8 @@ def contour(
     image = read_image(input_path)
     read_s = time.perf_counter() - t0
     predictor = Predictor(model or default_model(image.array.ndim), device)
+    if is_png(input_path):  # PNG stores no pixel size: use the one the model was trained with
+        image = Image(image.array, grid_affine((predictor.bundle.pixel_spacing_mm,) * 2))
     summary = contour_image(image, out_dir, predictor=predictor, structures=structures, source=str(input_path), overview=overview)
     summary["seconds"]["read"] = round(read_s, 4)
     (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,3 +1,37 @@
-"""Command-line interface (placeholder, filled below)."""
-def main():
-    pass
+"""``delineo`` command line: a thin shell over :mod:`delineo.api`.
+
+Sub-commands register themselves on :data:`app` from the modules of this package.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from delineo.cli.app import app
+from delineo.cli import engine  # noqa: F401  (registers train, evaluate, contour, models, demo)
+from delineo.errors import DelineoError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors are printed as one line (no traceback), exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except DelineoError as exc:
+        print(f"delineo: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help and friends
+        return int(exc.code or 0)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -45,7 +45,7 @@ def evaluate(
     Writes ``out`` (JSON) and a box plot ``<out stem>_dice.png`` beside it when ``out`` is given.
     """
     predictor = predictor or Predictor(str(model), device)
-    spacing = pixel_spacing_mm if pixel_spacing_mm is not None else predictor.bundle.meta.get("training", {}).get("config", {}).get("data", {}).get("pixel_spacing_mm", 1.0)
+    spacing = pixel_spacing_mm if pixel_spacing_mm is not None else predictor.bundle.pixel_spacing_mm
     dataset = open_dataset(data, None, cases, pixel_spacing_mm=spacing)
     wanted = [s for s in predictor.structures if s in dataset.structures]
     if not wanted:

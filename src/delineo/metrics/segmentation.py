@@ -16,6 +16,7 @@ one of them empty  0.0    inf     inf    0.0
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +27,9 @@ from monai.metrics import (
     compute_hausdorff_distance,
     compute_surface_dice,
 )
+
+# MONAI 1.5 warns about its own deprecated argument on every surface-distance call
+warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
 
 
 def _pair(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

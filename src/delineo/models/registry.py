@@ -56,6 +56,11 @@ class ModelBundle:
     def postprocess(self) -> dict[str, Any]:
         return self.meta.get("postprocess", {})
 
+    @property
+    def pixel_spacing_mm(self) -> float:
+        """Pixel size assumed for 2D inputs that store none (PNG), from the training data."""
+        return float(self.meta.get("training", {}).get("config", {}).get("data", {}).get("pixel_spacing_mm", 1.0))
+
     def to(self, device: str | torch.device) -> "ModelBundle":
         self.network.to(device)
         return self

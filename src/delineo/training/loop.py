@@ -321,7 +321,7 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
             torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
         if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
             v = validate(network, val_cases, meta["inference"], device, amp)
@@ -340,6 +340,12 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
         state["history"].append(record)
         state["epoch"] = epoch + 1
         bar.set_postfix(loss=f"{record['loss']:.4f}", val_dice=f"{record.get('val_mean_dice', float('nan')):.3f}")
+        if bar.disable:  # not a terminal (log file, CI): one line per epoch instead of a bar
+            print(
+                f"{cfg.name} epoch {epoch + 1}/{t.epochs} loss {record['loss']:.4f} "
+                f"val Dice {record.get('val_mean_dice', float('nan')):.4f} ({time.perf_counter() - t_start:.1f} s)",
+                file=sys.stderr, flush=True,
+            )
         torch.save(
             {
                 "config": config_dict, "network": network.state_dict(), "weighting": weighting.state_dict(),

@@ -1,0 +1,148 @@
+"""Engine commands: train, evaluate, contour, models, demo."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from delineo.cli.app import app
+
+
+def _structures(value: Optional[str]) -> list[str] | None:
+    return [s.strip() for s in value.split(",") if s.strip()] if value else None
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="Training config (YAML)."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Ignore an existing checkpoint."),
+) -> None:
+    """Train a model from a YAML config; writes the model folder named in the config."""
+    from delineo.api import train as run_train
+
+    command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    out = run_train(config, resume=not no_resume, command=command)
+    typer.echo(f"model written to {out}")
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option(..., "--model", "-m", help="Bundled model name or model folder."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder (case folders or image folders)."),
+    out: Path = typer.Option(Path("report.json"), "--out", "-o", help="Report JSON (a Dice box plot is written beside it)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    cases: Optional[str] = typer.Option(None, "--cases", help="Comma-separated case ids (default: all)."),
+    split: Optional[str] = typer.Option(
+        None, "--split", help="'val': only the cases the model held out for validation (from its model.json)."
+    ),
+    tolerance_mm: float = typer.Option(2.0, "--tolerance-mm", help="Surface Dice tolerance in mm."),
+    model_card: bool = typer.Option(
+        False, "--model-card", help="Record the result as the model's validation metrics in its model.json."
+    ),
+) -> None:
+    """Contour every case of a dataset and compare with its reference contours."""
+    from delineo.api import evaluate as run_evaluate
+    from delineo.errors import InputError
+    from delineo.models.registry import resolve_model
+
+    selected = _structures(cases)
+    if split is not None:
+        if split != "val":
+            raise InputError(None, f"--split must be 'val', got {split!r}")
+        meta = json.loads((resolve_model(model) / "model.json").read_text())
+        selected = meta.get("training", {}).get("data", {}).get("val_cases")
+        if not selected:
+            raise InputError(resolve_model(model) / "model.json", "records no validation cases (trained with a separate val folder?)")
+    report = run_evaluate(model, data, out, device=device, cases=selected, tolerance_mm=tolerance_mm)
+    typer.echo(f"{'structure':<14}{'dice':>8}{'hd95 mm':>10}{'n':>5}")
+    for name, m in report["structures"].items():
+        hd = "-" if m["hd95_mm"] is None else f"{m['hd95_mm']:.2f}"
+        dice = "-" if m["dice"] is None else f"{m['dice']:.4f}"
+        typer.echo(f"{name:<14}{dice:>8}{hd:>10}{m['n']:>5}")
+    typer.echo(f"mean Dice {report['mean_dice']:.4f}; {report['seconds_per_case']:.2f} s/case; report: {out}")
+    if model_card:
+        from delineo.training.loop import hardware_description
+        from delineo.inference.predictor import resolve_device
+
+        card = resolve_model(model) / "model.json"
+        meta = json.loads(card.read_text())
+        meta["validation"] = {
+            **meta.get("validation", {}),
+            "evaluated": {
+                "command": "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                "cases": "validation split held out from training" if split == "val" else str(data),
+                "hardware": hardware_description(resolve_device(device)),
+                "mean_dice": report["mean_dice"],
+                "structures": report["structures"],
+                "seconds_per_case": round(report["seconds_per_case"], 3),
+            },
+        }
+        card.write_text(json.dumps(meta, indent=2) + "\n")
+        typer.echo(f"validation metrics recorded in {card}")
+
+
+@app.command()
+def contour(
+    input: Path = typer.Argument(..., help="CT as NIfTI (.nii/.nii.gz), or a 2D PNG X-ray."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundled model name or folder (default: hn-ct for 3D, cxr-jsrt for 2D)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    structures: Optional[str] = typer.Option(None, "--structures", help="Comma-separated subset of the model's structures."),
+    no_overview: bool = typer.Option(False, "--no-overview", help="Skip the overview PNGs."),
+) -> None:
+    """Contour one image: writes OUT/segmentations/<ROI>.nii.gz, summary.json and overview PNGs."""
+    from delineo.api import contour as run_contour
+
+    summary = run_contour(input, out, model=model, device=device, structures=_structures(structures), overview=not no_overview)
+    _print_summary(summary, out)
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    unit = "cc" if len(summary["shape"]) == 3 else "cm2"
+    for name, s in summary["structures"].items():
+        typer.echo(f"  {name:<14}{s[f'volume_{unit}']:>10.2f} {unit}{'  (empty)' if s['empty'] else ''}")
+    total = sum(summary["seconds"].values())
+    typer.echo(f"{len(summary['structures'])} structures in {total:.2f} s -> {out}/segmentations/ (summary.json, overview.png)")
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the bundled models."""
+    from delineo.models.registry import available_models, resolve_model
+
+    for name in available_models():
+        meta = json.loads((resolve_model(name) / "model.json").read_text())
+        typer.echo(f"{name:<12} {meta['network']['spatial_dims']}D  {', '.join(meta['structures'])}")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output folder.")) -> None:
+    """Contour one held-out case of the development data with the bundled model (``make run``)."""
+    from delineo.api import contour as run_contour
+    from delineo.errors import InputError
+    from delineo.models.registry import available_models, resolve_model
+    from delineo.settings import data_dir
+
+    root = data_dir()
+    candidates = []
+    if "hn-ct" in available_models() and (root / "openkbp" / "validation").is_dir():
+        cases = sorted(p for p in (root / "openkbp" / "validation").iterdir() if (p / "ct.nii.gz").is_file())
+        candidates += [("hn-ct", c / "ct.nii.gz") for c in cases[:1]]
+    if "cxr-jsrt" in available_models() and (root / "jsrt" / "images").is_dir():
+        meta = json.loads((resolve_model("cxr-jsrt") / "model.json").read_text())
+        val = meta.get("training", {}).get("data", {}).get("val_cases") or []
+        images = [root / "jsrt" / "images" / f"{c}.png" for c in val] or sorted((root / "jsrt" / "images").glob("*.png"))
+        candidates += [("cxr-jsrt", images[0])]
+    if not candidates:
+        raise InputError(root, "no development data found for the bundled models (set DELINEO_DATA)")
+    for model, path in candidates:
+        target = out / model
+        typer.echo(f"contouring {path} with {model} (a held-out validation case)")
+        summary = run_contour(path, target, model=model, device="cpu")
+        _print_summary(summary, target)
+        typer.echo(f"results: {target.resolve()}  (overview: {(target / 'overview.png').resolve()})")

@@ -1,0 +1,107 @@
+"""The CLI contract of the engine: train -> evaluate -> contour, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from delineo.cli import main
+
+
+def _make_cases(root: Path, n: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    zz, yy, xx = np.meshgrid(np.arange(16), np.arange(16), np.arange(16), indexing="ij")
+    for i in range(n):
+        c = rng.integers(6, 10, size=3)
+        ball = ((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) <= 9
+        ct = np.where(ball, 300, -800).astype(np.int16) + rng.integers(-20, 20, size=ball.shape).astype(np.int16)
+        case = root / f"case{i}"
+        (case / "segmentations").mkdir(parents=True)
+        nib.save(nib.Nifti1Image(ct, affine), str(case / "ct.nii.gz"))
+        nib.save(nib.Nifti1Image(ball.astype(np.uint8), affine), str(case / "segmentations" / "Ball.nii.gz"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("cli")
+    data = _make_cases(tmp / "data")
+    config = {
+        "name": "tiny",
+        "output": str(tmp / "model"),
+        "work_dir": str(tmp / "run"),
+        "data": {"train": str(data), "val_fraction": 0.25},
+        "network": {"spatial_dims": 3, "channels": [4, 8, 16]},
+        "preprocess": {"spacing_mm": [2.0, 2.0, 3.0], "intensity": {"kind": "window", "low": -1000, "high": 1000}},
+        "postprocess": {"keep_largest": {"Ball": 1}},
+        "training": {"epochs": 2, "batch_size": 2, "augment": "none", "lr": 0.01},
+    }
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(cfg)]) == 0
+    return tmp / "model", data
+
+
+def test_train_writes_a_model_folder(trained):
+    model, _ = trained
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["structures"] == ["Ball"]
+    assert meta["training"]["command"].startswith("delineo ") or meta["training"]["command"]
+    assert (model / "weights.safetensors").is_file() and (model / "training_curves.png").is_file()
+
+
+def test_evaluate_report_contract(trained, tmp_path):
+    model, data = trained
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(out), "--device", "cpu"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) >= {"model", "data", "structures", "cases", "seconds_per_case"}
+    assert report["structures"]["Ball"]["n"] == 4
+    assert {"dice", "hd95_mm", "n"} <= set(report["structures"]["Ball"])
+    assert [c["case"] for c in report["cases"]] == [f"case{i}" for i in range(4)]
+    assert (tmp_path / "r_dice.png").is_file()
+
+
+def test_evaluate_val_split_uses_recorded_cases(trained, tmp_path):
+    model, data = trained
+    out = tmp_path / "v.json"
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(out), "--split", "val", "--model-card"]) == 0
+    val_cases = json.loads((model / "model.json").read_text())["training"]["data"]["val_cases"]
+    assert [c["case"] for c in json.loads(out.read_text())["cases"]] == val_cases
+    assert "evaluated" in json.loads((model / "model.json").read_text())["validation"]
+
+
+def test_contour_writes_masks_on_input_grid(trained, tmp_path):
+    model, data = trained
+    out = tmp_path / "out"
+    assert main(["contour", str(data / "case0" / "ct.nii.gz"), "-o", str(out), "--model", str(model), "--device", "cpu"]) == 0
+    ct = nib.load(str(data / "case0" / "ct.nii.gz"))
+    mask = nib.load(str(out / "segmentations" / "Ball.nii.gz"))
+    assert mask.shape == ct.shape and np.allclose(mask.affine, ct.affine)
+    summary = json.loads((out / "summary.json").read_text())
+    assert "volume_cc" in summary["structures"]["Ball"]
+    assert (out / "overview.png").is_file()
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    assert main(["contour", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.nii.gz" in err and "does not exist" in err and "Traceback" not in err
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    assert main(["contour", str(bad), "-o", str(tmp_path / "o"), "--model", "nonexistent-model"]) == 2
+    assert "bad.nii.gz" in capsys.readouterr().err
+
+
+def test_unknown_model_names_the_bundled_ones(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DELINEO_MODELS", str(tmp_path))
+    img = tmp_path / "x.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), str(img))
+    assert main(["contour", str(img), "-o", str(tmp_path / "o"), "--model", "nope"]) == 2
+    assert "no bundled model" in capsys.readouterr().err
