@@ -76,7 +76,8 @@ def write_overview(
     handles = [Line2D([0], [0], color=colors[n], lw=3, label=n) for n in names if masks[n].any()]
 
     if image.array.ndim == 2:
-        level, width = window or (float(image.array.max() + image.array.min()) / 2, float(np.ptp(image.array)) or 1.0)
+        lo, hi = float(image.array.min()), float(image.array.max())
+        level, width = window or ((lo + hi) / 2, (hi - lo) or 1.0)
         panels = [("image", image.array.astype(float), {n: m for n, m in masks.items()}, 1.0)]
     else:
         level, width = window or SOFT_TISSUE_WINDOW

@@ -96,6 +96,10 @@ class SegmentationDataset(Dataset):
         """bool ``(C,)``: which structures are contoured for ``case`` (no pixel data is read)."""
         return np.array([self.mask_path(case, s) is not None for s in self.structures], dtype=bool)
 
+    def presence_matrix(self) -> np.ndarray:
+        """bool ``(N, C)``: presence of every structure in every case."""
+        return np.stack([self.presence(c) for c in self.cases])
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         case = self.cases[index]
         image_path = self.image_path(case)

@@ -9,6 +9,7 @@ its validation metrics.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,19 @@ def save_model(folder: str | Path, network: SegUNet, meta: dict[str, Any]) -> Pa
     tmp = folder / (WEIGHTS + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(folder / WEIGHTS)
-    (folder / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    (folder / MODEL_JSON).write_text(json.dumps(json_safe(meta), indent=2) + "\n")
     return folder
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN/inf floats (not valid JSON) by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
@@ -108,7 +120,10 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     for key in ("structures", "network"):
         if key not in meta:
             raise InputError(folder / MODEL_JSON, f"missing required key {key!r}")
-    network = build_network(meta["network"])
+    try:
+        network = build_network(meta["network"])
+    except (TypeError, ValueError) as exc:
+        raise InputError(folder / MODEL_JSON, f"invalid network description ({exc})") from exc
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise InputError(weights, "weights file is missing")

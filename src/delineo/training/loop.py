@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from monai.data import DataLoader
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from delineo.data.datasets import SegmentationDataset, open_dataset, split_cases
@@ -31,7 +32,7 @@ from delineo.errors import ConfigError
 from delineo.inference.predictor import predict_probabilities, resolve_device
 from delineo.metrics.segmentation import dice_per_structure
 from delineo.models.networks import NetworkSpec, build_network, count_parameters
-from delineo.models.registry import save_model
+from delineo.models.registry import json_safe, save_model
 from delineo.training.config import TrainConfig
 from delineo.training.losses import SegmentationLoss, deep_supervision_loss
 from delineo.training.weighting import build_weighting
@@ -196,6 +197,10 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     if cfg.data.max_val_cases:
         val_ids = val_ids[: cfg.data.max_val_cases]
         val_ds = open_dataset(val_ds.root, structures, val_ids, cfg.data.pixel_spacing_mm)
+    if not train_ids:
+        raise ConfigError(f"{cfg.data.train}: no training cases left after holding out validation cases ({len(val_ids)})")
+    if not val_ds.presence_matrix().any():
+        raise ConfigError(f"{val_ds.root}: no validation case has any of the structures {', '.join(structures)} contoured")
     train_ds = open_dataset(cfg.data.train, structures, train_ids, cfg.data.pixel_spacing_mm)
     train_cases = PreparedCases(train_ds, cfg.preprocess, "loading training cases")
     val_cases = PreparedCases(val_ds, cfg.preprocess, "loading validation cases")
@@ -217,7 +222,10 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
             it["label"] = torch.as_tensor(lab, dtype=torch.uint8)
 
     spatial_dims = train_cases.items[0]["image"].ndim - 1
-    spec = NetworkSpec.from_dict({"spatial_dims": spatial_dims, "in_channels": 1, "out_channels": len(structures), **cfg.network})
+    try:
+        spec = NetworkSpec.from_dict({"spatial_dims": spatial_dims, "in_channels": 1, "out_channels": len(structures), **cfg.network})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"network: {exc}") from exc
     if spec.spatial_dims != spatial_dims:
         raise ConfigError(f"network.spatial_dims={spec.spatial_dims} but the data is {spatial_dims}D")
     spec.out_channels = len(structures)
@@ -242,6 +250,7 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     loss_fn = SegmentationLoss(t.loss)
     optimizer = _optimizer(cfg, list(network.parameters()) + list(weighting.parameters()))
     generator = torch.Generator().manual_seed(t.seed)
+    # MONAI's DataLoader re-seeds the random transforms in every worker
     loader = DataLoader(
         train_cases, batch_size=t.batch_size, shuffle=True, drop_last=len(train_cases) >= t.batch_size,
         num_workers=t.num_workers, generator=generator, collate_fn=_collate,
@@ -301,6 +310,8 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
         weighting.train()
         t_start = time.perf_counter()
         losses = []
+        # augmentation randomness is a function of (seed, epoch): a resumed run repeats it exactly
+        train_cases.transform.set_random_state(seed=t.seed * 100_003 + epoch)
         it = iter(loader)
         for _ in range(steps_per_epoch):
             try:
@@ -327,7 +338,7 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
             v = validate(network, val_cases, meta["inference"], device, amp)
             record["val_dice"] = v["per_structure"]
             record["val_mean_dice"] = v["mean"]
-            if v["mean"] > state["best"]:
+            if state["best_epoch"] is None or v["mean"] > state["best"]:
                 state["best"], state["best_epoch"] = v["mean"], epoch + 1
                 meta["training"]["best_epoch"] = epoch + 1
                 meta["validation"] = {
@@ -361,8 +372,8 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     final = json.loads((output / "model.json").read_text())
     final["training"]["epochs"] = t.epochs
     final["training"]["seconds"] = round(state["seconds"], 1)
-    (output / "model.json").write_text(json.dumps(final, indent=2) + "\n")
-    (output / "history.json").write_text(json.dumps(state["history"], indent=1) + "\n")
+    (output / "model.json").write_text(json.dumps(json_safe(final), indent=2) + "\n")
+    (output / "history.json").write_text(json.dumps(json_safe(state["history"]), indent=1) + "\n")
     plot_curves(state["history"], structures, output / "training_curves.png")
     return output
 

@@ -1,0 +1,105 @@
+"""Overview images and structure colours."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.axes
+import numpy as np
+import pytest
+
+from delineo.contours.colors import STRUCTURE_COLORS, structure_color
+from delineo.contours.overview import _ras_spacing, _slice, _to_ras, write_overview
+from delineo.data.io import Image, grid_affine
+
+
+def test_structure_colors():
+    assert structure_color("PTV70") == STRUCTURE_COLORS["PTV70"]
+    a = structure_color("MyOrgan", 2)
+    assert a == structure_color("MyOrgan", 2)  # stable
+    assert len(a) == 3 and all(0 <= v <= 255 for v in a)
+    assert len({structure_color("X", i) for i in range(7)}) == 7  # index walks the palette
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Record the arguments of every imshow / contour call made while drawing."""
+    calls = {"imshow": [], "contour": []}
+    imshow, contour = matplotlib.axes.Axes.imshow, matplotlib.axes.Axes.contour
+
+    def rec_imshow(self, X, *a, **k):
+        calls["imshow"].append((np.asarray(X), k))
+        return imshow(self, X, *a, **k)
+
+    def rec_contour(self, *a, **k):
+        calls["contour"].append((np.asarray(a[0]), k))
+        return contour(self, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", rec_imshow)
+    monkeypatch.setattr(matplotlib.axes.Axes, "contour", rec_contour)
+    return calls
+
+
+def test_3d_overview_files_and_slices(tmp_path, shared_case_dataset, recorded):
+    from delineo.data.io import read_image
+
+    image = read_image(shared_case_dataset.ct_path("case00"))
+    masks = {"Ball": shared_case_dataset.masks["case00"]["Ball"], "Empty": np.zeros(image.shape, bool)}
+    paths = write_overview(image, masks, tmp_path, title="t")
+    assert [p.name for p in paths] == ["overview.png", "overview_axial.png", "overview_coronal.png", "overview_sagittal.png"]
+    assert all(p.is_file() and p.stat().st_size > 1000 for p in paths)
+    # the views go through the structure: Ball is outlined in each panel (3 in overview.png + 3 single views)
+    assert len(recorded["contour"]) == 6
+    assert recorded["imshow"][0][1]["vmin"] == pytest.approx(40 - 200) and recorded["imshow"][0][1]["vmax"] == pytest.approx(40 + 200)
+    # aspect ratio of the voxels: axial (2x2 mm) 1, coronal/sagittal 3/2
+    assert [k["aspect"] for _, k in recorded["imshow"][:3]] == pytest.approx([1.0, 1.5, 1.5])
+    assert write_overview(image, masks, tmp_path / "single", per_view=False)[0].name == "overview.png"
+    assert len(list((tmp_path / "single").iterdir())) == 1
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_2d_overview_default_window(tmp_path, recorded):
+    img = np.full((16, 16), 100, np.uint8)
+    img[0, 0], img[-1, -1] = 20, 250
+    m = np.zeros((16, 16), bool)
+    m[4:10, 4:10] = True
+    paths = write_overview(Image(img, grid_affine((1.0, 1.0))), {"lung": m}, tmp_path)
+    assert [p.name for p in paths] == ["overview.png"]
+    kwargs = recorded["imshow"][0][1]
+    assert (kwargs["vmin"], kwargs["vmax"]) == pytest.approx((20.0, 250.0))
+
+
+def test_2d_overview_default_window_float(tmp_path, recorded):
+    img = np.full((16, 16), 100.0)
+    img[0, 0], img[-1, -1] = 20, 250
+    write_overview(Image(img, grid_affine((1.0, 1.0))), {}, tmp_path)
+    kwargs = recorded["imshow"][0][1]
+    assert (kwargs["vmin"], kwargs["vmax"]) == pytest.approx((20.0, 250.0))
+
+
+def test_radiological_orientation():
+    """RAS volume with markers: patient right (+x) on the image left, anterior (+y) and superior (+z) on top."""
+    vol = np.zeros((5, 6, 7))
+    vol[4, 2, 3] = 1  # far right
+    axial = _slice(vol, "axial", 3)
+    assert axial.shape == (6, 5) and axial[6 - 1 - 2, 0] == 1  # first column
+    vol = np.zeros((5, 6, 7))
+    vol[2, 5, 3] = 1  # most anterior
+    assert _slice(vol, "axial", 3)[0, 5 - 1 - 2] == 1  # top row
+    vol = np.zeros((5, 6, 7))
+    vol[2, 3, 6] = 1  # most superior
+    assert _slice(vol, "coronal", 3)[0, 2] == 1 and _slice(vol, "sagittal", 2)[0, 6 - 1 - 3] == 1
+
+
+def test_to_ras_handles_flipped_and_permuted_affines():
+    arr = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    flipped = np.diag([-3.9, -3.9, -2.5, 1.0])  # OpenKBP-like: indices run left, posterior, inferior
+    ras = _to_ras(arr, flipped)
+    np.testing.assert_array_equal(ras, arr[::-1, ::-1, ::-1])
+    assert _ras_spacing(flipped) == pytest.approx([3.9, 3.9, 2.5])
+    permuted = np.zeros((4, 4))
+    permuted[1, 0], permuted[0, 1], permuted[2, 2], permuted[3, 3] = 2.0, 3.0, 4.0, 1.0  # voxel axis 0 -> world y
+    assert _to_ras(arr, permuted).shape == (3, 2, 4)
+    assert _ras_spacing(permuted) == pytest.approx([3.0, 2.0, 4.0])

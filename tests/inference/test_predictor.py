@@ -1,0 +1,218 @@
+"""Inference: model grid <-> input grid, whole-volume vs sliding window, mirroring, clean-up."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from delineo.data.io import Image, read_image
+from delineo.errors import InputError
+from delineo.inference.predictor import Predictor, keep_largest_components, predict_probabilities, resolve_device
+from delineo.metrics.segmentation import dice
+from delineo.models.networks import NetworkSpec, build_network
+from delineo.models.registry import ModelBundle, save_model
+
+WINDOW = {"kind": "window", "low": -200, "high": 400}
+BALL_WINDOW = {"kind": "window", "low": 150, "high": 300}  # Ball (300 HU) -> 1, Box (150) and background (-100) -> 0
+
+
+class ThresholdNet(nn.Module):
+    """A stand-in 'network' whose logits threshold the normalised intensity at 0.5, voxel by voxel
+    (with ``BALL_WINDOW``, halfway between Ball and the rest): channel 0 is "Dark" (below), channel 1
+    is "Ball" (above).
+    Its ideal output is known, so the geometry of the pipeline around it can be checked exactly."""
+
+    def __init__(self, spatial_dims=3, channels=(4, 8, 16), slope=40.0):
+        super().__init__()
+        self.slope = slope
+        self.spec = NetworkSpec(spatial_dims=spatial_dims, out_channels=2, channels=list(channels))
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        return torch.cat([(0.5 - x) * self.slope, (x - 0.5) * self.slope], dim=1)
+
+
+def threshold_bundle(spacing_mm=None, slope=40.0, **meta) -> ModelBundle:
+    m = {"name": "threshold", "structures": ["Dark", "Ball"], "preprocess": {"spacing_mm": spacing_mm, "intensity": BALL_WINDOW}}
+    m.update(meta)
+    return ModelBundle(None, m, ThresholdNet(slope=slope))
+
+
+@pytest.fixture
+def ct(shared_case_dataset):
+    case = shared_case_dataset.cases[0]
+    return read_image(shared_case_dataset.ct_path(case)), shared_case_dataset.masks[case]
+
+
+def test_same_grid_reproduces_the_threshold_exactly(ct):
+    image, masks = ct
+    out = Predictor(threshold_bundle(), "cpu").predict(image)
+    assert list(out) == ["Dark", "Ball"]
+    np.testing.assert_array_equal(out["Ball"], masks["Ball"])
+    np.testing.assert_array_equal(out["Dark"], ~masks["Ball"])
+    assert out["Ball"].dtype == bool
+
+
+@pytest.mark.parametrize("model_spacing", [(4.0, 4.0, 6.0), (1.0, 1.0, 1.5), (3.0, 2.0, 2.0)])
+def test_output_on_input_grid_when_model_spacing_differs(ct, model_spacing):
+    image, masks = ct  # 16^3 at (2, 2, 3) mm
+    predictor = Predictor(threshold_bundle(list(model_spacing)), "cpu")
+    out = predictor.predict(image)
+    assert out["Ball"].shape == image.shape == (16, 16, 16)
+    model_grid = tuple(round(16 * s / t) for s, t in zip(image.spacing_mm, model_spacing))
+    assert predictor.bundle.network.calls[-1][2:] == tuple(int(np.ceil(n / 4) * 4) for n in model_grid)  # padded to divisor
+    # the structure comes back where it was (no shift or flip from the round trip)
+    assert dice(out["Ball"], masks["Ball"]) > 0.8
+    np.testing.assert_allclose(np.argwhere(out["Ball"]).mean(0), np.argwhere(masks["Ball"]).mean(0), atol=0.5)
+    assert set(predictor.timings) == {"preprocess", "model", "postprocess"}
+
+
+def test_sliding_window_matches_whole_volume(ct):
+    image, masks = ct
+    whole = Predictor(threshold_bundle(), "cpu", patch_size=None).predict(image)
+    bundle = threshold_bundle(inference={"patch_size": [8, 8, 8], "overlap": 0.25})
+    predictor = Predictor(bundle, "cpu")
+    assert predictor.patch_size == [8, 8, 8] and predictor.overlap == 0.25
+    windowed = predictor.predict(image)
+    assert all(c[2:] == (8, 8, 8) for c in bundle.network.calls)  # really ran on patches
+    for name in whole:
+        assert windowed[name].shape == whole[name].shape == image.shape
+        np.testing.assert_array_equal(windowed[name], whole[name])
+
+
+def test_sliding_window_vs_whole_volume_real_network(tmp_path):
+    torch.manual_seed(0)
+    net = build_network(NetworkSpec(spatial_dims=3, out_channels=2, channels=[4, 8, 16]))
+    folder = save_model(tmp_path / "m", net, {"structures": ["a", "b"], "preprocess": {"intensity": WINDOW}})
+    image = Image(np.random.default_rng(0).integers(-200, 400, (20, 18, 12)).astype(np.int16), np.diag([2.0, 2.0, 3.0, 1.0]))
+    whole = Predictor(folder, "cpu").predict(image)
+    windowed = Predictor(folder, "cpu", patch_size=[8, 8, 8]).predict(image)
+    for name in ("a", "b"):
+        assert whole[name].shape == windowed[name].shape == (20, 18, 12)
+
+
+def test_mirror_tta_averages_all_flips():
+    torch.manual_seed(0)
+    net = build_network(NetworkSpec(spatial_dims=2, out_channels=1, channels=[4, 8])).eval()
+    x = torch.rand(1, 1, 8, 8)
+    tta = predict_probabilities(net, x, mirror=True)
+    expected = torch.zeros_like(tta)
+    flips = [(), (2,), (3,), (2, 3)]
+    with torch.no_grad():
+        for axes in flips:
+            p = torch.sigmoid(net(torch.flip(x, axes) if axes else x))
+            expected += torch.flip(p, axes) if axes else p
+    torch.testing.assert_close(tta, expected / 4)
+    assert not torch.allclose(tta, predict_probabilities(net, x, mirror=False))
+
+
+def test_mirror_predictor_runs_all_eight_flips_in_3d(ct):
+    image, masks = ct
+    bundle = threshold_bundle(inference={"mirror": True})
+    predictor = Predictor(bundle, "cpu")
+    assert predictor.mirror
+    out = predictor.predict(image)
+    assert len(bundle.network.calls) == 8
+    np.testing.assert_array_equal(out["Ball"], masks["Ball"])  # a pointwise net is flip-invariant
+
+
+def test_threshold_and_structure_subset(ct):
+    image, masks = ct
+    # slope 1: p = sigmoid(norm - 0.5) with norm = clip((HU - 150) / 150, 0, 1)
+    out = Predictor(threshold_bundle(slope=1.0), "cpu", threshold=0.6).predict(image, ["Ball"])
+    assert list(out) == ["Ball"]
+    norm = np.clip((image.array.astype(np.float64) - 150) / 150, 0, 1)
+    expected = 1 / (1 + np.exp(-(norm - 0.5))) >= 0.6  # i.e. HU above ~286
+    assert 0 < expected.sum() < masks["Ball"].sum()
+    np.testing.assert_array_equal(out["Ball"], expected)
+    default = Predictor(threshold_bundle(slope=1.0), "cpu").predict(image, ["Ball"])
+    np.testing.assert_array_equal(default["Ball"], masks["Ball"])
+    with pytest.raises(InputError, match="Heart"):
+        Predictor(threshold_bundle(), "cpu").predict(image, ["Ball", "Heart"])
+
+
+def test_wrong_dimensionality(ct):
+    image, _ = ct
+    predictor = Predictor(threshold_bundle(), "cpu")
+    with pytest.raises(InputError, match="3D"):
+        predictor.predict(Image(np.zeros((16, 16), np.uint8), np.eye(4)))
+    bundle2d = ModelBundle(None, {"structures": ["a", "b"]}, ThresholdNet(spatial_dims=2))
+    with pytest.raises(InputError, match="2D"):
+        Predictor(bundle2d, "cpu").predict(image)
+
+
+def test_keep_largest_components_by_hand():
+    m = np.zeros((3, 20, 20), bool)
+    m[0, 1:5, 1:4] = True  # 12 px
+    m[0, 10:12, 10:13] = True  # 6 px
+    m[0, 17:19, 17] = True  # 2 px
+    m[1] = m[0]
+    m[2, 5:7, 5:7] = True
+    out = keep_largest_components(m, ["two", "one", "untouched"], {"two": 2, "one": 1})
+    assert out[0].sum() == 18 and out[0][1:5, 1:4].all() and out[0][10:12, 10:13].all() and not out[0][17:19, 17].any()
+    assert out[1].sum() == 12 and out[1][1:5, 1:4].all()
+    np.testing.assert_array_equal(out[2], m[2])
+    assert m[0].sum() == 20  # input untouched
+    empty = np.zeros((1, 5, 5), bool)
+    np.testing.assert_array_equal(keep_largest_components(empty, ["x"], {"x": 1}), empty)
+
+
+def test_keep_largest_in_predictor(shared_case_dataset):
+    case = shared_case_dataset.cases[0]
+    image = read_image(shared_case_dataset.ct_path(case))
+    arr = image.array.copy()
+    arr[0:2, 0:2, 0:2] = 300  # a small bright speck away from the ball
+    speckled = image.like(arr)
+    plain = Predictor(threshold_bundle(), "cpu").predict(speckled)
+    assert plain["Ball"][0, 0, 0]
+    cleaned = Predictor(threshold_bundle(postprocess={"keep_largest": {"Ball": 1}}), "cpu").predict(speckled)
+    assert not cleaned["Ball"][0:2, 0:2, 0:2].any()
+    np.testing.assert_array_equal(cleaned["Ball"], shared_case_dataset.masks[case]["Ball"])
+    np.testing.assert_array_equal(cleaned["Dark"], plain["Dark"])  # not listed: left alone
+    assert not cleaned["Dark"][0:2, 0:2, 0:2].any()
+
+
+def test_predictor_on_model_folder(tmp_path, ct):
+    image, _ = ct
+    torch.manual_seed(0)
+    net = build_network(NetworkSpec(spatial_dims=3, out_channels=2, channels=[4, 8, 16], residual=True))
+    meta = {
+        "name": "untrained",
+        "structures": ["Ball", "Box"],
+        "preprocess": {"spacing_mm": [3.0, 3.0, 3.0], "intensity": WINDOW},
+        "inference": {"patch_size": [8, 8, 8], "overlap": 0.5, "mirror": True, "threshold": 0.5},
+        "postprocess": {"keep_largest": {"Ball": 1, "Box": 1}},
+    }
+    folder = save_model(tmp_path / "untrained", net, meta)
+    predictor = Predictor(str(folder), "cpu")
+    assert predictor.structures == ["Ball", "Box"]
+    assert predictor.patch_size == [8, 8, 8] and predictor.mirror and predictor.threshold == 0.5
+    assert predictor.device == torch.device("cpu")
+    out = predictor.predict(image)
+    for name in ("Ball", "Box"):
+        assert out[name].shape == image.shape and out[name].dtype == bool
+        if out[name].any():
+            from scipy import ndimage
+
+            assert ndimage.label(out[name], structure=np.ones((3, 3, 3)))[1] == 1
+
+
+def test_trained_2d_model_segments_training_images(trained_2d, shared_image_dataset):
+    predictor = Predictor(str(trained_2d), "cpu")
+    case = shared_image_dataset.cases[0]
+    out = predictor.predict(read_image(shared_image_dataset.image_path(case)))
+    assert out["disc"].shape == (32, 32)
+    assert dice(out["disc"], shared_image_dataset.masks[case]["disc"]) > 0.5
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA"):
+            resolve_device("cuda")
