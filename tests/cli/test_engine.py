@@ -105,3 +105,8 @@ def test_unknown_model_names_the_bundled_ones(tmp_path, capsys, monkeypatch):
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), str(img))
     assert main(["contour", str(img), "-o", str(tmp_path / "o"), "--model", "nope"]) == 2
     assert "no bundled model" in capsys.readouterr().err
+
+
+def test_usage_error_is_not_a_crash(capsys):
+    assert main(["contour"]) == 2  # missing INPUT: click's usage error, exit code 2
+    assert "Traceback" not in capsys.readouterr().err

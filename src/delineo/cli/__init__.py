@@ -9,6 +9,7 @@ import sys
 
 from delineo.cli.app import app
 from delineo.cli import engine  # noqa: F401  (registers train, evaluate, contour, models, demo)
+from delineo.cli import contours  # noqa: F401  (registers margin, boolean, ring, remove-islands)
 from delineo.errors import DelineoError
 
 
@@ -22,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help and friends
         return int(exc.code or 0)
     except Exception as exc:  # click usage errors
-        import click
+        try:
+            import click
+        except ImportError:  # typer vendors click as typer._click
+            from typer import _click as click
 
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
