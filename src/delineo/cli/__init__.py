@@ -10,6 +10,7 @@ import sys
 from delineo.cli.app import app
 from delineo.cli import engine  # noqa: F401  (registers train, evaluate, contour, models, demo)
 from delineo.cli import contours  # noqa: F401  (registers margin, boolean, ring, remove-islands)
+from delineo.cli import noise  # noqa: F401  (registers noise-benchmark)
 from delineo.errors import DelineoError
 
 

@@ -14,11 +14,13 @@ from monai.losses import DiceLoss
 
 from delineo.errors import ConfigError
 
-LOSSES = ("dice", "dice_bce")
+LOSSES = ("dice", "dice_bce", "nr_dice", "gce", "dice_gce")
 
 
 class SegmentationLoss(torch.nn.Module):
-    """kind: ``dice`` (soft Dice on sigmoid outputs) or ``dice_bce`` (Dice + binary cross-entropy)."""
+    """kind: ``dice`` (soft Dice on sigmoid outputs) or ``dice_bce`` (Dice + binary cross-entropy);
+    noise-robust (:mod:`delineo.training.robust_losses`): ``nr_dice`` (noise-robust Dice, gamma 1.5),
+    ``gce`` (generalised cross-entropy, q 0.7) or ``dice_gce`` (Dice + GCE)."""
 
     def __init__(self, kind: str = "dice_bce"):
         super().__init__()
@@ -30,7 +32,15 @@ class SegmentationLoss(torch.nn.Module):
     def per_structure(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """logits, target: ``(B, C, *spatial)`` -> loss ``(B, C)``."""
         target = target.float()
+        if self.kind in ("nr_dice", "gce"):
+            from delineo.training.robust_losses import generalized_cross_entropy, noise_robust_dice
+
+            return noise_robust_dice(torch.sigmoid(logits), target) if self.kind == "nr_dice" else generalized_cross_entropy(logits, target)
         loss = self.dice(logits, target).reshape(logits.shape[:2])
+        if self.kind == "dice_gce":
+            from delineo.training.robust_losses import generalized_cross_entropy
+
+            loss = loss + generalized_cross_entropy(logits, target)
         if self.kind == "dice_bce":
             bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
             loss = loss + bce.flatten(2).mean(2)

@@ -7,6 +7,7 @@ to 1; the loop minimises ``sum_i w_i * L_i``. A strategy may have parameters of 
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 import torch
@@ -36,6 +37,13 @@ class UniformWeighting(SampleWeighting):
 
 _STRATEGIES: dict[str, Callable[..., SampleWeighting]] = {"uniform": UniformWeighting}
 
+#: strategies defined in modules imported on first use: kind -> (module, class name)
+_LAZY: dict[str, tuple[str, str]] = {
+    "qam": ("delineo.training.qam", "QualityAwareWeighting"),
+    "qam_ocm": ("delineo.training.qam", "QualityAwareWeighting"),
+    "small_loss": ("delineo.training.robust_losses", "SmallLossWeighting"),
+}
+
 
 def register_weighting(name: str, factory: Callable[..., SampleWeighting]) -> None:
     """Make a strategy available to configs as ``weighting: {kind: name, ...}``."""
@@ -46,9 +54,15 @@ def build_weighting(spec: dict[str, Any] | None, *, in_channels: int, n_structur
     """Build from a config block ``{"kind": ..., **options}`` (None -> uniform)."""
     spec = dict(spec or {"kind": "uniform"})
     kind = spec.pop("kind", "uniform")
+    if kind not in _STRATEGIES and kind in _LAZY:  # importing the module registers it
+        module, name = _LAZY[kind]
+        _STRATEGIES.setdefault(kind, getattr(importlib.import_module(module), name))
     if kind not in _STRATEGIES:
-        raise ConfigError(f"unknown weighting {kind!r} (available: {', '.join(sorted(_STRATEGIES))})")
+        raise ConfigError(f"unknown weighting {kind!r} (available: {', '.join(sorted(set(_STRATEGIES) | set(_LAZY)))})")
     factory = _STRATEGIES[kind]
     if kind == "uniform":
         return factory(**spec)
-    return factory(in_channels=in_channels, n_structures=n_structures, spatial_dims=spatial_dims, **spec)
+    try:
+        return factory(in_channels=in_channels, n_structures=n_structures, spatial_dims=spatial_dims, **spec)
+    except TypeError as exc:  # an unknown or missing option
+        raise ConfigError(f"weighting {kind!r}: {exc}") from exc

@@ -1,0 +1,56 @@
+"""Noisy-label commands: noise-benchmark."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from delineo.cli.app import app
+
+# kept in step with delineo.training.benchmark.METHODS (imported lazily: it pulls in torch)
+_METHODS_HELP = (
+    "baseline (the base config), qam (QAM+OCM), qam_raw (QAM without OCM), nr_dice (noise-robust Dice), "
+    "gce, dice_gce (Dice + generalised cross-entropy), small_loss (small-loss selection); "
+    "weighting options as NAME:KEY=VALUE[+KEY=VALUE], e.g. qam:ocm_lambda=1"
+)
+
+
+def _split(value: str) -> list[str]:
+    return [s.strip() for s in value.split(",") if s.strip()]
+
+
+@app.command("noise-benchmark")
+def noise_benchmark(
+    data: Path = typer.Option(..., "--data", "-d", help="Training data folder (clean labels; noise is added to the training cases)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: runs/, results.json, results.md, results.png."),
+    test_data: Optional[Path] = typer.Option(
+        None, "--test-data", help="Clean held-out folder of the same layout (default: the validation cases held out from --data)."
+    ),
+    methods: str = typer.Option("baseline,qam,nr_dice,dice_gce,small_loss", "--methods", help=f"Comma-separated: {_METHODS_HELP}."),
+    fractions: str = typer.Option("0.25,0.5,0.75", "--fractions", help="Fractions of training samples corrupted."),
+    levels: str = typer.Option("1-8,5-13", "--levels", help="Erosion/dilation radius ranges in pixels."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (default: the base config's)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto (default: the base config's)."),
+    base_config: Optional[Path] = typer.Option(
+        None, "--base-config", "-c", help="Training config the runs start from, e.g. configs/cxr-jsrt.yaml (default: the seed's 2D U-Net)."
+    ),
+    clean: bool = typer.Option(True, "--clean/--no-clean", help="Also train each method on clean labels."),
+    selection: str = typer.Option(
+        "last", "--selection", help="Weights evaluated: 'last' epoch, or 'best-val' (best Dice on the clean validation split)."
+    ),
+) -> None:
+    """Train every method on noisy labels at every noise fraction x level (plus clean) and evaluate on
+    clean labels. Finished runs are skipped, an interrupted one resumes from its checkpoint."""
+    from delineo.training.benchmark import run_benchmark
+
+    command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    results = run_benchmark(
+        data, out, test_data=test_data, methods=_split(methods), fractions=_split(fractions), levels=_split(levels),
+        clean=clean, epochs=epochs, device=device, base_config=base_config, selection=selection, command=command,
+    )
+    typer.echo((out / "results.md").read_text())
+    typer.echo(f"{len(results['runs'])} runs; results in {out}/results.json, results.md, results.png")

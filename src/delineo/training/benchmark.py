@@ -1,0 +1,431 @@
+"""The noisy-label benchmark (``delineo noise-benchmark``): methods x noise fraction x noise level.
+
+For every method and every noise condition (plus clean labels) one model is trained with the one
+training loop on labels of the training images corrupted by the thesis's protocol
+(:mod:`delineo.data.noise`: a fraction of the samples, every structure eroded or dilated by a disc
+of random radius in a range), then evaluated against **clean** labels of a test set: the
+``test_data`` folder, or else the validation cases held out from ``data`` (recorded in each
+model's ``model.json``; their labels are never corrupted or trained on).
+
+Layout of ``out``::
+
+    runs/<run-id>/result.json      one finished run (its presence means: skip on the next call)
+    runs/<run-id>/evaluation.json  the full evaluation report (+ Dice box plot)
+    runs/<run-id>/model/           model.json, history.json, curves; weights kept only for `keep`
+    runs/<run-id>/work/            checkpoint: an interrupted run resumes from it; kept only for `keep`
+    results.json, results.md, results.png
+
+Run ids: ``<method>__clean`` or ``<method>__a<fraction>__r<rmin>-<rmax>`` (e.g. ``qam__a0.75__r5-13``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import yaml
+
+from delineo.errors import ConfigError, InputError
+
+#: name -> (label in tables, overrides of the ``training`` config section)
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "baseline": ("baseline", {}),
+    "qam": ("QAM+OCM", {"weighting": {"kind": "qam"}}),
+    "qam_raw": ("QAM (no OCM)", {"weighting": {"kind": "qam", "ocm_lambda": None}}),
+    "nr_dice": ("noise-robust Dice", {"loss": "nr_dice"}),
+    "gce": ("GCE", {"loss": "gce"}),
+    "dice_gce": ("Dice+GCE", {"loss": "dice_gce"}),
+    "small_loss": ("small-loss", {"weighting": {"kind": "small_loss"}}),
+}
+DEFAULT_METHODS = ("baseline", "qam", "nr_dice", "dice_gce", "small_loss")
+DEFAULT_FRACTIONS = (0.25, 0.5, 0.75)
+DEFAULT_LEVELS = ((1, 8), (5, 13))
+#: (fraction, level) whose model folders (weights, checkpoint) are kept, for every method
+DEFAULT_KEEP = ((0.75, (5, 13)),)
+SELECTIONS = ("last", "best-val")
+
+#: used when no base config is given: the seed's 2D U-Net and schedule (configs/cxr-jsrt.yaml
+#: without the JSRT-specific structure names, pixel size and post-processing)
+DEFAULT_BASE: dict[str, Any] = {
+    "data": {"val_fraction": 0.15, "split_seed": 0},
+    "network": {"channels": [16, 32, 64, 96, 128]},
+    "preprocess": {"intensity": {"kind": "window", "low": 0, "high": 255}},
+    "training": {"epochs": 60, "batch_size": 8, "lr": 0.002, "optimizer": "adam", "schedule": "poly", "loss": "dice_bce", "seed": 0},
+}
+
+
+@dataclass
+class Method:
+    """One column of the comparison: ``spec`` as given (``qam`` or ``qam:ocm_lambda=1``)."""
+
+    spec: str
+    name: str
+    label: str
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_method(spec: str) -> Method:
+    """``name[:key=value[+key=value...]]``; options go to the method's weighting block,
+    e.g. ``qam:ocm_lambda=1`` or ``small_loss:forget_rate=0.4+warmup_steps=200``."""
+    name, _, opts = spec.strip().partition(":")
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r} (available: {', '.join(METHODS)})")
+    label, training = METHODS[name]
+    training = copy.deepcopy(training)
+    options: dict[str, Any] = {}
+    for item in filter(None, opts.split("+")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"method {spec!r}: options are key=value joined by '+', got {item!r}")
+        options[key.strip()] = yaml.safe_load(value)
+    if options:
+        if "weighting" not in training:
+            raise ConfigError(f"method {spec!r}: {name} has no weighting options to set")
+        training["weighting"].update(options)
+        label += " (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
+    return Method(spec.strip(), name, label, training)
+
+
+def parse_level(text: str) -> tuple[int, int]:
+    """``"1-8"`` -> ``(1, 8)``: erosion/dilation radius range in pixels."""
+    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+    if not m or int(m[1]) > int(m[2]):
+        raise ConfigError(f"noise level {text!r}: expected RMIN-RMAX in pixels, e.g. 1-8")
+    return int(m[1]), int(m[2])
+
+
+def parse_fraction(text: str | float) -> float:
+    try:
+        f = float(text)
+    except ValueError:
+        raise ConfigError(f"noise fraction {text!r} is not a number") from None
+    if not 0 < f <= 1:
+        raise ConfigError(f"noise fraction {text!r} must be in (0, 1]")
+    return f
+
+
+def level_name(level: Sequence[int] | None) -> str:
+    return "-" if level is None else f"{level[0]}-{level[1]}"
+
+
+def run_id(method: Method, fraction: float | None, level: tuple[int, int] | None) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", method.spec)
+    return f"{safe}__clean" if fraction is None else f"{safe}__a{fraction:g}__r{level[0]}-{level[1]}"
+
+
+def load_base(base_config: str | Path | dict[str, Any] | None) -> dict[str, Any]:
+    """The base config as a dict (a YAML path, a dict, or None for :data:`DEFAULT_BASE`)."""
+    if base_config is None:
+        return copy.deepcopy(DEFAULT_BASE)
+    if isinstance(base_config, dict):
+        return copy.deepcopy(base_config)
+    path = Path(base_config)
+    try:
+        d = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise InputError(path, "base config does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML ({exc})") from exc
+    if not isinstance(d, dict):
+        raise InputError(path, "config must be a YAML mapping")
+    return d
+
+
+def make_config(
+    base: dict[str, Any], method: Method, fraction: float | None, level: tuple[int, int] | None, *,
+    data: Path, run_dir: Path, epochs: int | None, device: str | None, selection: str, noise_seed: int | None,
+):
+    """The :class:`TrainConfig` of one run: the base config with the method's overrides, the
+    label noise, and output/work_dir under ``run_dir``."""
+    from delineo.training.config import TrainConfig
+
+    d = copy.deepcopy(base)
+    d["name"] = f"noise-{run_dir.name}"
+    d["output"] = str(run_dir / "model")
+    d["work_dir"] = str(run_dir / "work")
+    d["data"] = {**(d.get("data") or {}), "train": str(data)}
+    training = dict(d.get("training") or {})
+    training.update(copy.deepcopy(method.training))
+    if epochs is not None:
+        training["epochs"] = int(epochs)
+    if device is not None:
+        training["device"] = device
+    seed = int(training.get("seed", 0)) if noise_seed is None else int(noise_seed)
+    training["label_noise"] = None if fraction is None else {"fraction": fraction, "radius": list(level), "seed": seed}
+    d["training"] = training
+    cfg = TrainConfig.from_dict(d, where=f"noise benchmark run {run_dir.name}")
+    if selection == "last":  # validate (and so save) only after the last epoch
+        cfg.training.val_every = cfg.training.epochs
+    return cfg
+
+
+def _cleanup(run_dir: Path, keep: bool) -> None:
+    """Drop the weights and checkpoint of a finished run unless it is one to keep."""
+    if keep:
+        return
+    for p in (run_dir / "model" / "weights.safetensors", run_dir / "work" / "checkpoint.pt", run_dir / "work" / "checkpoint.pt.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def _condition_key(row: dict[str, Any]) -> tuple:
+    return (row["level"] is not None, tuple(row["radius"] or ()), row["fraction"])
+
+
+def run_benchmark(
+    data: str | Path,
+    out: str | Path,
+    *,
+    test_data: str | Path | None = None,
+    methods: Iterable[str] = DEFAULT_METHODS,
+    fractions: Iterable[float] = DEFAULT_FRACTIONS,
+    levels: Iterable[Sequence[int]] = DEFAULT_LEVELS,
+    clean: bool = True,
+    epochs: int | None = None,
+    device: str | None = None,
+    base_config: str | Path | dict[str, Any] | None = None,
+    selection: str = "last",
+    keep: Iterable[tuple[float, Sequence[int]]] | None = None,
+    noise_seed: int | None = None,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate every (method, condition) not finished yet; write the summary files.
+
+    Returns the content of ``results.json``. ``selection``: ``last`` uses the last epoch's weights
+    (no clean labels are used in training at all); ``best-val`` keeps the epoch with the best Dice
+    on the clean held-out validation cases of ``data``. ``keep``: the (fraction, level) whose model
+    weights and checkpoints stay (default :data:`DEFAULT_KEEP`); other runs keep only their metrics.
+    """
+    from delineo.metrics.evaluate import evaluate
+    from delineo.training.loop import hardware_description, train
+    from delineo.inference.predictor import resolve_device
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    data, out = Path(data), Path(out)
+    if not data.is_dir():
+        raise InputError(data, "training data folder does not exist")
+    if test_data is not None and not Path(test_data).is_dir():
+        raise InputError(test_data, "test data folder does not exist")
+    if selection not in SELECTIONS:
+        raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    method_list = [parse_method(m) for m in methods]
+    if not method_list:
+        raise ConfigError("no methods to run")
+    if len({m.spec for m in method_list}) != len(method_list):
+        raise ConfigError("a method is named twice")
+    fraction_list = [parse_fraction(f) for f in fractions]
+    level_list = [tuple(int(r) for r in lv) if not isinstance(lv, str) else parse_level(lv) for lv in levels]
+    keep_set = {(float(f), tuple(int(r) for r in lv)) for f, lv in (DEFAULT_KEEP if keep is None else keep)}
+    base = load_base(base_config)
+
+    conditions: list[tuple[float | None, tuple[int, int] | None]] = [(None, None)] if clean else []
+    conditions += [(f, lv) for lv in level_list for f in fraction_list]
+    grid = [(m, f, lv) for f, lv in conditions for m in method_list]  # condition-major: rows fill up together
+    rows: list[dict[str, Any]] = []
+    runs_dir = out / "runs"
+    for i, (method, fraction, level) in enumerate(grid, 1):
+        rid = run_id(method, fraction, level)
+        run_dir = runs_dir / rid
+        keep_this = fraction is not None and (fraction, level) in keep_set
+        result_path = run_dir / "result.json"
+        if result_path.is_file():
+            log(f"[{i}/{len(grid)}] {rid}: finished earlier, skipped")
+            rows.append(json.loads(result_path.read_text()))
+            _cleanup(run_dir, keep_this)
+            continue
+        log(f"[{i}/{len(grid)}] {rid}: training")
+        cfg = make_config(base, method, fraction, level, data=data, run_dir=run_dir, epochs=epochs, device=device,
+                          selection=selection, noise_seed=noise_seed)
+        t0 = time.perf_counter()
+        model_dir = train(cfg, resume=True, command=command)
+        wall = time.perf_counter() - t0
+        meta = json.loads((model_dir / "model.json").read_text())
+        tr = meta["training"]
+        if test_data is not None:
+            report = evaluate(model_dir, test_data, run_dir / "evaluation.json", device=cfg.training.device)
+        else:
+            report = evaluate(model_dir, data, run_dir / "evaluation.json", device=cfg.training.device, cases=tr["data"]["val_cases"])
+        noise = tr.get("label_noise") or []
+        corrupted = [r for r in noise if r["corrupted"]]
+        row = {
+            "run": rid,
+            "method": method.spec,
+            "label": method.label,
+            "fraction": fraction,
+            "level": None if level is None else level_name(level),
+            "radius": None if level is None else list(level),
+            "dice": {name: s["dice"] for name, s in report["structures"].items()},
+            "avg": report["mean_dice"],
+            "n_test": len(report["cases"]),
+            "test_cases": [c["case"] for c in report["cases"]],
+            "loss": cfg.training.loss,
+            "weighting": cfg.training.weighting,
+            "epochs": tr.get("epochs"),
+            "best_epoch": tr.get("best_epoch"),
+            "train_seconds": tr.get("seconds"),
+            "seconds_per_epoch": (tr["seconds"] / tr["epochs"]) if tr.get("seconds") is not None and tr.get("epochs") else None,
+            "wall_seconds_this_sitting": round(wall, 1),
+            "hardware": tr.get("hardware"),
+            "device": tr.get("device"),
+            "noise": {
+                "n_train": tr["data"]["n_train"],
+                "n_corrupted": len(corrupted),
+                "mean_label_dice_of_corrupted": float(np.mean([np.mean(r["dice_vs_clean"]) for r in corrupted])) if corrupted else None,
+                "seed": (cfg.training.label_noise or {}).get("seed"),
+            },
+            "model": str(model_dir) if keep_this else None,
+            "evaluation": str(run_dir / "evaluation.json"),
+        }
+        tmp = result_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(row, indent=2) + "\n")
+        tmp.replace(result_path)
+        _cleanup(run_dir, keep_this)
+        rows.append(row)
+        avg = "-" if row["avg"] is None else f"{row['avg']:.4f}"
+        log(f"[{i}/{len(grid)}] {rid}: avg Dice {avg} on {row['n_test']} clean test cases")
+
+    if test_data is not None:
+        test_desc = f"clean labels of every case in {test_data}"
+    else:
+        n = rows[0]["n_test"] if rows else 0
+        test_desc = (
+            f"clean labels of the {n} validation cases held out from {data} (listed in each model's model.json; "
+            "never trained on)" + ("; they also selected the epoch, so these figures are optimistic" if selection == "best-val" else "")
+        )
+    results = {
+        "data": str(data),
+        "test": {"data": str(test_data) if test_data is not None else str(data),
+                 "cases": "all" if test_data is not None else "validation split of data", "description": test_desc},
+        "selection": selection,
+        "base_config": str(base_config) if base_config is not None and not isinstance(base_config, dict) else ("dict" if base_config else "built-in default"),
+        "epochs": epochs if epochs is not None else (base.get("training") or {}).get("epochs"),
+        "command": command,
+        "hardware_now": hardware_description(resolve_device(device or "auto")),
+        "methods": [{"method": m.spec, "label": m.label, "training": m.training} for m in method_list],
+        "fractions": fraction_list,
+        "levels": [level_name(lv) for lv in level_list],
+        "clean": clean,
+        "structures": _structures(rows),
+        "cost_per_epoch": cost_per_epoch(rows),
+        "runs": rows,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(results))
+    plot_results(results, out / "results.png")
+    return results
+
+
+def _structures(rows: list[dict[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for r in rows:
+        names += [n for n in r["dice"] if n not in names]
+    return names
+
+
+def cost_per_epoch(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seconds per epoch of each method (mean over its runs) and, relative to ``baseline``, the mean
+    ratio over the conditions both ran on the same hardware."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_method.setdefault(r["method"], []).append(r)
+    base = {(r["fraction"], r["level"]): r for r in by_method.get("baseline", [])}
+    out: dict[str, Any] = {}
+    for method, rs in by_method.items():
+        secs = [r["seconds_per_epoch"] for r in rs if r.get("seconds_per_epoch") is not None]
+        ratios = [
+            r["seconds_per_epoch"] / b["seconds_per_epoch"]
+            for r in rs
+            if (b := base.get((r["fraction"], r["level"]))) and r.get("seconds_per_epoch") is not None and b.get("seconds_per_epoch")
+            and r.get("hardware") == b.get("hardware")
+        ]
+        out[method] = {
+            "seconds_per_epoch": float(np.mean(secs)) if secs else None,
+            "relative_to_baseline": float(np.mean(ratios)) if ratios else None,
+            "n_compared": len(ratios),
+        }
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The table: rows noise fraction x level x method (clean first), columns per structure + avg;
+    the best average of each condition in bold."""
+    names = results["structures"]
+    rows = sorted(results["runs"], key=_condition_key)
+    order = {m["method"]: i for i, m in enumerate(results["methods"])}
+    lines = [
+        "# Noisy-label benchmark",
+        "",
+        f"Training data: `{results['data']}` (labels of the training cases corrupted as in the thesis: a fraction of the samples, "
+        "every structure eroded or dilated by a disc of random radius in the level's range, in pixels).",
+        f"Test: {results['test']['description']}. Dice per structure and their average.",
+        f"Epoch used: {'the last' if results['selection'] == 'last' else 'best Dice on the clean validation split'}; "
+        f"epochs: {results['epochs']}; base config: {results['base_config']}.",
+        "",
+        "| noise | level | method | " + " | ".join(names) + " | avg |",
+        "|---|---|---|" + "---|" * len(names) + "---|",
+    ]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(_condition_key(r), []).append(r)
+    for key in sorted(groups):
+        group = sorted(groups[key], key=lambda r: order.get(r["method"], len(order)))
+        avgs = [r["avg"] for r in group if r["avg"] is not None]
+        best = max(avgs) if len(group) > 1 and avgs else None
+        for r in group:
+            noise = "none" if r["fraction"] is None else f"{r['fraction']:.0%}"
+            avg = _fmt(r["avg"])
+            if best is not None and r["avg"] == best:
+                avg = f"**{avg}**"
+            cells = [_fmt(r["dice"].get(n)) for n in names]
+            lines.append(f"| {noise} | {r['level'] or '-'} | {r['label']} | " + " | ".join(cells) + f" | {avg} |")
+    cost = results["cost_per_epoch"]
+    if cost:
+        lines += ["", "Training cost per epoch (mean over the method's runs; relative: mean ratio to the baseline's run "
+                  "of the same condition on the same hardware):", "", "| method | s/epoch | relative to baseline |", "|---|---|---|"]
+        labels = {m["method"]: m["label"] for m in results["methods"]}
+        for method, c in sorted(cost.items(), key=lambda kv: order.get(kv[0], len(order))):
+            rel = "-" if c["relative_to_baseline"] is None else f"{c['relative_to_baseline']:.2f}x"
+            secs = "-" if c["seconds_per_epoch"] is None else f"{c['seconds_per_epoch']:.1f}"
+            lines.append(f"| {labels.get(method, method)} | {secs} | {rel} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(results: dict[str, Any], path: Path) -> Path:
+    """Average Dice against noise fraction (0 = clean labels), one panel per level, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = results["levels"] or ["-"]
+    fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4), squeeze=False, sharey=True)
+    for ax, level in zip(axes[0], levels):
+        for m in results["methods"]:
+            pts = [(0.0 if r["fraction"] is None else r["fraction"], r["avg"]) for r in results["runs"]
+                   if r["method"] == m["method"] and r["avg"] is not None and (r["level"] == level or r["fraction"] is None)]
+            if pts:
+                pts.sort()
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m["label"])
+        ax.set_title(f"noise level {level} px" if level != "-" else "clean")
+        ax.set_xlabel("fraction of training labels corrupted (0 = clean)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("average Dice (clean test labels)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

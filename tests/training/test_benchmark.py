@@ -1,0 +1,118 @@
+"""The noisy-label benchmark: grid of runs, clean-label evaluation, summary files, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import delineo.training.loop as loop
+from delineo.cli import main
+from delineo.cli import noise  # noqa: F401  (registers noise-benchmark)
+from delineo.errors import ConfigError
+from delineo.training import benchmark as bm
+
+pytestmark = pytest.mark.slow
+
+
+def base(tiny_config, image_dataset, tmp_path) -> dict:
+    d = tiny_config(image_dataset.root, tmp_path / "unused", epochs=1, steps_per_epoch=2)
+    d["training"]["weighting"] = None
+    return d
+
+
+def test_parsing():
+    assert bm.parse_level("1-8") == (1, 8) and bm.parse_level(" 5 - 13 ") == (5, 13)
+    for bad in ("8-1", "5", "a-b"):
+        with pytest.raises(ConfigError, match="level"):
+            bm.parse_level(bad)
+    with pytest.raises(ConfigError, match="fraction"):
+        bm.parse_fraction("1.5")
+    m = bm.parse_method("qam:ocm_lambda=1+channels=[8,16]")
+    assert m.training == {"weighting": {"kind": "qam", "ocm_lambda": 1, "channels": [8, 16]}}
+    assert "ocm_lambda=1" in m.label
+    assert bm.run_id(m, 0.75, (5, 13)) == "qam-ocm_lambda-1-channels-8-16-__a0.75__r5-13"
+    assert bm.run_id(bm.parse_method("baseline"), None, None) == "baseline__clean"
+    with pytest.raises(ConfigError, match="available"):
+        bm.parse_method("coteach")
+    with pytest.raises(ConfigError, match="no weighting"):
+        bm.parse_method("nr_dice:gamma=2")
+    assert set(bm.DEFAULT_METHODS) <= set(bm.METHODS)
+    for name in bm.METHODS:  # the CLI help lists them all
+        assert name in noise._METHODS_HELP
+
+
+def test_make_config(tmp_path, tiny_config, image_dataset):
+    b = base(tiny_config, image_dataset, tmp_path)
+    cfg = bm.make_config(b, bm.parse_method("qam"), 0.5, (1, 8), data=image_dataset.root, run_dir=tmp_path / "r",
+                         epochs=3, device="cpu", selection="last", noise_seed=None)
+    t = cfg.training
+    assert t.weighting == {"kind": "qam"} and t.epochs == 3 and t.val_every == 3
+    assert t.label_noise == {"fraction": 0.5, "radius": [1, 8], "seed": 0}
+    assert cfg.output == str(tmp_path / "r" / "model") and cfg.work_dir == str(tmp_path / "r" / "work")
+    clean = bm.make_config(b, bm.parse_method("nr_dice"), None, None, data=image_dataset.root, run_dir=tmp_path / "c",
+                           epochs=None, device=None, selection="best-val", noise_seed=7)
+    assert clean.training.label_noise is None and clean.training.loss == "nr_dice" and clean.training.val_every == 1
+
+
+def test_noise_benchmark_writes_results_and_resumes(tmp_path, tiny_config, image_dataset, monkeypatch):
+    import yaml
+
+    cfg_path = tmp_path / "base.yaml"
+    cfg_path.write_text(yaml.safe_dump(base(tiny_config, image_dataset, tmp_path)))
+    out = tmp_path / "bench"
+    args = ["noise-benchmark", "--data", str(image_dataset.root), "--out", str(out), "--methods", "baseline,qam",
+            "--fractions", "0.5", "--levels", "1-2", "--epochs", "1", "--device", "cpu", "--base-config", str(cfg_path)]
+    calls = []
+    real_train = loop.train
+    monkeypatch.setattr(loop, "train", lambda *a, **k: calls.append(a[0].name) or real_train(*a, **k))
+    monkeypatch.setattr(bm, "DEFAULT_KEEP", ((0.5, (1, 2)),))  # keep this grid's noisy runs, as for 0.75 / 5-13
+    assert main(args) == 0
+    assert len(calls) == 4  # 2 methods x (clean + 1 condition)
+    results = json.loads((out / "results.json").read_text())
+    assert {r["run"] for r in results["runs"]} == {"baseline__clean", "qam__clean", "baseline__a0.5__r1-2", "qam__a0.5__r1-2"}
+    assert results["structures"] == ["disc", "square"]
+    assert "validation cases held out" in results["test"]["description"]
+    for r in results["runs"]:
+        assert set(r["dice"]) == {"disc", "square"} and 0 <= r["avg"] <= 1 and r["n_test"] == 2
+        assert r["epochs"] == 1 and r["seconds_per_epoch"] >= 0
+        run = out / "runs" / r["run"]
+        assert (run / "model" / "model.json").is_file() and (run / "evaluation.json").is_file()
+        kept = r["fraction"] == 0.5
+        assert (run / "model" / "weights.safetensors").is_file() == kept
+        assert (run / "work" / "checkpoint.pt").is_file() == kept
+        assert (r["model"] is not None) == kept
+    noisy = [r for r in results["runs"] if r["fraction"] == 0.5]
+    assert all(r["noise"]["n_corrupted"] == 3 and r["noise"]["n_train"] == 6 for r in noisy)
+    cost = results["cost_per_epoch"]
+    assert set(cost) == {"baseline", "qam"} and cost["qam"]["seconds_per_epoch"] >= 0
+    rows = [{"method": m, "fraction": None, "level": None, "seconds_per_epoch": s, "hardware": "cpu"} for m, s in [("baseline", 2.0), ("qam", 3.0)]]
+    assert bm.cost_per_epoch(rows)["qam"]["relative_to_baseline"] == pytest.approx(1.5)
+    md = (out / "results.md").read_text()
+    assert "| noise | level | method | disc | square | avg |" in md
+    assert "| none | - | baseline |" in md and "| 50% | 1-2 | QAM+OCM |" in md
+    assert (out / "results.png").stat().st_size > 1000
+
+    # a second call trains nothing and reproduces the files; a wider grid only trains what is new
+    before = (out / "results.json").read_text()
+    calls.clear()
+    assert main(args) == 0
+    assert calls == []
+    assert json.loads((out / "results.json").read_text())["runs"] == json.loads(before)["runs"]
+    (out / "runs" / "qam__clean" / "result.json").unlink()  # as if interrupted after training
+    assert main(args) == 0
+    assert calls == ["noise-qam__clean"]
+
+
+def test_test_data_folder_and_bad_arguments(tmp_path, tiny_config, image_dataset):
+    from conftest import write_image_dataset
+
+    test = write_image_dataset(tmp_path / "test", n_cases=3, seed=5)
+    res = bm.run_benchmark(image_dataset.root, tmp_path / "b", test_data=test.root, methods=["small_loss"], fractions=[],
+                           levels=[], base_config=base(tiny_config, image_dataset, tmp_path), log=lambda m: None)
+    (row,) = res["runs"]
+    assert row["n_test"] == 3 and row["test_cases"] == test.cases and row["method"] == "small_loss"
+    assert str(test.root) in res["test"]["description"]
+    assert main(["noise-benchmark", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["noise-benchmark", "--data", str(image_dataset.root), "--out", str(tmp_path / "x"), "--levels", "9-1"]) == 2
+    assert main(["noise-benchmark", "--data", str(image_dataset.root), "--out", str(tmp_path / "x"), "--methods", "nope"]) == 2
