@@ -110,3 +110,16 @@ def test_unknown_model_names_the_bundled_ones(tmp_path, capsys, monkeypatch):
 def test_usage_error_is_not_a_crash(capsys):
     assert main(["contour"]) == 2  # missing INPUT: click's usage error, exit code 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_bench_contour_reports_stages_and_slow_path(trained, tmp_path):
+    model, data = trained
+    out = tmp_path / "bench.json"
+    rc = main(["bench-contour", str(data / "case0" / "ct.nii.gz"), "--model", str(model), "--device", "cpu",
+               "--repeat", "1", "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert set(report["seconds"]) == {"read", "preprocess", "model", "postprocess", "write"}
+    assert all(v >= 0 for v in report["seconds"].values()) and report["peak_rss_mb"] > 0
+    assert report["slow_path"]["speedup_total"] > 0
+    assert set(report["slow_path"]["dice_fast_vs_slow"]) == {"Ball"}
