@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from delineo.errors import ConfigError, InputError
+from delineo.training.config import read_yaml_mapping
 
 #: name -> (label in tables, overrides of the ``training`` config section)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -127,16 +128,7 @@ def load_base(base_config: str | Path | dict[str, Any] | None) -> dict[str, Any]
         return copy.deepcopy(DEFAULT_BASE)
     if isinstance(base_config, dict):
         return copy.deepcopy(base_config)
-    path = Path(base_config)
-    try:
-        d = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise InputError(path, "base config does not exist") from exc
-    except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML ({exc})") from exc
-    if not isinstance(d, dict):
-        raise InputError(path, "config must be a YAML mapping")
-    return d
+    return read_yaml_mapping(base_config)
 
 
 def make_config(

@@ -22,6 +22,20 @@ from delineo.errors import ConfigError, InputError
 from delineo.settings import expand
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; InputError naming the file otherwise."""
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise InputError(path, "config file does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML ({exc})") from exc
+    if not isinstance(d, dict):
+        raise InputError(path, "config must be a YAML mapping")
+    return d
+
+
 def _from_dict(cls, d: dict[str, Any] | None, where: str):
     d = dict(d or {})
     names = {f.name for f in fields(cls)}
@@ -99,14 +113,7 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
         path = Path(path)
-        try:
-            d = yaml.safe_load(path.read_text())
-        except FileNotFoundError as exc:
-            raise InputError(path, "config file does not exist") from exc
-        except yaml.YAMLError as exc:
-            raise InputError(path, f"not valid YAML ({exc})") from exc
-        if not isinstance(d, dict):
-            raise InputError(path, "config must be a YAML mapping")
+        d = read_yaml_mapping(path)
         try:
             return cls.from_dict(d, where=str(path))
         except TypeError as exc:
