@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from delineo.contours.overview import write_overview
-from delineo.data.io import Image, grid_affine, is_png, read_image, write_mask
+from delineo.data.io import Image, read_image, write_mask
 from delineo.errors import InputError
-from delineo.inference.predictor import Predictor
+from delineo.inference.predictor import Predictor, with_model_pixel_spacing
 from delineo.metrics.evaluate import evaluate
 from delineo.metrics.segmentation import volume_cc
 from delineo.models.registry import available_models
@@ -43,9 +43,11 @@ def contour_image(
     structures: Sequence[str] | None = None,
     source: str = "",
     overview: bool = True,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Contour an in-memory image and write ``segmentations/<ROI>.nii.gz``, ``summary.json`` and
-    overview PNGs into ``out_dir``. Returns the summary (volumes in cc, or cm² for 2D)."""
+    overview PNGs into ``out_dir``. Returns the summary (volumes in cc, or cm² for 2D).
+    seconds: timings of earlier stages (e.g. ``{"read": s}``) to report with the others."""
     out_dir = Path(out_dir)
     seg_dir = out_dir / "segmentations"
     seg_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +76,7 @@ def contour_image(
     if overview:
         summary["overview"] = [str(p) for p in write_overview(image, masks, out_dir, title=f"{Path(source).name} — {predictor.bundle.name}")]
     predictor.timings["write"] = time.perf_counter() - t0
-    summary["seconds"] = {k: round(v, 4) for k, v in predictor.timings.items()}
+    summary["seconds"] = {k: round(v, 4) for k, v in {**(seconds or {}), **predictor.timings}.items()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -93,9 +95,8 @@ def contour(
     image = read_image(input_path)
     read_s = time.perf_counter() - t0
     predictor = Predictor(model or default_model(image.array.ndim), device)
-    if is_png(input_path):  # PNG stores no pixel size: use the one the model was trained with
-        image = Image(image.array, grid_affine((predictor.bundle.pixel_spacing_mm,) * 2))
-    summary = contour_image(image, out_dir, predictor=predictor, structures=structures, source=str(input_path), overview=overview)
-    summary["seconds"]["read"] = round(read_s, 4)
-    (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    image = with_model_pixel_spacing(image, input_path, predictor.bundle)
+    return contour_image(
+        image, out_dir, predictor=predictor, structures=structures, source=str(input_path), overview=overview,
+        seconds={"read": read_s},
+    )

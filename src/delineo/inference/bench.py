@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from delineo.data.io import read_image, write_mask
-from delineo.inference.predictor import Predictor
+from delineo.inference.predictor import Predictor, with_model_pixel_spacing
 from delineo.metrics.segmentation import dice
 
 STAGES = ("read", "preprocess", "model", "postprocess", "write")
@@ -31,7 +31,7 @@ def _peak_rss_mb() -> float:
 
 def _run_once(predictor: Predictor, path: Path, out_dir: Path) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     t0 = time.perf_counter()
-    image = read_image(path)
+    image = with_model_pixel_spacing(read_image(path), path, predictor.bundle)
     read_s = time.perf_counter() - t0
     masks = predictor.predict(image)
     t1 = time.perf_counter()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.transforms import KeepLargestConnectedComponent
 
-from delineo.data.io import Image
+from delineo.data.io import Image, grid_affine, is_png
 from delineo.data.transforms import preprocess, resample
 from delineo.errors import InputError
 from delineo.models.registry import ModelBundle, load_model
@@ -104,6 +104,11 @@ def keep_largest_components(masks: np.ndarray, structures: Sequence[str], keep: 
             tool = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, num_components=int(n))
             out[c] = np.asarray(tool(torch.as_tensor(out[c][None].astype(np.uint8))))[0].astype(bool)
     return out
+
+
+def with_model_pixel_spacing(image: Image, path, bundle: ModelBundle) -> Image:
+    """A PNG stores no pixel size: give an image read from one the model's training pixel size."""
+    return Image(image.array, grid_affine((bundle.pixel_spacing_mm,) * 2)) if is_png(path) else image
 
 
 class Predictor:
