@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 export DELINEO_DATA ?= $(abspath ../shared/data)
 
-.PHONY: install test run clean
+.PHONY: install system-deps test run clean
 
 install: $(STAMP)
 
@@ -17,6 +17,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
 	touch $(STAMP)
+
+# Debian packages the tests use as real peers: dcmtk (echoscu/storescu/storescp), dicom3tools
+# (dciodvfy), Chromium + ChromeDriver for the browser tests. Needs root; skipped when all are present.
+SYSTEM_TOOLS := storescu storescp echoscu dciodvfy chromium chromedriver
+system-deps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages for:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools chromium chromium-driver; \
+	else echo "system tools present: $(SYSTEM_TOOLS)"; fi
 
 test: install
 	$(VENV)/bin/pytest -q

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from delineo.contours.overview import write_overview
 from delineo.data.io import Image, read_image, write_mask
@@ -25,6 +25,14 @@ from delineo.training.loop import train
 DEFAULT_MODELS = {2: "cxr-jsrt", 3: "hn-ct"}
 
 __all__ = ["contour", "contour_image", "default_model", "evaluate", "train"]
+
+#: ``progress(stage, fraction)``: called as a contouring run passes its stages (fraction 0..1)
+Progress = Callable[[str, float], None]
+
+
+def _report(progress: Progress | None, stage: str, fraction: float) -> None:
+    if progress is not None:
+        progress(stage, fraction)
 
 
 def default_model(spatial_dims: int) -> str:
@@ -44,14 +52,18 @@ def contour_image(
     source: str = "",
     overview: bool = True,
     seconds: dict[str, float] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Contour an in-memory image and write ``segmentations/<ROI>.nii.gz``, ``summary.json`` and
     overview PNGs into ``out_dir``. Returns the summary (volumes in cc, or cm² for 2D).
-    seconds: timings of earlier stages (e.g. ``{"read": s}``) to report with the others."""
+    seconds: timings of earlier stages (e.g. ``{"read": s}``) to report with the others.
+    progress: ``progress(stage, fraction)`` callback (stages ``model``, ``write``, ``done``)."""
     out_dir = Path(out_dir)
     seg_dir = out_dir / "segmentations"
     seg_dir.mkdir(parents=True, exist_ok=True)
+    _report(progress, "model", 0.2)
     masks = predictor.predict(image, structures)
+    _report(progress, "write", 0.7)
     t0 = time.perf_counter()
     files = {}
     for name, mask in masks.items():
@@ -78,6 +90,7 @@ def contour_image(
     predictor.timings["write"] = time.perf_counter() - t0
     summary["seconds"] = {k: round(v, 4) for k, v in {**(seconds or {}), **predictor.timings}.items()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _report(progress, "done", 1.0)
     return summary
 
 
@@ -89,8 +102,10 @@ def contour(
     device: str = "auto",
     structures: Sequence[str] | None = None,
     overview: bool = True,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Contour a NIfTI CT (or a PNG X-ray) with a bundled or given model; see :func:`contour_image`."""
+    _report(progress, "read", 0.0)
     t0 = time.perf_counter()
     image = read_image(input_path)
     read_s = time.perf_counter() - t0
@@ -98,5 +113,5 @@ def contour(
     image = with_model_pixel_spacing(image, input_path, predictor.bundle)
     return contour_image(
         image, out_dir, predictor=predictor, structures=structures, source=str(input_path), overview=overview,
-        seconds={"read": read_s},
+        seconds={"read": read_s}, progress=progress,
     )

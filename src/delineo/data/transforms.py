@@ -19,6 +19,7 @@ from monai.transforms import (
     RandAffined,
     RandGaussianNoised,
     RandScaleIntensityd,
+    RandCropByPosNegLabeld,
     RandShiftIntensityd,
     RandSpatialCropd,
     ScaleIntensityRange,
@@ -77,19 +78,29 @@ def preprocess_labels(label: np.ndarray, spacing_mm: Sequence[float], spec: dict
     return (resample(t.float(), shape, "linear") >= 0.5).to(torch.uint8)
 
 
-def training_augmentation(spatial_dims: int, patch_size: Sequence[int] | None, strength: str = "default") -> Compose:
+def training_augmentation(
+    spatial_dims: int, patch_size: Sequence[int] | None, strength: str = "default", foreground: float = 0.0
+) -> Compose:
     """MONAI random transforms for ``{"image", "label"}`` dicts of ``(C, *spatial)`` tensors.
 
     No mirroring: left/right structures (parotids) and the heart are not symmetric.
     patch_size: random crop (after padding) to this size; ``None`` keeps the whole image.
+    foreground: fraction of crops centred on a voxel inside any structure (the rest on a random
+    voxel), as nnU-Net oversamples foreground so that small organs are seen often enough.
     """
     keys = ["image", "label"]
     transforms: list = []
     if patch_size is not None:
-        transforms += [
-            SpatialPadd(keys, spatial_size=list(patch_size)),
-            RandSpatialCropd(keys, roi_size=list(patch_size), random_size=False),
-        ]
+        transforms.append(SpatialPadd(keys, spatial_size=list(patch_size)))
+        if foreground > 0:
+            transforms.append(
+                RandCropByPosNegLabeld(
+                    keys, label_key="label", spatial_size=list(patch_size), pos=float(foreground),
+                    neg=1.0 - float(foreground), num_samples=1, allow_smaller=True,
+                )
+            )
+        else:
+            transforms.append(RandSpatialCropd(keys, roi_size=list(patch_size), random_size=False))
     if strength != "none":
         rotate = np.deg2rad(15.0)
         transforms += [

@@ -35,7 +35,7 @@ from delineo.models.networks import NetworkSpec, build_network, count_parameters
 from delineo.models.registry import json_safe, save_model
 from delineo.training.config import TrainConfig
 from delineo.training.losses import SegmentationLoss, deep_supervision_loss
-from delineo.training.weighting import build_weighting
+from delineo.training.weighting import UniformWeighting, build_weighting
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -79,6 +79,8 @@ class PreparedCases(Dataset):
         if self.transform is None:
             return dict(item)
         out = self.transform({"image": item["image"], "label": item["label"]})
+        if isinstance(out, list):  # crop-by-label transforms return a list of samples
+            out = out[0]
         return {
             "image": torch.as_tensor(out["image"]).float(),
             "label": torch.as_tensor(out["label"]).to(torch.uint8),
@@ -237,7 +239,7 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
         patch = [int(math.ceil(s / spec.divisor) * spec.divisor) for s in next(iter(shapes))]
     if any(p % spec.divisor for p in patch):
         raise ConfigError(f"training.patch_size {patch} must be a multiple of {spec.divisor}")
-    train_cases.transform = training_augmentation(spatial_dims, patch, t.augment)
+    train_cases.transform = training_augmentation(spatial_dims, patch, t.augment, t.foreground_oversample)
 
     # ---- model, loss, weighting, optimiser ---------------------------------------------------
     network = build_network(spec).to(device)
@@ -247,7 +249,9 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
             f"weighting {type(weighting).__name__} compares samples within a batch: batch_size must be >= "
             f"{weighting.min_batch_size}, got {t.batch_size}"
         )
-    loss_fn = SegmentationLoss(t.loss)
+    if t.batch_dice and not isinstance(weighting, UniformWeighting):
+        raise ConfigError(f"batch_dice gives one loss per batch; weighting {type(weighting).__name__} needs per-sample losses")
+    loss_fn = SegmentationLoss(t.loss, batch_dice=t.batch_dice)
     optimizer = _optimizer(cfg, list(network.parameters()) + list(weighting.parameters()))
     generator = torch.Generator().manual_seed(t.seed)
     # MONAI's DataLoader re-seeds the random transforms in every worker

@@ -20,14 +20,23 @@ LOSSES = ("dice", "dice_bce", "nr_dice", "gce", "dice_gce")
 class SegmentationLoss(torch.nn.Module):
     """kind: ``dice`` (soft Dice on sigmoid outputs) or ``dice_bce`` (Dice + binary cross-entropy);
     noise-robust (:mod:`delineo.training.robust_losses`): ``nr_dice`` (noise-robust Dice, gamma 1.5),
-    ``gce`` (generalised cross-entropy, q 0.7) or ``dice_gce`` (Dice + GCE)."""
+    ``gce`` (generalised cross-entropy, q 0.7) or ``dice_gce`` (Dice + GCE).
 
-    def __init__(self, kind: str = "dice_bce"):
+    batch_dice: Dice of each structure over the whole batch (nnU-Net's batch Dice) instead of per
+    sample: small structures that a patch misses no longer push the network towards predicting
+    nothing. The batch then has one loss, returned for every sample (so only uniform weighting fits).
+    """
+
+    def __init__(self, kind: str = "dice_bce", batch_dice: bool = False):
         super().__init__()
         if kind not in LOSSES:
             raise ConfigError(f"unknown loss {kind!r} (expected one of {', '.join(LOSSES)})")
+        if batch_dice and kind not in ("dice", "dice_bce"):
+            raise ConfigError(f"batch_dice works with the dice and dice_bce losses, not {kind!r}")
         self.kind = kind
+        self.batch_dice = batch_dice
         self.dice = DiceLoss(sigmoid=True, reduction="none", smooth_nr=1e-5, smooth_dr=1e-5)
+        self.dice_batch = DiceLoss(sigmoid=False, batch=True, reduction="none", smooth_nr=1e-5, smooth_dr=1e-5)
 
     def per_structure(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """logits, target: ``(B, C, *spatial)`` -> loss ``(B, C)``."""
@@ -46,8 +55,24 @@ class SegmentationLoss(torch.nn.Module):
             loss = loss + bce.flatten(2).mean(2)
         return loss
 
+    def batch_loss(self, logits: torch.Tensor, target: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Batch Dice (+ BCE) over present structures -> scalar. Unknown (sample, structure) pairs are
+        zeroed in both prediction and target, so they add nothing to either sum."""
+        mask = present.to(logits.dtype).reshape(*present.shape, *([1] * (logits.ndim - 2)))
+        target = target.float()
+        dice = self.dice_batch(torch.sigmoid(logits) * mask, target * mask).reshape(-1)  # (C,)
+        known = present.any(0)
+        loss = (dice * known).sum() / known.sum().clamp_min(1)
+        if self.kind == "dice_bce":
+            bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(2)  # (B, C)
+            loss = loss + (bce * present).sum() / present.sum().clamp_min(1)
+        return loss
+
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """Masked mean over present structures -> ``(B,)``; 0 for a sample with none present."""
+        """Masked mean over present structures -> ``(B,)``; 0 for a sample with none present.
+        With ``batch_dice`` every sample carries the batch's loss."""
+        if self.batch_dice:
+            return self.batch_loss(logits, target, present).expand(logits.shape[0])
         loss = self.per_structure(logits, target)
         present = present.to(loss.dtype)
         return (loss * present).sum(1) / present.sum(1).clamp_min(1.0)
