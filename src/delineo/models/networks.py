@@ -34,6 +34,7 @@ class NetworkSpec:
     deep_supervision: bool = False
     norm: str = "instance"
     dropout: float = 0.0
+    head_bias: float = 0.0  # initial bias of the output logits; e.g. -4 = prior probability 0.018
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NetworkSpec":
@@ -93,6 +94,11 @@ class SegUNet(nn.Module):
         n_aux = min(3, len(ch) - 2) if spec.deep_supervision else 0
         # auxiliary heads on the decoder outputs at 1/2, 1/4, 1/8 resolution
         self.aux_heads = nn.ModuleList([UnetOutBlock(spec.spatial_dims, ch[k], spec.out_channels) for k in range(1, 1 + n_aux)])
+        if spec.head_bias:
+            # structures are a small part of a 3D volume: starting the sigmoid near the prior saves the
+            # hundreds of steps that instance-normed layers need to move the output bias (RetinaNet's trick)
+            for head in [self.head, *self.aux_heads]:
+                nn.init.constant_(head.conv.conv.bias, spec.head_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         skips = []
