@@ -54,3 +54,40 @@ def noise_benchmark(
     )
     typer.echo((out / "results.md").read_text())
     typer.echo(f"{len(results['runs'])} runs; results in {out}/results.json, results.md, results.png")
+
+
+def _radius(value: str) -> tuple[int, int]:
+    from delineo.training.benchmark import parse_level
+
+    return parse_level(value)
+
+
+@app.command("audit")
+def audit(
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder whose image-label pairs are scored."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: audit.csv, audit.json, worst/*.png."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A model trained with weighting: qam (default: train one on --data)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base training config when no --model is given (default: the seed's 2D U-Net)."),
+    noise_fraction: Optional[float] = typer.Option(
+        None, "--noise-fraction", help="When training here: corrupt this fraction of training labels first, to check the audit against the truth."
+    ),
+    noise_radius: str = typer.Option("1-8", "--noise-radius", help="Erosion/dilation radius range in pixels for --noise-fraction."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs when training here (default: the config's)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    worst: int = typer.Option(12, "--worst", help="Overlay PNGs for this many lowest-scored pairs."),
+) -> None:
+    """Rank a dataset's labels from most to least suspicious with a quality-awareness module (QAM)."""
+    from delineo.training.audit import audit as run_audit
+
+    summary = run_audit(
+        data, out, model=model, base_config=config, noise_fraction=noise_fraction, noise_radius=_radius(noise_radius),
+        epochs=epochs, device=device, worst=worst,
+    )
+    typer.echo(f"{summary['cases']} pairs scored; ranking in {summary['csv']}; {len(summary['worst'])} overlays in {out}/worst")
+    if "synthetic_noise" in summary:
+        n = summary["synthetic_noise"]
+        auroc = n["auroc_low_score_for_corrupted"]
+        typer.echo(
+            f"corrupted labels in the lower-scored half: {n['corrupted_in_lower_half']}/{n['corrupted']} "
+            f"({n['fraction_corrupted_in_lower_half']:.0%}); AUROC {auroc:.3f}" if auroc is not None else "AUROC undefined (one class only)"
+        )

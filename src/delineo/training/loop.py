@@ -351,6 +351,7 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
                     "note": "validation Dice on the model grid during training, used to select the epoch",
                 }
                 save_model(output, network, meta)
+                save_quality_module(output, weighting)
         state["seconds"] += time.perf_counter() - t_start
         state["history"].append(record)
         state["epoch"] = epoch + 1
@@ -380,6 +381,23 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     (output / "history.json").write_text(json.dumps(json_safe(state["history"]), indent=1) + "\n")
     plot_curves(state["history"], structures, output / "training_curves.png")
     return output
+
+
+QUALITY_WEIGHTS = "quality.safetensors"
+
+
+def save_quality_module(folder: Path, weighting: torch.nn.Module) -> Path | None:
+    """Keep a learned weighting's parameters (the QAM) beside the model, for ``delineo audit``.
+    Strategies without parameters write nothing."""
+    state = weighting.state_dict()
+    if not state:
+        return None
+    from safetensors.torch import save_file
+
+    path = Path(folder) / QUALITY_WEIGHTS
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(path.with_suffix(".tmp")))
+    path.with_suffix(".tmp").replace(path)
+    return path
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
