@@ -1,4 +1,4 @@
-"""Noisy-label commands: noise-benchmark."""
+"""Training studies: noise-benchmark, audit (label quality), ablation."""
 
 from __future__ import annotations
 
@@ -91,3 +91,20 @@ def audit(
             f"corrupted labels in the lower-scored half: {n['corrupted_in_lower_half']}/{n['corrupted']} "
             f"({n['fraction_corrupted_in_lower_half']:.0%}); AUROC {auroc:.3f}" if auroc is not None else "AUROC undefined (one class only)"
         )
+
+
+@app.command("ablation")
+def ablation(
+    spec: Path = typer.Argument(..., help="Ablation file: a base training config and cumulative steps (e.g. configs/hn-ablation.yaml)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: runs/, results.json, results.md, results.png."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per step (default: the base config's)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto (default: the base config's)."),
+    max_cases: Optional[int] = typer.Option(None, "--max-cases", help="Train each step on this many cases only (a reduced run)."),
+) -> None:
+    """Train each step of an ablation (each adds one change) and compare validation Dice.
+    Finished steps are skipped, an interrupted one resumes from its checkpoint."""
+    from delineo.training.ablation import run_ablation
+
+    command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    run_ablation(spec, out, epochs=epochs, device=device, max_cases=max_cases, command=command)
+    typer.echo((out / "results.md").read_text())

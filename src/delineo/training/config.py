@@ -69,7 +69,7 @@ class TrainingConfig:
     weight_decay: float = 3e-5
     schedule: str = "poly"  # poly | cosine_restarts | cyclic | constant
     cycle_epochs: int = 10  # period of cosine_restarts / cyclic
-    loss: str = "dice_bce"  # dice | dice_bce | nr_dice | gce | dice_gce
+    loss: str = "dice_bce"  # dice | dice_bce | bce | nr_dice | gce | dice_gce
     batch_dice: bool = False  # Dice over the whole batch per structure (nnU-Net); uniform weighting only
     foreground_oversample: float = 0.0  # fraction of patches centred on a contoured voxel (nnU-Net: 0.33)
     augment: str = "default"  # default | none

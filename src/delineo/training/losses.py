@@ -14,11 +14,12 @@ from monai.losses import DiceLoss
 
 from delineo.errors import ConfigError
 
-LOSSES = ("dice", "dice_bce", "nr_dice", "gce", "dice_gce")
+LOSSES = ("dice", "dice_bce", "bce", "nr_dice", "gce", "dice_gce")
 
 
 class SegmentationLoss(torch.nn.Module):
-    """kind: ``dice`` (soft Dice on sigmoid outputs) or ``dice_bce`` (Dice + binary cross-entropy);
+    """kind: ``dice`` (soft Dice on sigmoid outputs), ``dice_bce`` (Dice + binary cross-entropy) or
+    ``bce`` (binary cross-entropy alone: the ablation's starting point);
     noise-robust (:mod:`delineo.training.robust_losses`): ``nr_dice`` (noise-robust Dice, gamma 1.5),
     ``gce`` (generalised cross-entropy, q 0.7) or ``dice_gce`` (Dice + GCE).
 
@@ -45,6 +46,8 @@ class SegmentationLoss(torch.nn.Module):
             from delineo.training.robust_losses import generalized_cross_entropy, noise_robust_dice
 
             return noise_robust_dice(torch.sigmoid(logits), target) if self.kind == "nr_dice" else generalized_cross_entropy(logits, target)
+        if self.kind == "bce":
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(2)
         loss = self.dice(logits, target).reshape(logits.shape[:2])
         if self.kind == "dice_gce":
             from delineo.training.robust_losses import generalized_cross_entropy

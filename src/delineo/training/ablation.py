@@ -1,0 +1,196 @@
+"""Ablation: train a sequence of config variants, each adding one change, and compare them.
+
+An ablation file (YAML) names a base training config and the steps, each with the overrides it
+adds on top of the previous step (cumulative, like the seed's table: U-Net -> Res-UNet -> + SE
+-> + cyclic learning rate -> + Dice loss)::
+
+    base: configs/hn-ct.yaml
+    steps:
+      - {name: U-Net, set: {network.residual: false, training.loss: bce}}
+      - {name: Res-UNet, set: {network.residual: true}}
+      - {name: + SE blocks, set: {network.squeeze_excitation: true}}
+
+Every step is trained (resumable: a finished step is skipped, an interrupted one resumes from
+its checkpoint) and evaluated with :func:`delineo.metrics.evaluate.evaluate` on the base
+config's validation cases; ``results.json``, ``results.md`` and ``results.png`` are written.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from delineo.errors import ConfigError, InputError
+from delineo.training.config import read_yaml_mapping
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "step"
+
+
+def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``training.loss``) in a copy of a config dict."""
+    out = copy.deepcopy(config)
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        node = out
+        for p in parts[:-1]:
+            if not isinstance(node.get(p, {}), dict):
+                raise ConfigError(f"ablation override {key!r}: {p!r} is not a mapping")
+            node = node.setdefault(p, {})
+        node[parts[-1]] = copy.deepcopy(value)
+    return out
+
+
+def load_ablation(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Read an ablation file -> (base config dict, steps ``[{name, set}]``)."""
+    path = Path(path)
+    spec = read_yaml_mapping(path)
+    if "base" not in spec or not isinstance(spec.get("steps"), list) or not spec["steps"]:
+        raise InputError(path, "an ablation file needs 'base' (a training config) and a non-empty list 'steps'")
+    base_path = Path(spec["base"])
+    if not base_path.is_absolute():
+        base_path = (path.parent / base_path) if (path.parent / base_path).is_file() else base_path
+    base = read_yaml_mapping(base_path)
+    steps = []
+    for i, s in enumerate(spec["steps"]):
+        if not isinstance(s, dict) or "name" not in s:
+            raise InputError(path, f"step {i + 1} needs a 'name'")
+        steps.append({"name": str(s["name"]), "set": dict(s.get("set") or {})})
+    if len({slug(s["name"]) for s in steps}) != len(steps):
+        raise InputError(path, "two steps have the same name")
+    return base, steps
+
+
+def run_ablation(
+    ablation: str | Path, out: str | Path, *, epochs: int | None = None, device: str | None = None,
+    max_cases: int | None = None, command: str | None = None, log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate every step not finished yet; write ``results.json/.md/.png`` into ``out``."""
+    from delineo.inference.predictor import resolve_device
+    from delineo.metrics.evaluate import evaluate
+    from delineo.training.config import TrainConfig
+    from delineo.training.loop import hardware_description, train
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(out)
+    base, steps = load_ablation(ablation)
+    config = copy.deepcopy(base)
+    rows = []
+    for i, step in enumerate(steps, 1):
+        config = apply_overrides(config, step["set"])  # cumulative
+        run_dir = out / "runs" / f"{i:02d}-{slug(step['name'])}"
+        result_path = run_dir / "result.json"
+        if result_path.is_file():
+            log(f"[{i}/{len(steps)}] {step['name']}: finished earlier, skipped")
+            rows.append(json.loads(result_path.read_text()))
+            continue
+        d = copy.deepcopy(config)
+        d["name"] = f"ablation-{slug(step['name'])}"
+        d["output"] = str(run_dir / "model")
+        d["work_dir"] = str(run_dir / "work")
+        if epochs is not None:
+            d.setdefault("training", {})["epochs"] = int(epochs)
+        if device is not None:
+            d.setdefault("training", {})["device"] = device
+        if max_cases is not None:
+            d.setdefault("data", {})["max_cases"] = int(max_cases)
+        cfg = TrainConfig.from_dict(d, where=f"{ablation}: step {step['name']!r}")
+        log(f"[{i}/{len(steps)}] {step['name']}: training")
+        model_dir = train(cfg, resume=True, command=command)
+        meta = json.loads((model_dir / "model.json").read_text())
+        tr = meta["training"]
+        val = cfg.data.val or cfg.data.train
+        cases = None if cfg.data.val else tr["data"]["val_cases"]
+        report = evaluate(model_dir, val, run_dir / "evaluation.json", device=cfg.training.device, cases=cases)
+        row = {
+            "step": step["name"],
+            "adds": step["set"],
+            "network": meta["network"],
+            "loss": cfg.training.loss,
+            "schedule": cfg.training.schedule,
+            "dice": {n: s["dice"] for n, s in report["structures"].items()},
+            "hd95_mm": {n: s.get("hd95_mm") for n, s in report["structures"].items()},
+            "mean_dice": report["mean_dice"],
+            "n_val": len(report["cases"]),
+            "epochs": tr.get("epochs"),
+            "best_epoch": tr.get("best_epoch"),
+            "train_seconds": tr.get("seconds"),
+            "hardware": tr.get("hardware"),
+            "parameters": tr.get("parameters"),
+        }
+        run_dir.mkdir(parents=True, exist_ok=True)
+        result_path.with_suffix(".tmp").write_text(json.dumps(row, indent=2) + "\n")
+        result_path.with_suffix(".tmp").replace(result_path)
+        (model_dir / "weights.safetensors").unlink(missing_ok=True)  # keep metrics, not 5 sets of weights
+        for p in (run_dir / "work").glob("checkpoint.pt*"):
+            p.unlink()
+        rows.append(row)
+        log(f"[{i}/{len(steps)}] {step['name']}: mean Dice {row['mean_dice']:.4f} on {row['n_val']} validation cases")
+
+    results = {
+        "ablation": str(ablation),
+        "command": command,
+        "epochs_override": epochs,
+        "max_cases": max_cases,
+        "hardware_now": hardware_description(resolve_device(device or "auto")),
+        "evaluation": "Dice on the input grid of each validation case (delineo evaluate); unknown structures skipped",
+        "steps": rows,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(results))
+    plot_results(results, out / "results.png")
+    return results
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    rows = results["steps"]
+    names: list[str] = []
+    for r in rows:
+        names += [n for n in r["dice"] if n not in names]
+    lines = ["| step | " + " | ".join(names) + " | mean | Δ mean |", "|---" * (len(names) + 3) + "|"]
+    prev = None
+    for r in rows:
+        delta = "-" if prev is None or r["mean_dice"] is None else f"{r['mean_dice'] - prev:+.3f}"
+        lines.append(f"| {r['step']} | " + " | ".join(_fmt(r["dice"].get(n)) for n in names) + f" | {_fmt(r['mean_dice'])} | {delta} |")
+        prev = r["mean_dice"]
+    hw = {r.get("hardware") for r in rows}
+    lines += ["", f"Validation Dice ({rows[0]['n_val'] if rows else 0} cases); trained on: {', '.join(sorted(h for h in hw if h))}."]
+    if results.get("epochs_override") or results.get("max_cases"):
+        lines.append(f"Reduced schedule: epochs={results.get('epochs_override')}, max training cases={results.get('max_cases')}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(results: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["steps"]
+    names: list[str] = []
+    for r in rows:
+        names += [n for n in r["dice"] if n not in names]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 3), 4))
+    x = range(len(rows))
+    for n in names:
+        ax.plot(x, [r["dice"].get(n) for r in rows], "o-", alpha=0.5, label=n)
+    ax.plot(x, [r["mean_dice"] for r in rows], "ks-", lw=2.5, label="mean")
+    ax.set_xticks(list(x), [r["step"] for r in rows], rotation=15)
+    ax.set_ylabel("validation Dice"), ax.set_ylim(0, 1), ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,66 @@
+"""Ablation runner: cumulative overrides, train + evaluate each step, resume, summary files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from delineo.cli import main
+from delineo.errors import ConfigError, InputError
+from delineo.training.ablation import apply_overrides, load_ablation
+
+pytestmark = pytest.mark.slow
+
+
+def test_overrides_are_dotted_and_copied():
+    base = {"training": {"loss": "dice"}, "network": {"channels": [4, 8]}}
+    out = apply_overrides(base, {"training.loss": "bce", "network.residual": True})
+    assert out == {"training": {"loss": "bce"}, "network": {"channels": [4, 8], "residual": True}}
+    assert base["training"]["loss"] == "dice"
+    with pytest.raises(ConfigError, match="not a mapping"):
+        apply_overrides({"training": 3}, {"training.loss": "x"})
+
+
+def test_bad_ablation_files(tmp_path):
+    p = tmp_path / "a.yaml"
+    p.write_text("steps: []\n")
+    with pytest.raises(InputError, match="base"):
+        load_ablation(p)
+    (tmp_path / "b.yaml").write_text("name: x\n")
+    p.write_text("base: b.yaml\nsteps: [{name: a}, {name: A}]\n")
+    with pytest.raises(InputError, match="same name"):
+        load_ablation(p)
+
+
+def test_ablation_trains_each_step_and_resumes(tmp_path, tiny_config, image_dataset):
+    base = tiny_config(image_dataset.root, tmp_path / "unused", epochs=1, steps_per_epoch=2)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "steps": [
+        {"name": "U-Net", "set": {"training.loss": "bce"}},
+        {"name": "Res-UNet", "set": {"network.residual": True}},
+        {"name": "+ Dice loss", "set": {"training.loss": "dice_bce"}},
+    ]}))
+    out = tmp_path / "out"
+    assert main(["ablation", str(tmp_path / "abl.yaml"), "--out", str(out), "--device", "cpu"]) in (0, None)
+    res = json.loads((out / "results.json").read_text())
+    steps = res["steps"]
+    assert [s["step"] for s in steps] == ["U-Net", "Res-UNet", "+ Dice loss"]
+    assert steps[0]["loss"] == "bce" and not steps[0]["network"]["residual"]
+    assert steps[1]["network"]["residual"] and steps[2]["network"]["residual"] and steps[2]["loss"] == "dice_bce"
+    assert all(0 <= s["mean_dice"] <= 1 and s["n_val"] == 2 for s in steps)
+    md = (out / "results.md").read_text()
+    assert "| + Dice loss |" in md and "Δ mean" in md and (out / "results.png").is_file()
+    # a second call skips finished steps (no training)
+    import delineo.training.loop as loop
+
+    def boom(*a, **k):
+        raise AssertionError("retrained a finished step")
+
+    orig = loop.train
+    loop.train = boom
+    try:
+        assert main(["ablation", str(tmp_path / "abl.yaml"), "--out", str(out), "--device", "cpu"]) in (0, None)
+    finally:
+        loop.train = orig
