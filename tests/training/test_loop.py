@@ -401,3 +401,45 @@ def test_train_and_predict_on_cuda_with_amp(tmp_path, tiny_config, image_dataset
     assert predictor.amp
     masks = predictor.predict(read_image(image_dataset.image_path(image_dataset.cases[0])))
     assert masks["disc"].shape == (32, 32)
+
+
+def test_train_3d_with_batch_dice_foreground_patches_and_head_bias(tmp_path, case_dataset):
+    d = {
+        "name": "tiny3d-fg",
+        "output": str(tmp_path / "model"),
+        "work_dir": str(tmp_path / "work"),
+        "data": {"train": str(case_dataset.root), "val_fraction": 0.25},
+        "network": {"channels": [4, 8, 16], "head_bias": -3.0},
+        "preprocess": {"intensity": {"kind": "window", "low": -200, "high": 400}},
+        "training": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 2, "patch_size": [16, 16, 16], "device": "cpu",
+                     "foreground_oversample": 1.0, "batch_dice": True, "loss": "dice_bce"},
+    }
+    out = train(TrainConfig.from_dict(d))
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["network"]["head_bias"] == -3.0
+    assert meta["training"]["config"]["training"]["batch_dice"] is True
+
+
+def test_foreground_oversampling_centres_patches_on_structures():
+    import torch
+
+    from delineo.data.transforms import training_augmentation
+
+    label = torch.zeros(1, 64, 64, 64, dtype=torch.uint8)
+    label[0, 50:54, 50:54, 50:54] = 1  # a small structure in one corner
+    image = torch.zeros(1, 64, 64, 64)
+    fg = training_augmentation(3, [16, 16, 16], "none", foreground=1.0)
+    fg.set_random_state(seed=0)
+    hits = 0
+    for _ in range(10):
+        out = fg({"image": image, "label": label})
+        out = out[0] if isinstance(out, list) else out
+        assert tuple(out["image"].shape) == (1, 16, 16, 16)
+        hits += int(out["label"].sum() > 0)
+    assert hits == 10  # every patch holds some of the structure (random crops would rarely)
+
+
+def test_batch_dice_needs_uniform_weighting(tmp_path, tiny_config, image_dataset):
+    d = tiny_config(image_dataset.root, tmp_path, batch_dice=True, weighting={"kind": "qam"})
+    with pytest.raises(ConfigError, match="batch_dice"):
+        train(TrainConfig.from_dict(d))

@@ -111,3 +111,22 @@ def test_deep_supervision_loss_list_weights_and_downsampled_targets():
     half2 = half.clone()
     half2[0, 1] += 5
     torch.testing.assert_close(deep_supervision_loss(loss, [logits, half2, quarter], target, present)[0], out[0])
+
+
+def test_batch_dice_is_one_loss_over_the_batch_and_ignores_unknown():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8, requires_grad=True)
+    target = (torch.rand(2, 2, 8, 8) > 0.5).float()
+    present = torch.tensor([[True, False], [True, True]])
+    loss = SegmentationLoss("dice", batch_dice=True)
+    per = loss.per_sample(logits, target, present)
+    assert per.shape == (2,) and float(per[0].detach()) == float(per[1].detach())
+    # by hand: structure 0 over both samples, structure 1 over sample 1 only
+    p = torch.sigmoid(logits.detach())
+    d0 = 1 - (2 * (p[:, 0] * target[:, 0]).sum() + 1e-5) / (p[:, 0].sum() + target[:, 0].sum() + 1e-5)
+    d1 = 1 - (2 * (p[1, 1] * target[1, 1]).sum() + 1e-5) / (p[1, 1].sum() + target[1, 1].sum() + 1e-5)
+    assert torch.isclose(per[0], (d0 + d1) / 2, atol=1e-5)
+    per.mean().backward()
+    assert float(logits.grad[0, 1].abs().sum()) == 0.0
+    with pytest.raises(ConfigError, match="batch_dice"):
+        SegmentationLoss("gce", batch_dice=True)
