@@ -11,11 +11,12 @@ export DELINEO_DATA ?= $(abspath ../shared/data)
 install: $(STAMP)
 
 # torch first, pinned, so the CPU wheel on local disk is used and no CUDA build is pulled.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 # Debian packages the tests use as real peers: dcmtk (echoscu/storescu/storescp), dicom3tools
@@ -30,8 +31,10 @@ system-deps:
 test: install
 	$(VENV)/bin/pytest -q
 
+# the web service: SQLite and the embedded queue under ./var, bundled models; prints the URL and,
+# on the first start, the admin password
 run: install
-	$(VENV)/bin/delineo demo
+	$(VENV)/bin/delineo serve
 
 clean:
 	rm -rf $(VENV) out var

@@ -11,6 +11,7 @@ from delineo.cli.app import app
 from delineo.cli import engine  # noqa: F401  (registers train, evaluate, contour, models, demo)
 from delineo.cli import contours  # noqa: F401  (registers margin, boolean, ring, remove-islands)
 from delineo.cli import noise  # noqa: F401  (registers noise-benchmark)
+from delineo.cli import service  # noqa: F401  (registers serve, worker, stress)
 from delineo.errors import DelineoError
 
 
@@ -24,10 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help and friends
         return int(exc.code or 0)
     except Exception as exc:  # click usage errors
-        try:
-            import click
-        except ImportError:  # typer vendors click as typer._click
+        try:  # typer vendors click as typer._click (a separate click, e.g. uvicorn's, is not the one raising)
             from typer import _click as click
+        except ImportError:
+            import click
 
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()

@@ -1,0 +1,87 @@
+"""Web service commands: serve, worker, stress (thin shells over :mod:`delineo.service`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from delineo.cli.app import app
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
+    port: int = typer.Option(8000, "--port", "-p", help="TCP port."),
+    home: Optional[Path] = typer.Option(None, "--home", help="Data directory (default: DELINEO_HOME or ./var)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Job threads in this process (embedded queue)."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Run the web service (API, web page, and with the embedded queue also the contouring jobs)."""
+    import uvicorn
+
+    from delineo.service.api import create_app
+    from delineo.service.config import Settings
+
+    overrides = {}
+    if home is not None:
+        overrides["home"] = home
+    if workers is not None:
+        overrides["workers"] = workers
+    settings = Settings.from_env(**overrides)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    typer.echo(f"delineo: web service at http://{shown}:{port}/  (data in {settings.home}, "
+               f"queue {'embedded' if settings.embedded_queue else settings.queue}, API docs at /api/docs)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_keep_alive=10)
+
+
+@app.command()
+def worker(
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Consumer threads (default DELINEO_WORKERS or 1)."),
+) -> None:
+    """Take contouring jobs from the Redis queue (DELINEO_QUEUE=redis://...) until stopped.
+    Needs the server's DELINEO_DATABASE_URL and the same DELINEO_HOME (shared folder)."""
+    from delineo.errors import ConfigError
+    from delineo.service.config import Settings
+    from delineo.service.core import ServiceContext
+    from huey.consumer import Consumer
+
+    settings = Settings.from_env()
+    if settings.embedded_queue:
+        raise ConfigError("delineo worker takes jobs from Redis: set DELINEO_QUEUE=redis://host:6379/0 "
+                          "(with the embedded queue the server runs its jobs itself)")
+    ctx = ServiceContext(settings)
+    ctx.start(consumer=False, admin=False, reaper=True)
+    typer.echo(f"delineo worker: queue {settings.queue_name!r} on {settings.queue}, data in {settings.home}", err=True)
+    try:
+        Consumer(ctx.queue.huey, workers=workers or settings.workers, worker_type="thread", periodic=False,
+                 initial_delay=0.1, max_delay=1.0).run()
+    finally:
+        ctx.stop()
+
+
+@app.command()
+def stress(
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="Server to drive (loopback addresses only)."),
+    users: int = typer.Option(20, "--users", "-u", help="Concurrent users (1-100)."),
+    studies: int = typer.Option(2, "--studies", "-s", help="Studies each user uploads and contours (1-50)."),
+    admin_user: str = typer.Option("admin", "--admin-user", help="Administrator who creates the test users."),
+    admin_password: Optional[str] = typer.Option(None, "--admin-password", envvar="DELINEO_ADMIN_PASSWORD", help="Their password."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the server's first 3D model, else 2D)."),
+    size: int = typer.Option(32, "--size", help="Edge of the synthetic CT cube in voxels (16-128)."),
+    max_seconds: float = typer.Option(600.0, "--max-seconds", help="Stop waiting after this long."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report as JSON (and Markdown beside it)."),
+) -> None:
+    """Drive a running server with concurrent users uploading and contouring synthetic studies;
+    report throughput, p50/p95 upload-to-result time, errors and lost studies."""
+    from delineo.service.stress import run_stress, write_report
+
+    report = run_stress(url, users=users, studies=studies, admin_user=admin_user, admin_password=admin_password,
+                        model=model, size=size, max_seconds=max_seconds)
+    typer.echo(report["text"])
+    if out is not None:
+        write_report(report, out)
+        typer.echo(f"report: {out} and {out.with_suffix('.md')}")
+    if report["lost_studies"] or report["unexpected_errors"]:
+        raise typer.Exit(1)

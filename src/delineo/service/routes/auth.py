@@ -1,0 +1,77 @@
+"""Sign in and out, the current user, API tokens."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from delineo.service.models import ApiToken, User
+from delineo.service.routes.deps import current_user, get_db
+from delineo.service.schemas import LoginIn, PasswordIn, TokenIn, TokenOut, UserOut
+from delineo.service.security import SESSION_COOKIE, authenticate, check_new_user, hash_password, issue_token, revoke_token, verify_password
+
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+
+def user_out(u: User) -> UserOut:
+    return UserOut(id=u.id, username=u.username, is_admin=u.is_admin, created_at=u.created_at)
+
+
+@router.post("/login", response_model=UserOut)
+def login(body: LoginIn, request: Request, response: Response, db: Session = Depends(get_db, scope="function")) -> UserOut:
+    """Check the password and set the session cookie."""
+    user = authenticate(db, body.username.strip(), body.password)
+    if user is None:
+        raise HTTPException(401, "wrong user name or password")
+    token, _ = issue_token(db, user, kind="session", name=request.headers.get("user-agent", "")[:120])
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", secure=request.url.scheme == "https", path="/")
+    return user_out(user)
+
+
+@router.post("/logout", status_code=204)
+def logout(request: Request, response: Response, db: Session = Depends(get_db, scope="function")) -> Response:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        revoke_token(db, cookie)
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/me", response_model=UserOut)
+def me(user: User = Depends(current_user)) -> UserOut:
+    return user_out(user)
+
+
+@router.post("/password", status_code=204)
+def change_password(body: PasswordIn, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function")) -> Response:
+    if not verify_password(user.password_hash, body.old_password):
+        raise HTTPException(400, "the current password is wrong")
+    problem = check_new_user(user.username, body.new_password)
+    if problem:
+        raise HTTPException(422, problem)
+    db.get(User, user.id).password_hash = hash_password(body.new_password)
+    return Response(status_code=204)
+
+
+@router.post("/tokens", response_model=TokenOut, status_code=201)
+def create_token(body: TokenIn, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function")) -> TokenOut:
+    """A new API token for ``Authorization: Bearer <token>``; the token is shown only in this answer."""
+    token, row = issue_token(db, user, kind="api", name=body.name)
+    return TokenOut(id=row.id, name=row.name, token=token, created_at=row.created_at)
+
+
+@router.get("/tokens", response_model=list[TokenOut])
+def list_tokens(user: User = Depends(current_user), db: Session = Depends(get_db, scope="function")) -> list[TokenOut]:
+    rows = db.scalars(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.kind == "api").order_by(ApiToken.id))
+    return [TokenOut(id=r.id, name=r.name, created_at=r.created_at) for r in rows]
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def delete_token(token_id: int, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function")) -> Response:
+    row = db.get(ApiToken, token_id)
+    if row is None or row.user_id != user.id or row.kind != "api":
+        raise HTTPException(404, "no such token")
+    db.delete(row)
+    return Response(status_code=204)

@@ -1,0 +1,407 @@
+"""Studies: streamed upload, list, detail, delete, contouring jobs, results and viewer volumes."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import re
+from pathlib import Path, PurePosixPath
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.requests import ClientDisconnect
+
+from delineo.contours.colors import structure_color
+from delineo.service.core import ServiceContext, latest_done_job
+from delineo.service.models import Job, Study, User, new_id
+from delineo.service.routes.deps import current_user, get_ctx, get_db, visible_study
+from delineo.service.routes.models import model_info, pick_model
+from delineo.service.schemas import JobIn, JobOut, StructureOut, StudyOut
+from delineo.service.storage import UploadRejected, dir_size
+
+log = logging.getLogger("delineo.service.upload")
+
+router = APIRouter(tags=["studies"])
+
+RESULT_FILES = {
+    "rtstruct": ("rtstruct.dcm", "application/dicom"),
+    "seg": ("seg.dcm", "application/dicom"),
+    "overview": ("overview.png", "image/png"),
+    "summary": ("summary.json", "application/json"),
+}
+RESULT_KINDS = ("rtstruct", "seg", "nifti", "overview", "summary")
+
+
+# ---- views of rows ---------------------------------------------------------------------------
+
+def job_out(j: Job) -> JobOut:
+    return JobOut(id=j.id, study_id=j.study_id, model=j.model, structures=j.structures, state=j.state, stage=j.stage,
+                  progress=round(j.progress, 4), error=j.error, attempts=j.attempts, created_at=j.created_at,
+                  started_at=j.started_at, finished_at=j.finished_at)
+
+
+def available_results(ctx: ServiceContext, study: Study, job: Job | None) -> list[str]:
+    if job is None:
+        return []
+    out = ctx.storage.results_dir(study.id, job.id)
+    kinds = [k for k, (f, _) in RESULT_FILES.items() if (out / f).is_file()]
+    if any((out / "segmentations").glob("*.nii.gz")):
+        kinds.append("nifti")
+    return [k for k in RESULT_KINDS if k in kinds]
+
+
+def study_out(ctx: ServiceContext, s: Study) -> StudyOut:
+    latest = s.jobs[-1] if s.jobs else None
+    return StudyOut(id=s.id, name=s.name, kind=s.kind, owner=s.owner.username, size_bytes=s.size_bytes, info=s.info,
+                    created_at=s.created_at, latest_job=job_out(latest) if latest else None,
+                    results=available_results(ctx, s, latest_done_job(s)))
+
+
+class StudyDetail(StudyOut):
+    jobs: list[JobOut]
+    structures: list[StructureOut]
+
+
+def structures_of(ctx: ServiceContext, study: Study, job: Job | None) -> list[StructureOut]:
+    if job is None:
+        return []
+    out = ctx.storage.results_dir(study.id, job.id)
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return []
+    try:
+        order = model_info(job.model)["structures"]
+    except Exception:
+        order = []
+    rows = []
+    for name, s in summary.get("structures", {}).items():
+        i = order.index(name) if name in order else 0
+        unit = "cc" if "volume_cc" in s else "cm²"
+        rows.append(StructureOut(name=name, color=list(structure_color(name, i)), roi_type=s.get("roi_type"),
+                                 volume=s.get("volume_cc", s.get("volume_cm2")), unit=unit, empty=s.get("empty")))
+    return rows
+
+
+# ---- upload ----------------------------------------------------------------------------------
+
+async def receive_files(request: Request, dest: Path, max_bytes: int, max_files: int, idle_s: float) -> tuple[list[tuple[str, Path]], dict[str, str]]:
+    """Stream a multipart body to files in ``dest`` (never whole in memory), counting bytes:
+    past ``max_bytes`` -> 413 at once; nothing received for ``idle_s`` -> 408."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise UploadRejected("send the files as multipart/form-data in the field 'files'", 415)
+    files: list[tuple[str, Path]] = []
+    fields: dict[str, str] = {}
+    state: dict = {"headers": {}, "field": b"", "value": b"", "fh": None, "buf": None}
+
+    def on_part_begin():
+        state["headers"], state["fh"], state["buf"] = {}, None, None
+
+    def on_header_field(data, start, end):
+        state["field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        state["value"] += data[start:end]
+
+    def on_header_end():
+        state["headers"][state["field"].lower()] = state["value"]
+        state["field"], state["value"] = b"", b""
+
+    def on_headers_finished():
+        _, disp = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        filename = disp.get(b"filename")
+        if filename is not None:
+            if len(files) >= max_files:
+                raise UploadRejected(f"too many files in one upload (more than {max_files}); zip the folder instead", 413)
+            name = filename.decode("utf-8", "replace") or f"file{len(files)}"
+            path = dest / f"{len(files):05d}.bin"
+            state["fh"] = open(path, "wb")
+            files.append((name, path))
+        else:
+            state["name"] = disp.get(b"name", b"").decode("utf-8", "replace")
+            state["buf"] = bytearray()
+
+    def on_part_data(data, start, end):
+        if state["fh"] is not None:
+            state["fh"].write(data[start:end])
+        elif state["buf"] is not None and len(state["buf"]) < 10000:
+            state["buf"] += data[start:end]
+
+    def on_part_end():
+        if state["fh"] is not None:
+            state["fh"].close()
+            state["fh"] = None
+        elif state["buf"] is not None:
+            fields[state.get("name", "")] = state["buf"].decode("utf-8", "replace")
+            state["buf"] = None
+
+    parser = MultipartParser(params[b"boundary"], {
+        "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
+        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+    })
+    received = 0
+    stream = request.stream().__aiter__()
+    try:
+        while True:
+            try:
+                with anyio.fail_after(idle_s):
+                    chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise UploadRejected(f"the upload stalled (nothing received for {idle_s:.0f} s)", 408) from None
+            received += len(chunk)
+            if received > max_bytes:
+                raise UploadRejected(f"the upload is larger than the {max_bytes / 2**20:.0f} MB allowed", 413)
+            if chunk:
+                parser.write(chunk)
+        parser.finalize()
+    except UploadRejected:
+        raise
+    except ClientDisconnect:
+        raise
+    except Exception as exc:  # python-multipart parse errors
+        raise UploadRejected(f"the upload could not be read as multipart/form-data ({exc.__class__.__name__})", 400) from None
+    finally:
+        if state["fh"] is not None:
+            state["fh"].close()
+    return files, fields
+
+
+@router.post("/api/studies", response_model=StudyOut, status_code=201,
+             openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
+                 "type": "object", "properties": {
+                     "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                               "description": "a NIfTI CT (.nii/.nii.gz), a PNG X-ray, a zip of DICOM files, or the DICOM files of one series"},
+                     "name": {"type": "string", "description": "display name (default: from the file or folder name)"}},
+                 "required": ["files"]}}}, "required": True}})
+async def upload_study(request: Request, user: User = Depends(current_user), ctx: ServiceContext = Depends(get_ctx)) -> StudyOut:
+    """Upload a study (multipart field ``files``). Refused with 413 past the size cap, 415 for
+    files that are not images, 422 for unreadable images or DICOM, with a message naming the file."""
+    s = ctx.settings
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > s.max_upload_bytes:
+        raise HTTPException(413, f"the upload is larger than the {s.max_upload_mb:.0f} MB allowed")
+    study_id = new_id()
+    upload_dir = await run_in_threadpool(ctx.storage.new_upload_dir)
+    try:
+        files, fields = await receive_files(request, upload_dir, s.max_upload_bytes, s.max_files, s.upload_idle_s)
+        stored = await run_in_threadpool(ctx.storage.accept, upload_dir, files, study_id)
+    except UploadRejected as exc:
+        await run_in_threadpool(ctx.storage.delete_study, study_id)
+        log.info("upload refused (%s): %s", exc.status, exc.message)
+        raise HTTPException(exc.status, exc.message) from None
+    except ClientDisconnect:
+        await run_in_threadpool(ctx.storage.delete_study, study_id)
+        raise HTTPException(400, "the upload was interrupted") from None
+    except BaseException:
+        await run_in_threadpool(ctx.storage.delete_study, study_id)
+        raise
+    finally:
+        await run_in_threadpool(ctx.storage.discard, upload_dir)
+    name = (fields.get("name") or "").strip()[:255] or stored.name[:255]
+
+    def save() -> StudyOut:
+        with ctx.db.session() as db:
+            study = Study(id=study_id, owner_id=user.id, name=name, kind=stored.kind, input_path=stored.path,
+                          size_bytes=stored.size_bytes, info_json=json.dumps(stored.info))
+            db.add(study)
+            db.flush()
+            db.refresh(study)
+            return study_out(ctx, study)
+
+    try:
+        return await run_in_threadpool(save)
+    except BaseException:
+        await run_in_threadpool(ctx.storage.delete_study, study_id)
+        raise
+
+
+# ---- studies ---------------------------------------------------------------------------------
+
+@router.get("/api/studies", response_model=list[StudyOut])
+def list_studies(all: bool = Query(False, description="administrators: every user's studies"),
+                 user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> list[StudyOut]:
+    """Your studies, newest first (administrators: ``?all=true`` for everyone's)."""
+    q = select(Study).order_by(Study.created_at.desc())
+    if not (user.is_admin and all):
+        q = q.where(Study.owner_id == user.id)
+    return [study_out(ctx, s) for s in db.scalars(q)]
+
+
+@router.get("/api/studies/{study_id}", response_model=StudyDetail)
+def get_study(study_id: str, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> StudyDetail:
+    study = visible_study(study_id, user, db)
+    base = study_out(ctx, study)
+    return StudyDetail(**base.model_dump(), jobs=[job_out(j) for j in study.jobs],
+                       structures=structures_of(ctx, study, latest_done_job(study)))
+
+
+@router.delete("/api/studies/{study_id}", status_code=204)
+def delete_study(study_id: str, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> Response:
+    """Delete a study, its jobs and all its files (a running job's output is discarded)."""
+    study = visible_study(study_id, user, db)
+    db.delete(study)
+    db.flush()
+    db.commit()
+    ctx.storage.delete_study(study_id)
+    return Response(status_code=204)
+
+
+# ---- jobs ------------------------------------------------------------------------------------
+
+@router.post("/api/studies/{study_id}/jobs", response_model=JobOut, status_code=202)
+def start_job(study_id: str, body: JobIn, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> JobOut:
+    """Queue a contouring job on the study with a model (``GET /api/models``) and optionally a subset of its structures."""
+    study = visible_study(study_id, user, db)
+    if any(j.state in ("queued", "running") for j in study.jobs):
+        raise HTTPException(409, "this study is already being contoured; wait for the job to finish")
+    dims = int(study.info.get("dims", 3))
+    name = pick_model(body.model, dims)
+    info = model_info(name)
+    if body.structures:
+        unknown = [s for s in body.structures if s not in info["structures"]]
+        if unknown:
+            raise HTTPException(422, f"model {name} has no structure {', '.join(unknown)} (it has {', '.join(info['structures'])})")
+    job = Job(study_id=study.id, model=name, structures_json=json.dumps(body.structures or None))
+    db.add(job)
+    db.flush()
+    db.commit()
+    ctx.queue.enqueue(job.id)
+    return job_out(job)
+
+
+@router.get("/api/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: str, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function")) -> JobOut:
+    """A job's state (queued | running | done | failed), current stage and progress (0..1)."""
+    job = db.get(Job, job_id)
+    if job is None:
+        raise HTTPException(404, "no such job")
+    visible_study(job.study_id, user, db)
+    return job_out(job)
+
+
+# ---- results ---------------------------------------------------------------------------------
+
+def _result_job(ctx: ServiceContext, study: Study, job_id: str | None) -> Job:
+    if job_id:
+        job = next((j for j in study.jobs if j.id == job_id), None)
+        if job is None:
+            raise HTTPException(404, "no such job for this study")
+        if job.state != "done":
+            raise HTTPException(409, f"the job is {job.state}, not done")
+        return job
+    job = latest_done_job(study)
+    if job is None:
+        raise HTTPException(404, "no results yet: start a contouring job and wait until it is done")
+    return job
+
+
+def _download_name(study: Study, suffix: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", study.name).strip("._") or "study"
+    return f"{base}_{suffix}"
+
+
+@router.get("/api/studies/{study_id}/results/{kind}",
+            responses={200: {"content": {"application/dicom": {}, "application/zip": {}, "image/png": {}, "application/json": {}}}})
+def get_result(study_id: str, kind: str, job: str | None = Query(None, description="a job id (default: the latest done job)"),
+               user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> Response:
+    """Download a result: ``rtstruct`` (RT Structure Set), ``seg`` (DICOM SEG), ``nifti`` (zip of
+    masks), ``overview`` (PNG), ``summary`` (JSON with volumes)."""
+    if kind not in RESULT_KINDS:
+        raise HTTPException(404, f"unknown result kind {kind!r} (one of {', '.join(RESULT_KINDS)})")
+    study = visible_study(study_id, user, db)
+    j = _result_job(ctx, study, job)
+    out = ctx.storage.results_dir(study.id, j.id)
+    if kind == "nifti":
+        if not any((out / "segmentations").glob("*.nii.gz")):
+            raise HTTPException(404, "this job wrote no masks")
+        return Response(ctx.nifti_zip(out), media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{_download_name(study, "masks.zip")}"'})
+    fname, media = RESULT_FILES[kind]
+    path = out / fname
+    if not path.is_file():
+        why = " (DICOM results are written for DICOM uploads)" if kind in ("rtstruct", "seg") and study.kind != "dicom" else ""
+        raise HTTPException(404, f"no {kind} result for this study{why}")
+    return FileResponse(path, media_type=media, filename=_download_name(study, fname))
+
+
+# ---- viewer volumes --------------------------------------------------------------------------
+
+def _display_affine_2d(affine: np.ndarray) -> np.ndarray:
+    """A 2D (rows, columns) image shown upright in an axial view: columns -> +x, rows -> -y."""
+    sr = float(np.linalg.norm(affine[:3, 0])) or 1.0
+    sc = float(np.linalg.norm(affine[:3, 1])) or 1.0
+    out = np.zeros((4, 4))
+    out[0, 1], out[1, 0], out[2, 2], out[3, 3] = sc, -sr, 1.0, 1.0
+    return out
+
+
+def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array, affine)
+    return gzip.compress(img.to_bytes(), compresslevel=1)
+
+
+NIFTI_HEADERS = {"Cache-Control": "private, max-age=60"}
+
+
+@router.get("/api/studies/{study_id}/volume/{filename}", responses={200: {"content": {"application/gzip": {}}}})
+def get_volume(study_id: str, filename: str, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> Response:
+    """The study's image as NIfTI for the viewer (``.../volume/ct.nii.gz``)."""
+    study = visible_study(study_id, user, db)
+    src = ctx.storage.input_path(study.id, study.input_path)
+    if study.kind == "nifti":
+        media = "application/gzip" if src.name.endswith(".gz") else "application/octet-stream"
+        return FileResponse(src, media_type=media, headers=NIFTI_HEADERS)
+    if study.kind == "dicom":
+        try:
+            path = ctx.viewer_volume_dicom(study.id, src)
+        except Exception as exc:
+            raise HTTPException(422, f"the DICOM series could not be converted for viewing ({exc})") from None
+        return FileResponse(path, media_type="application/gzip", headers=NIFTI_HEADERS)
+    # PNG X-ray: grey values as a one-slice volume on the grid its masks use
+    from delineo.data.io import read_image
+
+    image = read_image(src)
+    affine = np.eye(4)
+    job = latest_done_job(study)
+    if job is not None:
+        masks = sorted((ctx.storage.results_dir(study.id, job.id) / "segmentations").glob("*.nii.gz"))
+        if masks:
+            import nibabel as nib
+
+            affine = nib.load(str(masks[0])).affine
+    array = np.asarray(image.array, dtype=np.float32)
+    return Response(_nifti_bytes(array, _display_affine_2d(affine)), media_type="application/gzip", headers=NIFTI_HEADERS)
+
+
+@router.get("/api/studies/{study_id}/masks/{filename}", responses={200: {"content": {"application/gzip": {}}}})
+def get_mask(study_id: str, filename: str, job: str | None = Query(None), user: User = Depends(current_user),
+             db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> Response:
+    """One structure's mask as NIfTI for the viewer (``.../masks/<structure>.nii.gz``)."""
+    study = visible_study(study_id, user, db)
+    j = _result_job(ctx, study, job)
+    name = filename[: -len(".nii.gz")] if filename.endswith(".nii.gz") else filename
+    seg = ctx.storage.results_dir(study.id, j.id) / "segmentations"
+    path = seg / f"{name}.nii.gz"
+    if PurePosixPath(name).name != name or not path.is_file():
+        raise HTTPException(404, f"no mask {name!r} in this study's results")
+    if study.kind == "png":
+        import nibabel as nib
+
+        img = nib.load(str(path))
+        array = np.asanyarray(img.dataobj).astype(np.uint8)
+        return Response(_nifti_bytes(array, _display_affine_2d(img.affine)), media_type="application/gzip", headers=NIFTI_HEADERS)
+    return FileResponse(path, media_type="application/gzip", headers=NIFTI_HEADERS)

@@ -1,0 +1,46 @@
+"""User administration (administrators only)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from delineo.service.models import User
+from delineo.service.routes.auth import user_out
+from delineo.service.routes.deps import admin_user, get_db
+from delineo.service.schemas import UserIn, UserOut
+from delineo.service.security import check_new_user, hash_password
+
+router = APIRouter(prefix="/api/users", tags=["users"])
+
+
+@router.get("", response_model=list[UserOut])
+def list_users(_: User = Depends(admin_user), db: Session = Depends(get_db, scope="function")) -> list[UserOut]:
+    return [user_out(u) for u in db.scalars(select(User).order_by(User.id))]
+
+
+@router.post("", response_model=UserOut, status_code=201)
+def create_user(body: UserIn, _: User = Depends(admin_user), db: Session = Depends(get_db, scope="function")) -> UserOut:
+    problem = check_new_user(body.username, body.password)
+    if problem:
+        raise HTTPException(422, problem)
+    if db.scalar(select(User).where(User.username == body.username)) is not None:
+        raise HTTPException(409, f"user {body.username!r} already exists")
+    user = User(username=body.username, password_hash=hash_password(body.password), is_admin=body.is_admin)
+    db.add(user)
+    db.flush()
+    return user_out(user)
+
+
+@router.delete("/{user_id}", status_code=204)
+def delete_user(user_id: int, admin: User = Depends(admin_user), db: Session = Depends(get_db, scope="function")) -> Response:
+    user = db.get(User, user_id)
+    if user is None:
+        raise HTTPException(404, "no such user")
+    if user.id == admin.id:
+        raise HTTPException(400, "you cannot delete your own account")
+    if user.studies:
+        raise HTTPException(409, f"{user.username} still owns {len(user.studies)} studies; delete them first")
+    db.delete(user)
+    return Response(status_code=204)

@@ -1,0 +1,98 @@
+"""Request and response bodies of the HTTP API (pydantic), as they appear in the OpenAPI document."""
+
+from __future__ import annotations
+
+from datetime import datetime as _datetime, timezone
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, Field
+
+
+def _utc(d: _datetime | None) -> _datetime | None:
+    """Times from SQLite come back naive: they are UTC (the API always says so)."""
+    return d.replace(tzinfo=timezone.utc) if d is not None and d.tzinfo is None else d
+
+
+datetime = Annotated[_datetime, AfterValidator(_utc)]
+
+
+class LoginIn(BaseModel):
+    username: str
+    password: str
+
+
+class UserOut(BaseModel):
+    id: int
+    username: str
+    is_admin: bool
+    created_at: datetime
+
+
+class UserIn(BaseModel):
+    username: str = Field(description="1-64 letters, digits, '.', '_' or '-'")
+    password: str = Field(description="at least 8 characters")
+    is_admin: bool = False
+
+
+class PasswordIn(BaseModel):
+    old_password: str
+    new_password: str
+
+
+class TokenIn(BaseModel):
+    name: str = ""
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    token: str | None = Field(None, description="the token itself, shown only when created")
+    created_at: datetime
+
+
+class JobIn(BaseModel):
+    model: str | None = Field(None, description="model name (GET /api/models); default: the first that fits the study")
+    structures: list[str] | None = Field(None, description="subset of the model's structures (default: all)")
+
+
+class JobOut(BaseModel):
+    id: str
+    study_id: str
+    model: str
+    structures: list[str] | None
+    state: str = Field(description="queued | running | done | failed")
+    stage: str
+    progress: float = Field(description="0..1")
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class StudyOut(BaseModel):
+    id: str
+    name: str
+    kind: str = Field(description="nifti | png | dicom")
+    owner: str
+    size_bytes: int
+    info: dict[str, Any]
+    created_at: datetime
+    latest_job: JobOut | None
+    results: list[str] = Field(description="result kinds available for download")
+
+
+class StructureOut(BaseModel):
+    name: str
+    color: list[int]
+    roi_type: str | None = None
+    volume: float | None = None
+    unit: str | None = None
+    empty: bool | None = None
+
+
+class ModelOut(BaseModel):
+    name: str
+    spatial_dims: int
+    structures: list[StructureOut]
+    description: str = ""

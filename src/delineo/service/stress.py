@@ -1,0 +1,257 @@
+"""``delineo stress``: concurrent users over HTTP, each uploading synthetic studies, contouring
+them and downloading the results; bounded in count and time, loopback servers only."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ipaddress
+import json
+import platform
+import secrets
+import socket
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from delineo.errors import InputError
+
+MAX_USERS, MAX_STUDIES = 100, 50
+
+
+def check_loopback(url: str) -> None:
+    """Refuse any server that is not on this machine's loopback interface."""
+    host = urlparse(url).hostname
+    if not host:
+        raise InputError(None, f"--url {url!r} has no host name")
+    try:
+        addrs = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        raise InputError(None, f"--url: cannot resolve {host!r}") from None
+    for a in addrs:
+        if not ipaddress.ip_address(a.split("%")[0]).is_loopback:
+            raise InputError(None, f"--url {url}: stress tests only run against this machine (loopback), not {a}")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    k = (len(v) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def _png_bytes(size: int, seed: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    img = np.clip(40 + rng.normal(0, 8, (size, size)), 0, 255)
+    yy, xx = np.indices((size, size))
+    img[((yy - size * 0.5) ** 2 + (xx - size * 0.3) ** 2) < (size * 0.18) ** 2] = 200
+    img[((yy - size * 0.5) ** 2 + (xx - size * 0.7) ** 2) < (size * 0.18) ** 2] = 200
+    buf = io.BytesIO()
+    Image.fromarray(img.astype("uint8")).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run_stress(url: str, *, users: int = 20, studies: int = 2, admin_user: str = "admin", admin_password: str | None = None,
+               model: str | None = None, size: int = 32, max_seconds: float = 600.0, poll_s: float = 0.5) -> dict[str, Any]:
+    check_loopback(url)
+    if not 1 <= users <= MAX_USERS:
+        raise InputError(None, f"--users must be 1-{MAX_USERS}")
+    if not 1 <= studies <= MAX_STUDIES:
+        raise InputError(None, f"--studies must be 1-{MAX_STUDIES}")
+    if not 16 <= size <= 128:
+        raise InputError(None, "--size must be 16-128")
+    if not admin_password:
+        raise InputError(None, "give the administrator's password (--admin-password or DELINEO_ADMIN_PASSWORD) to create the test users")
+    max_seconds = min(max_seconds, 3600.0)
+    return asyncio.run(_run(url.rstrip("/"), users, studies, admin_user, admin_password, model, size, max_seconds, poll_s))
+
+
+async def _run(url, n_users, n_studies, admin_user, admin_password, model, size, max_seconds, poll_s) -> dict[str, Any]:
+    import httpx
+
+    from delineo.service.synthetic import synthetic_nifti_bytes
+
+    run = secrets.token_hex(3)
+    errors: Counter[str] = Counter()
+    expected: Counter[str] = Counter()
+    records: list[dict[str, Any]] = []
+    deadline = time.monotonic() + max_seconds
+    limits = httpx.Limits(max_connections=n_users * 2 + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits) as admin:
+        r = await admin.post("/api/auth/login", json={"username": admin_user, "password": admin_password})
+        if r.status_code != 200:
+            raise InputError(None, f"cannot sign in as {admin_user!r} on {url}: {r.status_code} {r.text[:200]}")
+        r = await admin.get("/api/models")
+        if r.status_code != 200:
+            raise InputError(None, f"cannot list models on {url}: {r.status_code} {r.text[:200]}")
+        models = r.json()
+        if not models:
+            raise InputError(None, f"{url} offers no model")
+        chosen = next((m for m in models if m["name"] == model), None) if model else (
+            next((m for m in models if m["spatial_dims"] == 3), None) or models[0])
+        if chosen is None:
+            raise InputError(None, f"{url} has no model {model!r} (it has {', '.join(m['name'] for m in models)})")
+        dims = chosen["spatial_dims"]
+        payloads = [(f"stress{i}.nii.gz", synthetic_nifti_bytes(size, seed=i)) if dims == 3 else (f"stress{i}.png", _png_bytes(max(size, 64), i))
+                    for i in range(min(n_studies, 4))]
+        accounts = []
+        for i in range(n_users):
+            name, password = f"stress-{run}-{i:02d}", secrets.token_urlsafe(12)
+            r = await admin.post("/api/users", json={"username": name, "password": password})
+            if r.status_code != 201:
+                raise InputError(None, f"cannot create user {name}: {r.status_code} {r.text[:200]}")
+            accounts.append((name, password, r.json()["id"]))
+
+        async def one_user(name: str, password: str) -> list[str]:
+            mine: list[str] = []
+            async with httpx.AsyncClient(base_url=url, timeout=120.0) as c:
+                r = await c.post("/api/auth/login", json={"username": name, "password": password})
+                if r.status_code != 200:
+                    errors[f"login {r.status_code}"] += 1
+                    return mine
+                for k in range(n_studies):
+                    if time.monotonic() > deadline:
+                        errors["not started (time limit)"] += 1
+                        continue
+                    fname, data = payloads[k % len(payloads)]
+                    rec: dict[str, Any] = {"user": name, "state": "upload"}
+                    records.append(rec)
+                    t0 = time.monotonic()
+                    try:
+                        r = await c.post("/api/studies", files={"files": (fname, data, "application/octet-stream")})
+                        if r.status_code != 201:
+                            errors[f"upload {r.status_code}"] += 1
+                            continue
+                        rec["upload_s"] = time.monotonic() - t0
+                        sid = rec["study"] = r.json()["id"]
+                        mine.append(sid)
+                        r = await c.post(f"/api/studies/{sid}/jobs", json={"model": chosen["name"]})
+                        if r.status_code != 202:
+                            errors[f"start job {r.status_code}"] += 1
+                            continue
+                        job_id = r.json()["id"]
+                        rec["state"] = "queued"
+                        while time.monotonic() < deadline:
+                            await asyncio.sleep(poll_s)
+                            r = await c.get(f"/api/jobs/{job_id}")
+                            if r.status_code != 200:
+                                errors[f"job status {r.status_code}"] += 1
+                                continue
+                            job = r.json()
+                            rec["state"] = job["state"]
+                            if job["state"] in ("done", "failed"):
+                                break
+                        if rec["state"] == "failed":
+                            errors["job failed"] += 1
+                            rec["error"] = job.get("error")
+                            continue
+                        if rec["state"] != "done":
+                            errors["job unfinished (time limit)"] += 1
+                            continue
+                        r = await c.get(f"/api/studies/{sid}/results/summary")
+                        if r.status_code != 200 or "structures" not in r.json():
+                            errors[f"summary {r.status_code}"] += 1
+                            continue
+                        r = await c.get(f"/api/studies/{sid}/results/nifti")
+                        if r.status_code != 200:
+                            errors[f"nifti zip {r.status_code}"] += 1
+                            continue
+                        rec["result_s"] = time.monotonic() - t0
+                        rec["state"] = "result"
+                        # expected refusal (by design): another user's study is not visible
+                        r = await c.get(f"/api/studies/{'0' * 32}")
+                        expected[f"foreign/unknown study {r.status_code}"] += 1
+                    except httpx.HTTPError as exc:
+                        errors[f"http {exc.__class__.__name__}"] += 1
+            return mine
+
+        t_start = time.monotonic()
+        uploaded = await asyncio.gather(*(one_user(n, p) for n, p, _ in accounts))
+        wall = time.monotonic() - t_start
+        # lost: accepted by the server but no longer listed (or listed without its job)
+        lost = 0
+        for (name, password, _), mine in zip(accounts, uploaded):
+            async with httpx.AsyncClient(base_url=url, timeout=60.0) as c:
+                r = await c.post("/api/auth/login", json={"username": name, "password": password})
+                r = await c.get("/api/studies")
+                if r.status_code != 200:
+                    errors[f"final listing {r.status_code}"] += 1
+                    lost += len(mine)
+                    continue
+                listed = {s["id"]: s for s in r.json()}
+                for sid in mine:
+                    if sid not in listed or listed[sid]["latest_job"] is None:
+                        lost += 1
+                for sid in mine:
+                    await c.delete(f"/api/studies/{sid}")
+        for _, _, uid in accounts:
+            await admin.delete(f"/api/users/{uid}")
+    done = [r for r in records if r.get("state") == "result"]
+    lat = [r["result_s"] for r in done]
+    up = [r["upload_s"] for r in records if "upload_s" in r]
+    total = n_users * n_studies
+    unexpected = sum(errors.values())
+    report = {
+        "url": url,
+        "users": n_users,
+        "studies_per_user": n_studies,
+        "studies_total": total,
+        "model": chosen["name"],
+        "input": f"synthetic {size}^3 NIfTI CT" if dims == 3 else "synthetic PNG",
+        "completed": len(done),
+        "wall_s": round(wall, 2),
+        "throughput_studies_per_min": round(60 * len(done) / wall, 2) if wall > 0 else None,
+        "upload_to_result_s": {"p50": _r(percentile(lat, 0.5)), "p95": _r(percentile(lat, 0.95)), "max": _r(max(lat) if lat else None)},
+        "upload_s": {"p50": _r(percentile(up, 0.5)), "p95": _r(percentile(up, 0.95))},
+        "errors": dict(errors),
+        "unexpected_errors": unexpected,
+        "expected_refusals": dict(expected),
+        "lost_studies": lost,
+        "failed_job_messages": sorted({r.get("error") or "" for r in records if r.get("state") == "failed"}),
+        "max_seconds": max_seconds,
+        "client": f"{platform.node()} python {platform.python_version()}",
+    }
+    report["text"] = (
+        f"{len(done)}/{total} studies contoured by {n_users} concurrent users in {wall:.1f} s "
+        f"({report['throughput_studies_per_min']} studies/min); upload->result p50 {report['upload_to_result_s']['p50']} s, "
+        f"p95 {report['upload_to_result_s']['p95']} s; errors {unexpected} {dict(errors) or ''}; lost studies {lost}"
+    )
+    return report
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def write_report(report: dict[str, Any], out: Path, machine: str = "") -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = {k: v for k, v in report.items() if k != "text"}
+    if machine:
+        data["machine"] = machine
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    lines = [
+        "# delineo stress test",
+        "",
+        f"- server: `{report['url']}`; model `{report['model']}`; input: {report['input']}",
+        f"- {report['users']} concurrent users x {report['studies_per_user']} studies = {report['studies_total']} studies",
+        "",
+        "| completed | wall s | studies/min | upload->result p50 s | p95 s | max s | upload p50 s | errors | lost |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {report['completed']}/{report['studies_total']} | {report['wall_s']} | {report['throughput_studies_per_min']} | "
+        f"{report['upload_to_result_s']['p50']} | {report['upload_to_result_s']['p95']} | {report['upload_to_result_s']['max']} | "
+        f"{report['upload_s']['p50']} | {report['unexpected_errors']} | {report['lost_studies']} |",
+        "",
+        f"Expected refusals (by design, not errors): {report['expected_refusals'] or 'none'}.",
+    ]
+    if machine:
+        lines += ["", f"Machine: {machine}."]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,289 @@
+// delineo web front end: sign in, upload (drag and drop, progress), study list with live job
+// states, NiiVue viewer with coloured structure overlays, downloads. No framework.
+const $ = (id) => document.getElementById(id);
+const state = { user: null, studies: [], models: [], selected: null, detail: null, nv: null, nvLoadedFor: null, view: "axial", poll: null };
+
+// ---- HTTP ------------------------------------------------------------------------------------
+async function api(path, opts = {}) {
+  const headers = opts.json ? { "Content-Type": "application/json" } : {};
+  const res = await fetch(path, { credentials: "same-origin", ...opts, headers: { ...headers, ...(opts.headers || {}) },
+    body: opts.json ? JSON.stringify(opts.json) : opts.body });
+  if (res.status === 401 && !path.startsWith("/api/auth/login")) { showLogin(); throw new Error("Please sign in again."); }
+  if (!res.ok) {
+    let msg = `${res.status} ${res.statusText}`;
+    try { const j = await res.json(); if (j.detail) msg = typeof j.detail === "string" ? j.detail : j.detail.map((d) => d.msg).join("; "); } catch (_) {}
+    throw new Error(msg);
+  }
+  return res.status === 204 ? null : res.json();
+}
+function toast(msg, ms = 4000) { const t = $("toast"); t.textContent = msg; t.classList.remove("hidden"); clearTimeout(toast.t); toast.t = setTimeout(() => t.classList.add("hidden"), ms); }
+const fmtDate = (s) => new Date(s).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+const fmtSize = (b) => b > 1 << 20 ? `${(b / 2 ** 20).toFixed(1)} MB` : `${Math.max(1, Math.round(b / 1024))} kB`;
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const STAGES = { queued: "Waiting in the queue", starting: "Starting", read: "Reading the image", model: "Running the model", write: "Writing the contours", done: "Done", failed: "Failed" };
+const stageText = (j) => STAGES[j.stage] || j.stage;
+
+// ---- sign in -----------------------------------------------------------------------------------
+function showLogin() {
+  state.user = null; clearInterval(state.poll);
+  $("app-view").classList.add("hidden"); $("userbox").classList.add("hidden"); $("login-view").classList.remove("hidden");
+  $("login-user").focus();
+}
+async function showApp(user) {
+  state.user = user;
+  $("username").textContent = user.username + (user.is_admin ? " (admin)" : "");
+  $("users-btn").classList.toggle("hidden", !user.is_admin);
+  $("login-view").classList.add("hidden"); $("userbox").classList.remove("hidden"); $("app-view").classList.remove("hidden");
+  state.models = await api("/api/models");
+  await refreshStudies();
+  clearInterval(state.poll);
+  state.poll = setInterval(() => refreshStudies().catch(() => {}), 1500);
+}
+$("login-form").addEventListener("submit", async (e) => {
+  e.preventDefault(); $("login-error").textContent = "";
+  try { showApp(await api("/api/auth/login", { method: "POST", json: { username: $("login-user").value.trim(), password: $("login-pass").value } })); $("login-pass").value = ""; }
+  catch (err) { $("login-error").textContent = err.message; }
+});
+$("logout-btn").addEventListener("click", async () => { await api("/api/auth/logout", { method: "POST" }).catch(() => {}); location.hash = ""; showLogin(); });
+
+// ---- upload ------------------------------------------------------------------------------------
+function uploadFiles(files) {
+  if (!files.length) return;
+  $("upload-error").textContent = "";
+  const form = new FormData();
+  for (const { file, path } of files) form.append("files", file, path || file.name);
+  const total = files.reduce((a, f) => a + f.file.size, 0);
+  $("upload-label").textContent = files.length === 1 ? `Uploading ${files[0].file.name}` : `Uploading ${files.length} files`;
+  $("upload-status").classList.remove("hidden"); $("upload-bar").style.width = "0%"; $("upload-pct").textContent = "";
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", "/api/studies");
+  xhr.upload.onprogress = (e) => {
+    const pct = Math.round(100 * e.loaded / (e.lengthComputable ? e.total : total));
+    $("upload-bar").style.width = `${pct}%`; $("upload-pct").textContent = `${pct}% of ${fmtSize(total)}`;
+    if (pct >= 100) $("upload-label").textContent = "Checking the images…";
+  };
+  xhr.onload = async () => {
+    $("upload-status").classList.add("hidden");
+    let body = {}; try { body = JSON.parse(xhr.responseText); } catch (_) {}
+    if (xhr.status === 201) { toast(`Uploaded “${body.name}”`); await refreshStudies(); select(body.id); }
+    else if (xhr.status === 401) showLogin();
+    else $("upload-error").textContent = body.detail ? `Upload refused: ${body.detail}` : `Upload failed (${xhr.status})`;
+  };
+  xhr.onerror = () => { $("upload-status").classList.add("hidden"); $("upload-error").textContent = "The upload was interrupted (connection lost or the file is larger than the server accepts)."; };
+  xhr.send(form);
+}
+async function entriesToFiles(entry, prefix = "") {
+  if (entry.isFile) return [{ file: await new Promise((ok, ko) => entry.file(ok, ko)), path: prefix + entry.name }];
+  const reader = entry.createReader(); const out = [];
+  for (;;) {
+    const batch = await new Promise((ok, ko) => reader.readEntries(ok, ko));
+    if (!batch.length) break;
+    for (const e of batch) out.push(...await entriesToFiles(e, `${prefix}${entry.name}/`));
+  }
+  return out;
+}
+const dz = $("dropzone");
+dz.addEventListener("dragover", (e) => { e.preventDefault(); dz.classList.add("over"); });
+dz.addEventListener("dragleave", () => dz.classList.remove("over"));
+dz.addEventListener("drop", async (e) => {
+  e.preventDefault(); dz.classList.remove("over");
+  const items = [...(e.dataTransfer.items || [])].map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
+  let files = [];
+  if (items.length) for (const it of items) files.push(...await entriesToFiles(it));
+  else files = [...e.dataTransfer.files].map((f) => ({ file: f }));
+  uploadFiles(files);
+});
+$("file-input").addEventListener("change", (e) => { uploadFiles([...e.target.files].map((f) => ({ file: f }))); e.target.value = ""; });
+$("folder-input").addEventListener("change", (e) => { uploadFiles([...e.target.files].map((f) => ({ file: f, path: f.webkitRelativePath }))); e.target.value = ""; });
+
+// ---- study list --------------------------------------------------------------------------------
+async function refreshStudies() {
+  state.studies = await api("/api/studies");
+  const ul = $("study-list");
+  $("study-count").textContent = state.studies.length ? `(${state.studies.length})` : "";
+  $("empty-list").classList.toggle("hidden", state.studies.length > 0);
+  ul.innerHTML = state.studies.map((s) => {
+    const j = s.latest_job;
+    const chip = j ? `<span class="chip ${j.state}">${j.state === "running" ? `${Math.round(100 * j.progress)}%` : j.state}</span>` : `<span class="chip">not contoured</span>`;
+    const bar = j && (j.state === "running" || j.state === "queued") ? `<div class="bar"><div style="width:${Math.round(100 * j.progress)}%"></div></div>` : "";
+    return `<li data-id="${s.id}" class="${s.id === state.selected ? "selected" : ""}"><div class="name">${esc(s.name)}<span class="badge">${esc(s.kind)}</span></div>
+      <div class="sub"><span>${fmtDate(s.created_at)}</span>${chip}</div>${bar}</li>`;
+  }).join("");
+  if (state.selected) {
+    const s = state.studies.find((x) => x.id === state.selected);
+    if (!s) { state.selected = null; renderStudy(null); }
+    else if (JSON.stringify(s.latest_job) !== JSON.stringify(state.detail?.latest_job)) await loadDetail();
+  } else if (location.hash.length > 1 && state.studies.some((x) => x.id === location.hash.slice(1))) select(location.hash.slice(1));
+}
+$("study-list").addEventListener("click", (e) => { const li = e.target.closest("li"); if (li) select(li.dataset.id); });
+async function select(id) {
+  state.selected = id; location.hash = id;
+  document.querySelectorAll("#study-list li").forEach((li) => li.classList.toggle("selected", li.dataset.id === id));
+  await loadDetail();
+}
+async function loadDetail() {
+  if (!state.selected) return;
+  try { state.detail = await api(`/api/studies/${state.selected}`); } catch (err) { toast(err.message); return; }
+  renderStudy(state.detail);
+}
+
+// ---- study view --------------------------------------------------------------------------------
+function renderStudy(d) {
+  $("no-study").classList.toggle("hidden", !!d); $("study-view").classList.toggle("hidden", !d);
+  if (!d) return;
+  $("study-name").textContent = d.name;
+  const i = d.info || {};
+  const parts = [d.kind === "dicom" ? `DICOM ${i.modality || ""} series, ${i.slices} slices` : d.kind === "png" ? "X-ray image (PNG)" : "NIfTI volume"];
+  if (i.shape) parts.push(i.shape.join(" × ") + " voxels");
+  if (i.spacing_mm) parts.push(i.spacing_mm.map((v) => +v.toFixed(2)).join(" × ") + " mm");
+  parts.push(fmtSize(d.size_bytes), `uploaded ${fmtDate(d.created_at)}`);
+  if (state.user.is_admin && d.owner !== state.user.username) parts.push(`owner ${d.owner}`);
+  $("study-meta").textContent = parts.join(" · ");
+  renderModels(d);
+  renderJob(d.latest_job);
+  renderStructures(d.structures);
+  for (const a of document.querySelectorAll("#downloads a")) {
+    const ok = d.results.includes(a.dataset.kind);
+    a.classList.toggle("disabled", !ok);
+    a.href = ok ? `/api/studies/${d.id}/results/${a.dataset.kind}` : "#";
+    a.setAttribute("download", "");
+  }
+  const noDicom = d.results.length && !d.results.includes("rtstruct");
+  $("download-note").textContent = !d.results.length ? "Results appear here when contouring is done." :
+    noDicom ? (d.kind === "dicom" ? "RT Structure Set and SEG need the DICOM writer on the server." : "RT Structure Set and SEG are made for DICOM uploads.") : "";
+  const key = `${d.id}:${d.structures.length ? d.latest_job?.id : "-"}`;
+  if (state.nvLoadedFor !== key) { state.nvLoadedFor = key; loadViewer(d).catch((err) => { $("viewer-msg").textContent = `The viewer could not load the images: ${err.message}`; }); }
+}
+function renderModels(d) {
+  const dims = d.info?.dims || 3;
+  const fitting = state.models.filter((m) => m.spatial_dims === dims);
+  const sel = $("model-select"); const prev = sel.value;
+  sel.innerHTML = fitting.map((m) => `<option value="${esc(m.name)}">${esc(m.name)}</option>`).join("") || `<option value="">no ${dims}D model installed</option>`;
+  if (fitting.some((m) => m.name === prev)) sel.value = prev;
+  renderPicks();
+  const busy = d.latest_job && ["queued", "running"].includes(d.latest_job.state);
+  $("contour-btn").disabled = !fitting.length || busy;
+  $("contour-btn").textContent = d.latest_job ? "Contour again" : "Contour";
+}
+function renderPicks() {
+  const m = state.models.find((x) => x.name === $("model-select").value);
+  $("structure-picks").innerHTML = m ? m.structures.map((s) => `<label><input type="checkbox" checked value="${esc(s.name)}"><span class="swatch" style="background:rgb(${s.color})"></span>${esc(s.name)}</label>`).join("") : "";
+}
+$("model-select").addEventListener("change", renderPicks);
+function renderJob(j) {
+  const el = $("job-state");
+  if (!j) { el.innerHTML = `<span class="muted">Not contoured yet.</span>`; return; }
+  if (j.state === "failed") { el.innerHTML = `<div class="err">Contouring failed: ${esc(j.error || "unknown error")}</div>`; return; }
+  if (j.state === "done") {
+    const secs = j.started_at && j.finished_at ? ` in ${((new Date(j.finished_at) - new Date(j.started_at)) / 1000).toFixed(1)} s` : "";
+    el.innerHTML = `<span class="chip done">done</span> <span class="muted">${esc(j.model)}${secs}, ${fmtDate(j.finished_at)}</span>`; return;
+  }
+  el.innerHTML = `<div class="row"><span>${esc(stageText(j))}…</span><span class="muted">${Math.round(100 * j.progress)}%</span></div><div class="bar"><div style="width:${Math.round(100 * j.progress)}%"></div></div>`;
+}
+$("contour-btn").addEventListener("click", async () => {
+  const d = state.detail; if (!d) return;
+  const all = [...document.querySelectorAll("#structure-picks input")];
+  const chosen = all.filter((c) => c.checked).map((c) => c.value);
+  if (!chosen.length) { toast("Choose at least one structure."); return; }
+  try {
+    $("contour-btn").disabled = true;
+    await api(`/api/studies/${d.id}/jobs`, { method: "POST", json: { model: $("model-select").value, structures: chosen.length === all.length ? null : chosen } });
+    await refreshStudies(); await loadDetail();
+  } catch (err) { toast(err.message); $("contour-btn").disabled = false; }
+});
+$("delete-btn").addEventListener("click", async () => {
+  const d = state.detail; if (!d || !confirm(`Delete “${d.name}” and all its results?`)) return;
+  try { await api(`/api/studies/${d.id}`, { method: "DELETE" }); state.selected = null; state.detail = null; location.hash = ""; renderStudy(null); await refreshStudies(); toast("Study deleted"); }
+  catch (err) { toast(err.message); }
+});
+
+// ---- structures table --------------------------------------------------------------------------
+function renderStructures(rows) {
+  $("no-structures").classList.toggle("hidden", rows.length > 0);
+  $("structure-rows").innerHTML = rows.map((s, i) => `<tr data-i="${i}">
+    <td><input type="checkbox" class="vis" checked aria-label="show ${esc(s.name)}"></td>
+    <td class="name"><span class="swatch" style="background:rgb(${s.color})"></span>${esc(s.name)}</td>
+    <td class="num">${s.empty ? '<span class="muted">empty</span>' : `${s.volume.toFixed(s.volume < 10 ? 2 : 1)} ${esc(s.unit)}`}</td>
+    <td><input type="range" class="opa" min="0" max="1" step="0.05" value="0.5" aria-label="opacity of ${esc(s.name)}"></td></tr>`).join("");
+}
+$("structure-rows").addEventListener("input", (e) => {
+  const tr = e.target.closest("tr"); if (!tr || !state.nv) return;
+  const idx = 1 + Number(tr.dataset.i);
+  const on = tr.querySelector(".vis").checked;
+  tr.classList.toggle("off", !on);
+  if (idx < state.nv.volumes.length) state.nv.setOpacity(idx, on ? Number(tr.querySelector(".opa").value) : 0);
+});
+
+// ---- viewer (NiiVue) ---------------------------------------------------------------------------
+let NV = null;
+async function niivue() {
+  if (NV) return NV;
+  try { NV = await import("/vendor/niivue/index.js"); }
+  catch (_) { throw new Error("NiiVue is not installed on the server (run `npm ci`)."); }
+  return NV;
+}
+function windowRange() {
+  const v = $("window-select").value;
+  if (v === "auto") return null;
+  const [level, width] = v.split(",").map(Number);
+  return [level - width / 2, level + width / 2];
+}
+async function loadViewer(d) {
+  const { Niivue } = await niivue();
+  $("viewer-msg").textContent = "Loading images…";
+  if (!state.nv) {
+    state.nv = new Niivue({ backColor: [0, 0, 0, 1], crosshairColor: [0.22, 0.74, 0.97, 0.45], crosshairWidth: 1, show3Dcrosshair: false,
+      isColorbar: false, dragAndDropEnabled: false, isOrientCube: false, multiplanarForceRender: false, loadingText: "" });
+    await state.nv.attachToCanvas($("gl"));
+  }
+  const nv = state.nv;
+  const is2d = (d.info?.dims || 3) === 2;
+  const range = is2d ? null : windowRange();
+  const vols = [{ url: `/api/studies/${d.id}/volume/ct.nii.gz`, name: "ct.nii.gz", colormap: "gray", ...(range ? { cal_min: range[0], cal_max: range[1] } : {}) }];
+  const job = d.latest_job?.state === "done" ? d.latest_job.id : null;
+  for (const s of d.structures) {
+    const key = `delineo-${s.name}`;
+    nv.addColormap(key, { R: [0, s.color[0]], G: [0, s.color[1]], B: [0, s.color[2]], A: [255, 255], I: [0, 255] });
+    vols.push({ url: `/api/studies/${d.id}/masks/${encodeURIComponent(s.name)}.nii.gz?job=${job}`, name: `${s.name}.nii.gz`, colormap: key, opacity: 0.5, cal_min: 0.5, cal_max: 1 });
+  }
+  await nv.loadVolumes(vols);
+  if (range) { nv.volumes[0].cal_min = range[0]; nv.volumes[0].cal_max = range[1]; nv.updateGLVolume(); }
+  document.querySelectorAll("#structure-rows tr").forEach((tr) => tr.dispatchEvent(new Event("input", { bubbles: true })));
+  $("view-buttons").querySelectorAll("button").forEach((b) => { b.disabled = is2d && b.dataset.view !== "axial"; });
+  $("window-select").disabled = is2d;
+  setView(is2d ? "axial" : state.view);
+  $("viewer-msg").textContent = "";
+  $("gl").dataset.loaded = String(vols.length);
+}
+function setView(view) {
+  state.view = view;
+  const nv = state.nv; if (!nv) return;
+  const types = { axial: nv.sliceTypeAxial, coronal: nv.sliceTypeCoronal, sagittal: nv.sliceTypeSagittal, multi: nv.sliceTypeMultiplanar };
+  nv.setSliceType(types[view]);
+  $("view-buttons").querySelectorAll("button").forEach((b) => b.classList.toggle("active", b.dataset.view === view));
+}
+$("view-buttons").addEventListener("click", (e) => { const b = e.target.closest("button"); if (b) setView(b.dataset.view); });
+$("window-select").addEventListener("change", () => {
+  const nv = state.nv; if (!nv || !nv.volumes.length) return;
+  const r = windowRange(); const v = nv.volumes[0];
+  if (r) { v.cal_min = r[0]; v.cal_max = r[1]; } else { v.cal_min = v.robust_min ?? v.global_min; v.cal_max = v.robust_max ?? v.global_max; }
+  nv.updateGLVolume();
+});
+
+// ---- users (administrators) --------------------------------------------------------------------
+async function renderUsers() {
+  const users = await api("/api/users");
+  $("user-rows").innerHTML = users.map((u) => `<tr><td>${esc(u.username)}</td><td>${u.is_admin ? "administrator" : "user"}</td><td>${fmtDate(u.created_at)}</td></tr>`).join("");
+}
+$("users-btn").addEventListener("click", async () => { await renderUsers(); $("users-dialog").showModal(); });
+$("users-close").addEventListener("click", () => $("users-dialog").close());
+$("user-form").addEventListener("submit", async (e) => {
+  e.preventDefault(); $("user-error").textContent = "";
+  try {
+    await api("/api/users", { method: "POST", json: { username: $("new-user").value.trim(), password: $("new-pass").value, is_admin: $("new-admin").checked } });
+    $("new-user").value = ""; $("new-pass").value = ""; $("new-admin").checked = false; await renderUsers(); toast("User added");
+  } catch (err) { $("user-error").textContent = err.message; }
+});
+
+// ---- start -------------------------------------------------------------------------------------
+api("/api/auth/me").then(showApp).catch(() => showLogin());
