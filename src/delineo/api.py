@@ -53,11 +53,14 @@ def contour_image(
     overview: bool = True,
     seconds: dict[str, float] | None = None,
     progress: Progress | None = None,
+    series: Any = None,
 ) -> dict[str, Any]:
     """Contour an in-memory image and write ``segmentations/<ROI>.nii.gz``, ``summary.json`` and
     overview PNGs into ``out_dir``. Returns the summary (volumes in cc, or cm² for 2D).
     seconds: timings of earlier stages (e.g. ``{"read": s}``) to report with the others.
-    progress: ``progress(stage, fraction)`` callback (stages ``model``, ``write``, ``done``)."""
+    progress: ``progress(stage, fraction)`` callback (stages ``model``, ``write``, ``dicom``, ``done``).
+    series: the :class:`delineo.dicom.series.CTSeries` the image came from; then ``rtstruct.dcm``
+    (RT Structure Set) and ``seg.dcm`` (DICOM SEG) referencing it are written too."""
     out_dir = Path(out_dir)
     seg_dir = out_dir / "segmentations"
     seg_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +91,19 @@ def contour_image(
     if overview:
         summary["overview"] = [str(p) for p in write_overview(image, masks, out_dir, title=f"{Path(source).name} — {predictor.bundle.name}")]
     predictor.timings["write"] = time.perf_counter() - t0
+    if series is not None:
+        from delineo.dicom.rtstruct import write_rtstruct
+        from delineo.dicom.seg import write_seg
+
+        _report(progress, "dicom", 0.85)
+        t1 = time.perf_counter()
+        roi_types = predictor.bundle.meta.get("roi_types", {})
+        summary["rtstruct"] = str(write_rtstruct(series, masks, out_dir / "rtstruct.dcm", roi_types=roi_types, label=predictor.bundle.name))
+        present = {n: m for n, m in masks.items() if m.any()}
+        if present:  # a SEG needs at least one non-empty segment
+            summary["seg"] = str(write_seg(series, present, out_dir / "seg.dcm", roi_types=roi_types, model_name=predictor.bundle.name))
+        summary["series_instance_uid"] = series.series_instance_uid
+        predictor.timings["dicom_write"] = time.perf_counter() - t1
     summary["seconds"] = {k: round(v, 4) for k, v in {**(seconds or {}), **predictor.timings}.items()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _report(progress, "done", 1.0)
@@ -103,15 +119,25 @@ def contour(
     structures: Sequence[str] | None = None,
     overview: bool = True,
     progress: Progress | None = None,
+    series_uid: str | None = None,
 ) -> dict[str, Any]:
-    """Contour a NIfTI CT (or a PNG X-ray) with a bundled or given model; see :func:`contour_image`."""
+    """Contour a NIfTI CT, a DICOM CT series (folder or zip; ``series_uid`` picks one of several)
+    or a PNG X-ray with a bundled or given model; see :func:`contour_image`. DICOM input also gives
+    ``rtstruct.dcm`` and ``seg.dcm``."""
+    from delineo.dicom.series import is_dicom_input, read_series
+
     _report(progress, "read", 0.0)
     t0 = time.perf_counter()
-    image = read_image(input_path)
+    series = None
+    if is_dicom_input(input_path):
+        series = read_series(input_path, series_uid)
+        image = series.image
+    else:
+        image = read_image(input_path)
     read_s = time.perf_counter() - t0
     predictor = Predictor(model or default_model(image.array.ndim), device)
     image = with_model_pixel_spacing(image, input_path, predictor.bundle)
     return contour_image(
         image, out_dir, predictor=predictor, structures=structures, source=str(input_path), overview=overview,
-        seconds={"read": read_s}, progress=progress,
+        seconds={"read": read_s}, progress=progress, series=series,
     )

@@ -88,18 +88,23 @@ def evaluate(
 
 @app.command()
 def contour(
-    input: Path = typer.Argument(..., help="CT as NIfTI (.nii/.nii.gz), or a 2D PNG X-ray."),
+    input: Path = typer.Argument(..., help="CT as NIfTI (.nii/.nii.gz), a DICOM CT series (folder or zip), or a 2D PNG X-ray."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundled model name or folder (default: hn-ct for 3D, cxr-jsrt for 2D)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     structures: Optional[str] = typer.Option(None, "--structures", help="Comma-separated subset of the model's structures."),
     no_overview: bool = typer.Option(False, "--no-overview", help="Skip the overview PNGs."),
+    series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM input with several series: the one to contour."),
 ) -> None:
-    """Contour one image: writes OUT/segmentations/<ROI>.nii.gz, summary.json and overview PNGs."""
+    """Contour one image: writes OUT/segmentations/<ROI>.nii.gz, summary.json and overview PNGs;
+    for DICOM input also OUT/rtstruct.dcm (RT Structure Set) and OUT/seg.dcm (DICOM SEG)."""
     from delineo.api import contour as run_contour
 
-    summary = run_contour(input, out, model=model, device=device, structures=_structures(structures), overview=not no_overview)
+    summary = run_contour(input, out, model=model, device=device, structures=_structures(structures), overview=not no_overview,
+                          series_uid=series_uid)
     _print_summary(summary, out)
+    if "rtstruct" in summary:
+        typer.echo(f"RT Structure Set: {summary['rtstruct']}" + (f"; DICOM SEG: {summary['seg']}" if "seg" in summary else ""))
 
 
 def _print_summary(summary: dict, out: Path) -> None:
