@@ -67,6 +67,12 @@ def _dicom_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+def _has_dicom_preamble(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
 def _read_headers(files: list[Path]) -> list[tuple[Path, Dataset]]:
     """Every DICOM file's header; files that are not DICOM at all (no preamble) are skipped,
     broken DICOM files are refused by name."""
@@ -78,7 +84,9 @@ def _read_headers(files: list[Path]) -> list[tuple[Path, Dataset]]:
             continue  # not DICOM (a README, a DICOMDIR viewer, ...)
         except Exception as exc:  # truncated or corrupt
             raise InputError(f, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
-        if "SOPClassUID" not in ds:
+        if "SOPClassUID" not in ds or "SeriesInstanceUID" not in ds:
+            if _has_dicom_preamble(f):  # a DICOM file cut short before its identifying attributes
+                raise InputError(f, "truncated or incomplete DICOM file (no SOP Class or Series Instance UID)")
             continue
         out.append((f, ds))
     return out

@@ -33,8 +33,8 @@ warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category
 
 
 def _pair(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    p = torch.as_tensor(np.asarray(pred) if not isinstance(pred, torch.Tensor) else pred).bool()
-    r = torch.as_tensor(np.asarray(ref) if not isinstance(ref, torch.Tensor) else ref).bool()
+    p = torch.as_tensor(np.ascontiguousarray(pred) if not isinstance(pred, torch.Tensor) else pred).bool()
+    r = torch.as_tensor(np.ascontiguousarray(ref) if not isinstance(ref, torch.Tensor) else ref).bool()
     if p.shape != r.shape:
         raise ValueError(f"prediction shape {tuple(p.shape)} != reference shape {tuple(r.shape)}")
     return p[None, None].float(), r[None, None].float()

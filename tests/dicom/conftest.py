@@ -1,0 +1,41 @@
+"""DICOM test helpers: synthetic CT series written as real CT Image Storage files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from delineo.data.io import Image
+
+AFFINE = np.array([[-2.0, 0, 0, 50.0], [0, -2.5, 0, 30.0], [0, 0, 3.0, -40.0], [0, 0, 0, 1]])
+SHAPE = (24, 20, 12)
+
+
+def phantom() -> tuple[Image, dict[str, np.ndarray]]:
+    """HU volume (air, a water body, a bone block) and two masks on its grid."""
+    a = np.full(SHAPE, -1000.0, np.float32)
+    body = np.zeros(SHAPE, bool)
+    body[3:21, 3:17, 1:11] = True
+    a[body] = 0.0
+    bone = np.zeros(SHAPE, bool)
+    bone[8:14, 6:12, 4:9] = True
+    a[bone] = 700.0
+    ring = body.copy()
+    ring[6:18, 6:14, :] = False  # a body wall with a hole in every slice
+    return Image(a, AFFINE), {"Mandible": bone, "PTV70": ring}
+
+
+def needs(tool: str):
+    return pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} not installed (make system-deps)")
+
+
+@pytest.fixture
+def ct_dir(tmp_path) -> Path:
+    from delineo.dicom.write_ct import write_ct_series
+
+    image, _ = phantom()
+    write_ct_series(image, tmp_path / "ct", patient_name="Doe^Jane", patient_id="P123")
+    return tmp_path / "ct"
