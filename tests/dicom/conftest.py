@@ -28,8 +28,14 @@ def phantom() -> tuple[Image, dict[str, np.ndarray]]:
     return Image(a, AFFINE), {"Mandible": bone, "PTV70": ring}
 
 
+def dcmtk(tool: str) -> str:
+    """The Debian (dcmtk / dicom3tools) program, not a same-named Python entry point in the venv."""
+    path = Path("/usr/bin") / tool
+    return str(path) if path.is_file() else (shutil.which(tool) or tool)
+
+
 def needs(tool: str):
-    return pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} not installed (make system-deps)")
+    return pytest.mark.skipif(not Path(dcmtk(tool)).is_file(), reason=f"{tool} not installed (make system-deps)")
 
 
 @pytest.fixture

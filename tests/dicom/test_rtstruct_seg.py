@@ -14,11 +14,11 @@ from delineo.dicom.series import read_series
 from delineo.errors import InputError
 from delineo.metrics.segmentation import dice
 
-from .conftest import needs, phantom
+from .conftest import dcmtk, needs, phantom
 
 
 def dciodvfy_errors(path) -> list[str]:
-    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([dcmtk("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 

@@ -10,8 +10,9 @@ import sys
 from delineo.cli.app import app
 from delineo.cli import engine  # noqa: F401  (registers train, evaluate, contour, models, demo)
 from delineo.cli import contours  # noqa: F401  (registers margin, boolean, ring, remove-islands)
-from delineo.cli import noise  # noqa: F401  (registers noise-benchmark)
+from delineo.cli import noise  # noqa: F401  (registers noise-benchmark, audit, ablation)
 from delineo.cli import service  # noqa: F401  (registers serve, worker, stress)
+from delineo.cli import dicom  # noqa: F401  (registers dicom-node, import-dicom)
 from delineo.errors import DelineoError
 
 
