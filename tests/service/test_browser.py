@@ -57,11 +57,16 @@ def _upload_and_contour(page, tmp_path, name: str, data: bytes, shot: str):
     f.write_bytes(data)
     page.set_input_files("#file-input", str(f))
     page.wait_for_selector("#study-view:not(.hidden)", timeout=30000)
+    # the view switches to the new study once uploaded (a second upload must not act on the first study)
+    stem = name.split(".")[0]
+    page.wait_for_function(f"document.querySelector('#study-name').textContent.trim() === '{stem}'", timeout=30000)
     page.wait_for_function("document.querySelector('#contour-btn') && !document.querySelector('#contour-btn').disabled")
     page.click("#contour-btn")
     page.wait_for_selector("#job-state .chip.done", timeout=60000)
     # the viewer has the CT and one overlay per structure
     page.wait_for_function("Number(document.querySelector('#gl').dataset.loaded || 0) >= 3", timeout=30000)
+    # (a second upload replaces the first study's view: wait for this study's table, do not read the old one)
+    page.wait_for_function("document.querySelectorAll('#structure-rows tr').length === 2", timeout=60000)
     page.wait_for_timeout(500)
     assert page.locator("#structure-rows tr").count() == 2
     assert "cc" in page.inner_text("#structure-rows")

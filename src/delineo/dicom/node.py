@@ -178,7 +178,11 @@ class DicomNode:
                 for f in ready:
                     del self._last_seen[f]
             for folder in ready:
-                self._contour(folder)
+                try:
+                    self._contour(folder)
+                except Exception as exc:  # e.g. the disk is full: log it, keep the node running
+                    log.error("series %s: %s: %s", folder.name, type(exc).__name__, exc)
+                    self.events.append({"series": folder.name, "state": "failed", "reason": f"{type(exc).__name__}: {exc}"})
 
     def _predictor_for(self):
         if self._predictor is None:
@@ -239,27 +243,33 @@ class DicomNode:
             if self.cfg.forward is None:
                 continue
             for item in sorted((self.root / "outbox").glob("*/state.json")):
-                state = json.loads(item.read_text())
-                if time.time() < state["next_try"]:
-                    continue
-                ok, why = self._send(item.parent)
-                if ok:
-                    shutil.rmtree(item.parent)
-                    log.info("series %s: contours sent to %s", item.parent.name, self.cfg.forward[0])
-                    self.events.append({"series": item.parent.name, "state": "sent", "attempts": state["attempts"] + 1,
-                                        "seconds_since_contoured": round(time.time() - state["received_at"], 3)})
-                    continue
-                state["attempts"] += 1
-                delay = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** (state["attempts"] - 1))
-                if state["attempts"] >= self.cfg.max_attempts:
-                    dest = self.root / "failed" / f"send-{item.parent.name}"
-                    shutil.move(str(item.parent), str(dest))
-                    log.error("series %s: giving up sending after %d attempts (%s)", item.parent.name, state["attempts"], why)
-                    self.events.append({"series": item.parent.name, "state": "send_failed", "reason": why})
-                    continue
-                state["next_try"] = time.time() + delay
-                item.write_text(json.dumps(state))
-                log.warning("series %s: send failed (%s); retry %d in %.0f s", item.parent.name, why, state["attempts"], delay)
+                try:
+                    self._try_send(item)
+                except Exception as exc:  # a damaged outbox entry must not stop the sender
+                    log.error("outbox %s: %s: %s", item.parent.name, type(exc).__name__, exc)
+
+    def _try_send(self, item: Path) -> None:
+        state = json.loads(item.read_text())
+        if time.time() < state["next_try"]:
+            return
+        ok, why = self._send(item.parent)
+        if ok:
+            shutil.rmtree(item.parent)
+            log.info("series %s: contours sent to %s", item.parent.name, self.cfg.forward[0])
+            self.events.append({"series": item.parent.name, "state": "sent", "attempts": state["attempts"] + 1,
+                                "seconds_since_contoured": round(time.time() - state["received_at"], 3)})
+            return
+        state["attempts"] += 1
+        delay = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** (state["attempts"] - 1))
+        if state["attempts"] >= self.cfg.max_attempts:
+            dest = self.root / "failed" / f"send-{item.parent.name}"
+            shutil.move(str(item.parent), str(dest))
+            log.error("series %s: giving up sending after %d attempts (%s)", item.parent.name, state["attempts"], why)
+            self.events.append({"series": item.parent.name, "state": "send_failed", "reason": why})
+            return
+        state["next_try"] = time.time() + delay
+        item.write_text(json.dumps(state))
+        log.warning("series %s: send failed (%s); retry %d in %.0f s", item.parent.name, why, state["attempts"], delay)
 
     def _send(self, folder: Path) -> tuple[bool, str]:
         ae_title, host, port = self.cfg.forward

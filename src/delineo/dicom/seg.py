@@ -7,6 +7,7 @@ the structure set, category "Anatomical structure" for organs at risk and "Physi
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Mapping
 
@@ -58,7 +59,7 @@ def write_seg(
     # frames in the order of the source images: (slices, rows, columns, segments)
     pixels = np.stack([np.transpose(masks[n], (2, 1, 0)) for n in names], axis=-1).astype(np.uint8)
     seg = hd.seg.Segmentation(
-        source_images=series.datasets,
+        source_images=_with_type2_attributes(series.datasets),
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -77,6 +78,25 @@ def write_seg(
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path)
     return path
+
+
+#: Type 2 attributes (present, may be empty) that highdicom copies from the source images;
+#: some exports leave them out altogether
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+          "AccessionNumber", "ReferringPhysicianName")
+
+
+def _with_type2_attributes(datasets):
+    if all(all(k in d for k in _TYPE2) for d in datasets):
+        return datasets
+    out = []
+    for d in datasets:
+        d = copy.copy(d)  # shallow: the pixel data is shared, not copied
+        for k in _TYPE2:
+            if k not in d:
+                setattr(d, k, "")
+        out.append(d)
+    return out
 
 
 def _to_lab(rgb) -> tuple[float, float, float]:

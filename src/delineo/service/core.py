@@ -199,7 +199,7 @@ class ServiceContext:
         try:
             from delineo.dicom import read_series  # type: ignore[attr-defined]
 
-            image = read_series(folder)
+            image = read_series(folder).image
         except ImportError:
             pass
         except Exception:  # fall back to SimpleITK below
