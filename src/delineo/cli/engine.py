@@ -122,20 +122,21 @@ def bench_contour(
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     repeat: int = typer.Option(3, "--repeat", "-n", help="Timed runs (median reported) after one warm-up."),
     no_slow_path: bool = typer.Option(False, "--no-slow-path", help="Skip the nnU-Net-style comparison."),
+    slow_mirror: bool = typer.Option(False, "--slow-mirror", help="Add mirroring TTA to the slow path (only sound for models trained with mirroring)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the report as JSON here."),
 ) -> None:
     """Per-stage times and peak memory of end-to-end contouring, and the speed-up over an
     nnU-Net-style sliding window with mirroring TTA on the same model and case."""
     from delineo.inference.bench import bench_contour as run_bench
 
-    report = run_bench(input, model=model, device=device, repeat=repeat, slow_path=not no_slow_path)
+    report = run_bench(input, model=model, device=device, repeat=repeat, slow_path=not no_slow_path, slow_mirror=slow_mirror)
     typer.echo(f"{report['model']} on {report['device']} ({report['threads']} threads), median of {repeat}:")
     for stage, sec in report["seconds"].items():
         typer.echo(f"  {stage:<12}{sec:>9.3f} s")
     typer.echo(f"  {'total':<12}{report['seconds_total']:>9.3f} s   peak RSS {report['peak_rss_mb']:.0f} MB")
     if "slow_path" in report:
         sp = report["slow_path"]
-        typer.echo(f"nnU-Net-style path: {sp['seconds_total']:.3f} s total, {sp['seconds_model']:.3f} s model "
+        typer.echo(f"nnU-Net-style path ({sp['description']}): {sp['seconds_total']:.3f} s total, {sp['seconds_model']:.3f} s model "
                    f"(fast path is {sp['speedup_total']}x faster end to end, {sp['speedup_model']}x in model time)")
         worst = min(sp["dice_fast_vs_slow"].items(), key=lambda kv: kv[1])
         typer.echo(f"Dice fast vs slow: lowest {worst[0]} {worst[1]:.4f}")
