@@ -58,7 +58,7 @@ def contour_image(
     """Contour an in-memory image and write ``segmentations/<ROI>.nii.gz``, ``summary.json`` and
     overview PNGs into ``out_dir``. Returns the summary (volumes in cc, or cm² for 2D).
     seconds: timings of earlier stages (e.g. ``{"read": s}``) to report with the others.
-    progress: ``progress(stage, fraction)`` callback (stages ``model``, ``write``, ``dicom``, ``done``).
+    progress: ``progress(stage, fraction)`` callback (stages ``model``, ``write``, then for DICOM ``rtstruct`` and ``seg``, and ``done``).
     series: the :class:`delineo.dicom.series.CTSeries` the image came from; then ``rtstruct.dcm``
     (RT Structure Set) and ``seg.dcm`` (DICOM SEG) referencing it are written too."""
     out_dir = Path(out_dir)
@@ -95,15 +95,18 @@ def contour_image(
         from delineo.dicom.rtstruct import write_rtstruct
         from delineo.dicom.seg import write_seg
 
-        _report(progress, "dicom", 0.85)
+        _report(progress, "rtstruct", 0.8)
         t1 = time.perf_counter()
         roi_types = predictor.bundle.meta.get("roi_types", {})
         summary["rtstruct"] = str(write_rtstruct(series, masks, out_dir / "rtstruct.dcm", roi_types=roi_types, label=predictor.bundle.name))
+        predictor.timings["rtstruct"] = time.perf_counter() - t1
+        _report(progress, "seg", 0.9)
+        t1 = time.perf_counter()
         present = {n: m for n, m in masks.items() if m.any()}
         if present:  # a SEG needs at least one non-empty segment
             summary["seg"] = str(write_seg(series, present, out_dir / "seg.dcm", roi_types=roi_types, model_name=predictor.bundle.name))
+            predictor.timings["seg"] = time.perf_counter() - t1
         summary["series_instance_uid"] = series.series_instance_uid
-        predictor.timings["dicom_write"] = time.perf_counter() - t1
     summary["seconds"] = {k: round(v, 4) for k, v in {**(seconds or {}), **predictor.timings}.items()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _report(progress, "done", 1.0)

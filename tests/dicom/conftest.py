@@ -45,3 +45,16 @@ def ct_dir(tmp_path) -> Path:
     image, _ = phantom()
     write_ct_series(image, tmp_path / "ct", patient_name="Doe^Jane", patient_id="P123")
     return tmp_path / "ct"
+
+
+@pytest.fixture(scope="session")
+def tiny_ct_model(tmp_path_factory) -> Path:
+    """An untrained 3D U-Net whose output bias makes every voxel positive: non-empty contours,
+    a PTV (target) and an organ at risk, so both RT ROI Interpreted Types are written."""
+    from delineo.models.networks import NetworkSpec, build_network
+    from delineo.models.registry import save_model
+
+    net = build_network(NetworkSpec(spatial_dims=3, out_channels=2, channels=[4, 8], head_bias=8.0))
+    meta = {"name": "tiny-ct", "structures": ["PTV70", "Mandible"], "roi_types": {"PTV70": "PTV", "Mandible": "ORGAN"},
+            "preprocess": {"intensity": {"kind": "window", "low": -200, "high": 400}}}
+    return save_model(tmp_path_factory.mktemp("model") / "tiny-ct", net, meta)

@@ -20,27 +20,22 @@ from delineo.dicom.rtstruct import write_rtstruct
 from delineo.dicom.series import read_series
 from delineo.errors import ConfigError
 from delineo.metrics.segmentation import dice
-from delineo.models.networks import NetworkSpec, build_network
-from delineo.models.registry import save_model
 
 from .conftest import dcmtk, needs, phantom
 
-pytestmark = [needs("storescu"), needs("storescp"), needs("echoscu")]
+
+
+def dcmtk_peers(test):
+    """The node tests talk to real dcmtk programs; skipped where dcmtk is not installed."""
+    for tool in ("storescu", "storescp", "echoscu"):
+        test = needs(tool)(test)
+    return test
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_ct_model(tmp_path_factory) -> Path:
-    """An untrained 3D network whose output bias makes every voxel positive: non-empty contours."""
-    net = build_network(NetworkSpec(spatial_dims=3, out_channels=2, channels=[4, 8], head_bias=8.0))
-    meta = {"name": "tiny-ct", "structures": ["PTV70", "Mandible"], "roi_types": {"PTV70": "PTV", "Mandible": "ORGAN"},
-            "preprocess": {"intensity": {"kind": "window", "low": -200, "high": 400}}}
-    return save_model(tmp_path_factory.mktemp("model") / "tiny-ct", net, meta)
 
 
 @pytest.fixture
@@ -96,6 +91,7 @@ def test_destination_parsing():
             parse_destination(bad)
 
 
+@dcmtk_peers
 def test_echo_store_contour_forward(tmp_path, ct_dir, tiny_ct_model, storescp, caplog):
     dest_port, out, start_scp = storescp
     start_scp()
@@ -121,6 +117,7 @@ def test_echo_store_contour_forward(tmp_path, ct_dir, tiny_ct_model, storescp, c
         node.stop()
 
 
+@dcmtk_peers
 def test_unknown_calling_ae_is_refused(tmp_path, ct_dir, tiny_ct_model, storescp):
     dest_port, out, _ = storescp
     node = make_node(tmp_path, tiny_ct_model, dest_port)
@@ -132,6 +129,7 @@ def test_unknown_calling_ae_is_refused(tmp_path, ct_dir, tiny_ct_model, storescp
         node.stop()
 
 
+@dcmtk_peers
 def test_retries_until_the_destination_is_up_and_survives_a_bad_study(tmp_path, ct_dir, tiny_ct_model, storescp):
     dest_port, out, start_scp = storescp
     node = make_node(tmp_path, tiny_ct_model, dest_port)
@@ -185,3 +183,10 @@ def test_import_dicom_skips_a_structure_set_without_its_ct(tmp_path, ct_dir):
 
     report = import_dicom(tmp_path / "only", tmp_path / "out")
     assert report["cases"] == [] and "not in" in report["skipped"][0]["reason"]
+
+
+def test_dicom_node_cli_needs_allowed_ae_and_a_valid_destination(tmp_path, capsys):
+    rc = main(["dicom-node", "--port", str(free_port()), "--storage", str(tmp_path / "n"), "--forward", "TPS@127.0.0.1:1"])
+    assert rc == 2 and "--allowed-ae" in capsys.readouterr().err
+    rc = main(["dicom-node", "--allowed-ae", "CT1", "--storage", str(tmp_path / "n"), "--forward", "TPS-127.0.0.1"])
+    assert rc == 2 and "AE@HOST:PORT" in capsys.readouterr().err

@@ -42,6 +42,15 @@ def test_rtstruct_references_the_series_and_round_trips(ct_dir, tmp_path):
             k = series.sop_instance_uids.index(uid)
             z = np.asarray(c.ContourData, float).reshape(-1, 3)[:, 2]
             assert np.allclose(z, float(series.datasets[k].ImagePositionPatient[2]))  # on its slice's plane
+    # patient coordinates worked out by hand from the NIfTI affine (RAS), not through the reader's
+    # affine: the bone block, voxels i 8..13, j 6..11, k 4..8, is traced along its voxels' outer
+    # edges (i 7.5..13.5, j 5.5..11.5); RAS x = -2 i + 50, y = -2.5 j + 30, z = 3 k - 40; LPS = (-x, -y, z)
+    bone = next(rc for rc in ds.ROIContourSequence
+                if rc.ReferencedROINumber == next(r.ROINumber for r in ds.StructureSetROISequence if r.ROIName == "Mandible"))
+    pts = np.concatenate([np.asarray(c.ContourData, float).reshape(-1, 3) for c in bone.ContourSequence])
+    np.testing.assert_allclose([pts[:, 0].min(), pts[:, 0].max()], [-35.0, -23.0], atol=1e-3)
+    np.testing.assert_allclose([pts[:, 1].min(), pts[:, 1].max()], [-16.25, -1.25], atol=1e-3)
+    np.testing.assert_allclose(sorted(set(np.round(pts[:, 2], 3))), [-28.0, -25.0, -22.0, -19.0, -16.0])
     back = read_rtstruct(path, series)
     for name, mask in masks.items():
         assert dice(back[name], mask) >= 0.95, name

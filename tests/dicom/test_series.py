@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.uid import JPEG2000, RLELossless
 
 from delineo.dicom.series import list_series, read_series
 from delineo.dicom.write_ct import write_ct_series
@@ -142,8 +144,22 @@ def test_empty_and_missing_inputs(tmp_path):
         read_series(tmp_path / "nope")
 
 
-def test_compressed_transfer_syntax_decodes():
-    """A JPEG 2000 lossless CT from pydicom's test data decodes through pylibjpeg."""
-    path = get_testdata_file("693_J2KR.dcm") or get_testdata_file("CT_small.dcm")
-    ds = pydicom.dcmread(path)
-    assert ds.pixel_array.shape == (ds.Rows, ds.Columns)
+def test_compressed_transfer_syntaxes_decode(tmp_path):
+    """JPEG 2000 (a CT slice from pydicom's bundled test data, decoded by pylibjpeg-openjpeg) and
+    RLE Lossless (a series we compress) read through the series reader."""
+    path = get_testdata_file("693_J2KI.dcm")
+    assert path is not None, "pydicom's bundled test file 693_J2KI.dcm is missing"
+    (tmp_path / "j2k").mkdir()
+    shutil.copy(path, tmp_path / "j2k" / "slice.dcm")
+    s = read_series(tmp_path / "j2k")
+    ds = s.datasets[0]
+    assert ds.file_meta.TransferSyntaxUID == JPEG2000
+    assert s.image.shape == (ds.Columns, ds.Rows, 1)
+    expected = ds.pixel_array.T.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_array_equal(s.image.array[:, :, 0], expected)
+    assert -1100 < float(np.median(s.image.array)) < 1000  # Hounsfield units, not raw values
+    image, _ = phantom()
+    write_ct_series(image, tmp_path / "rle", transfer_syntax=RLELossless)
+    s = read_series(tmp_path / "rle")
+    assert s.datasets[0].file_meta.TransferSyntaxUID == RLELossless
+    np.testing.assert_array_equal(s.image.array, image.array)

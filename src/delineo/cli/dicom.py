@@ -16,7 +16,7 @@ def dicom_node(
     port: int = typer.Option(11112, "--port", help="TCP port to listen on."),
     ae_title: str = typer.Option("DELINEO", "--ae-title", help="This node's AE title."),
     forward: Optional[str] = typer.Option(None, "--forward", help="Where contours go: AE@HOST:PORT (e.g. the planning system)."),
-    allowed_ae: Optional[List[str]] = typer.Option(None, "--allowed-ae", help="Calling AE title allowed to send CT (repeat; default: any)."),
+    allowed_ae: Optional[List[str]] = typer.Option(None, "--allowed-ae", help="Calling AE title allowed to send CT (repeat); '*' accepts any (not recommended)."),
     storage: Path = typer.Option(Path("var/dicom-node"), "--storage", help="Folder for received series, results and the outbox."),
     idle_seconds: float = typer.Option(10.0, "--idle-seconds", help="A series is complete after this many seconds without a new image."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the bundled CT model)."),
@@ -26,14 +26,19 @@ def dicom_node(
 ) -> None:
     """Receive CT series by C-STORE, contour each one, send the RT Structure Set (and SEG) on."""
     from delineo.dicom.node import DicomNode, NodeConfig, parse_destination
+    from delineo.errors import ConfigError
 
+    if not allowed_ae:
+        raise ConfigError("give the calling AE titles allowed to send CT: --allowed-ae SCANNER [--allowed-ae TPS ...] ('*' for any)")
+    destination = parse_destination(forward) if forward else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = NodeConfig(
-        storage=storage, port=port, ae_title=ae_title, host=host, allowed_ae=allowed_ae or None,
-        forward=parse_destination(forward) if forward else None, idle_seconds=idle_seconds, model=model,
+        storage=storage, port=port, ae_title=ae_title, host=host, allowed_ae=None if "*" in allowed_ae else allowed_ae,
+        forward=destination, idle_seconds=idle_seconds, model=model,
         device=device, send_seg=not no_seg,
     )
-    typer.echo(f"DICOM node {ae_title} on {host}:{port}; storage {storage}; forwarding to {forward or 'nowhere (results stay in storage/done)'}")
+    typer.echo(f"DICOM node {ae_title} on {host}:{port}; storage {storage}; accepting CT from {', '.join(allowed_ae)}; "
+               f"forwarding to {forward or 'nowhere (results stay in storage/done)'}")
     DicomNode(cfg).serve_forever()
 
 
