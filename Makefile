@@ -31,10 +31,10 @@ system-deps:
 test: install
 	$(VENV)/bin/pytest -q
 
-# the web service: SQLite and the embedded queue under ./var, bundled models; prints the URL and,
-# on the first start, the admin password
+# the web service (SQLite and the embedded queue under ./var, bundled models) and the DICOM node on
+# port 11112; prints the URL and, on the first start, the admin password
 run: install
-	$(VENV)/bin/delineo serve
+	$(VENV)/bin/delineo serve --dicom-port 11112
 
 clean:
 	rm -rf $(VENV) out var

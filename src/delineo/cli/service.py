@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -17,13 +17,33 @@ def serve(
     home: Optional[Path] = typer.Option(None, "--home", help="Data directory (default: DELINEO_HOME or ./var)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Job threads in this process (embedded queue)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    dicom_port: Optional[int] = typer.Option(None, "--dicom-port", help="Also run the DICOM node on this port (AE title DELINEO)."),
+    dicom_forward: Optional[str] = typer.Option(None, "--dicom-forward", help="The node sends contours to AE@HOST:PORT."),
+    dicom_allowed_ae: Optional[List[str]] = typer.Option(
+        None, "--dicom-allowed-ae", help="Calling AE title allowed to send CT to the node (repeat; '*' any). "
+        "Required unless the service listens on the loopback address only."),
+    dicom_model: Optional[str] = typer.Option(None, "--dicom-model", help="Model the node contours with (default: the bundled CT model)."),
+    dicom_idle_seconds: float = typer.Option(10.0, "--dicom-idle-seconds", help="A series is complete after this many seconds without a new image."),
 ) -> None:
-    """Run the web service (API, web page, and with the embedded queue also the contouring jobs)."""
+    """Run the web service (API, web page, and with the embedded queue also the contouring jobs);
+    with --dicom-port also the DICOM node (results under DATA/dicom-node/done, or forwarded)."""
     import uvicorn
 
     from delineo.service.api import create_app
     from delineo.service.config import Settings
 
+    from delineo.errors import ConfigError
+
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    if dicom_port is not None and not dicom_allowed_ae and not loopback:
+        raise ConfigError(f"the DICOM node listens on {host}: name the calling AE titles allowed to send CT with "
+                          "--dicom-allowed-ae SCANNER [--dicom-allowed-ae TPS ...] ('*' for any)")
+    allowed = None if not dicom_allowed_ae or "*" in dicom_allowed_ae else dicom_allowed_ae
+    destination = None
+    if dicom_forward:
+        from delineo.dicom.node import parse_destination
+
+        destination = parse_destination(dicom_forward)
     overrides = {}
     if home is not None:
         overrides["home"] = home
@@ -33,7 +53,21 @@ def serve(
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     typer.echo(f"delineo: web service at http://{shown}:{port}/  (data in {settings.home}, "
                f"queue {'embedded' if settings.embedded_queue else settings.queue}, API docs at /api/docs)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_keep_alive=10)
+    node = None
+    if dicom_port is not None:
+        from delineo.dicom.node import DicomNode, NodeConfig
+
+        node = DicomNode(NodeConfig(storage=Path(settings.home) / "dicom-node", port=dicom_port, host=host,
+                                    allowed_ae=allowed, forward=destination,
+                                    idle_seconds=dicom_idle_seconds, model=dicom_model)).start()
+        typer.echo(f"delineo: DICOM node DELINEO on {shown}:{dicom_port}, accepting CT from "
+                   f"{', '.join(allowed) if allowed else 'any AE title' + (' (loopback only)' if loopback else '')} "
+                   f"(contours {'sent to ' + dicom_forward if dicom_forward else 'kept in ' + str(Path(settings.home) / 'dicom-node' / 'done')})")
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_keep_alive=10)
+    finally:
+        if node is not None:
+            node.stop()
 
 
 @app.command()

@@ -1,0 +1,7 @@
+"""``python -m delineo ...``: the same as the ``delineo`` command."""
+
+import sys
+
+from delineo.cli import main
+
+sys.exit(main())
