@@ -102,6 +102,16 @@ def test_noise_benchmark_writes_results_and_resumes(tmp_path, tiny_config, image
     (out / "runs" / "qam__clean" / "result.json").unlink()  # as if interrupted after training
     assert main(args) == 0
     assert calls == ["noise-qam__clean"]
+    # a method added on noisy labels only: one new run; the table keeps the earlier clean rows
+    calls.clear()
+    wider = [*args, "--clean-methods", "baseline,qam"]
+    wider[wider.index("baseline,qam")] = "baseline,qam,nr_dice"
+    assert main(wider) == 0
+    assert calls == ["noise-nr_dice__a0.5__r1-2"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["clean"] == ["baseline", "qam"] and len(results["runs"]) == 5
+    assert "| 50% | 1-2 | noise-robust Dice |" in (out / "results.md").read_text()
+    assert main([*args, "--clean-methods", "gce"]) == 2  # not among the methods run
 
 
 def test_test_data_folder_and_bad_arguments(tmp_path, tiny_config, image_dataset):

@@ -38,7 +38,10 @@ def noise_benchmark(
     base_config: Optional[Path] = typer.Option(
         None, "--base-config", "-c", help="Training config the runs start from, e.g. configs/cxr-jsrt.yaml (default: the seed's 2D U-Net)."
     ),
-    clean: bool = typer.Option(True, "--clean/--no-clean", help="Also train each method on clean labels."),
+    clean: bool = typer.Option(True, "--clean/--no-clean", help="Also train methods on clean labels."),
+    clean_methods: Optional[str] = typer.Option(
+        None, "--clean-methods", help="The methods trained on clean labels too (default: every method), e.g. 'baseline'."
+    ),
     selection: str = typer.Option(
         "last", "--selection", help="Weights evaluated: 'last' epoch, or 'best-val' (best Dice on the clean validation split)."
     ),
@@ -50,7 +53,7 @@ def noise_benchmark(
     command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     results = run_benchmark(
         data, out, test_data=test_data, methods=_split(methods), fractions=_split(fractions), levels=_split(levels),
-        clean=clean, epochs=epochs, device=device, base_config=base_config, selection=selection, command=command,
+        clean=clean, clean_methods=_split(clean_methods) if clean_methods else None, epochs=epochs, device=device, base_config=base_config, selection=selection, command=command,
     )
     typer.echo((out / "results.md").read_text())
     typer.echo(f"{len(results['runs'])} runs; results in {out}/results.json, results.md, results.png")

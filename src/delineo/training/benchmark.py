@@ -180,6 +180,7 @@ def run_benchmark(
     fractions: Iterable[float] = DEFAULT_FRACTIONS,
     levels: Iterable[Sequence[int]] = DEFAULT_LEVELS,
     clean: bool = True,
+    clean_methods: Iterable[str] | None = None,
     epochs: int | None = None,
     device: str | None = None,
     base_config: str | Path | dict[str, Any] | None = None,
@@ -195,6 +196,8 @@ def run_benchmark(
     (no clean labels are used in training at all); ``best-val`` keeps the epoch with the best Dice
     on the clean held-out validation cases of ``data``. ``keep``: the (fraction, level) whose model
     weights and checkpoints stay (default :data:`DEFAULT_KEEP`); other runs keep only their metrics.
+    ``clean_methods``: the methods also trained on clean labels (default: all of ``methods``; with
+    ``clean=False`` none), e.g. only ``baseline`` for the thesis's single clean row.
     """
     from delineo.metrics.evaluate import evaluate
     from delineo.training.loop import hardware_description, train
@@ -218,9 +221,13 @@ def run_benchmark(
     keep_set = {(float(f), tuple(int(r) for r in lv)) for f, lv in (DEFAULT_KEEP if keep is None else keep)}
     base = load_base(base_config)
 
-    conditions: list[tuple[float | None, tuple[int, int] | None]] = [(None, None)] if clean else []
-    conditions += [(f, lv) for lv in level_list for f in fraction_list]
-    grid = [(m, f, lv) for f, lv in conditions for m in method_list]  # condition-major: rows fill up together
+    clean_specs = [m.spec for m in method_list] if clean_methods is None else list(clean_methods)
+    unknown = sorted(set(clean_specs) - {m.spec for m in method_list})
+    if unknown:
+        raise ConfigError(f"clean methods {', '.join(unknown)} are not among the methods run ({', '.join(m.spec for m in method_list)})")
+    conditions = [(f, lv) for lv in level_list for f in fraction_list]
+    grid = [(m, None, None) for m in method_list if clean and m.spec in clean_specs]
+    grid += [(m, f, lv) for f, lv in conditions for m in method_list]  # condition-major: rows fill up together
     rows: list[dict[str, Any]] = []
     runs_dir = out / "runs"
     for i, (method, fraction, level) in enumerate(grid, 1):
@@ -304,7 +311,7 @@ def run_benchmark(
         "methods": [{"method": m.spec, "label": m.label, "training": m.training} for m in method_list],
         "fractions": fraction_list,
         "levels": [level_name(lv) for lv in level_list],
-        "clean": clean,
+        "clean": [m.spec for m in method_list if clean and m.spec in clean_specs],
         "structures": _structures(rows),
         "cost_per_epoch": cost_per_epoch(rows),
         "runs": rows,
