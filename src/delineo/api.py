@@ -123,10 +123,12 @@ def contour(
     overview: bool = True,
     progress: Progress | None = None,
     series_uid: str | None = None,
+    bf16: bool | None = None,
 ) -> dict[str, Any]:
     """Contour a NIfTI CT, a DICOM CT series (folder or zip; ``series_uid`` picks one of several)
     or a PNG X-ray with a bundled or given model; see :func:`contour_image`. DICOM input also gives
-    ``rtstruct.dcm`` and ``seg.dcm``."""
+    ``rtstruct.dcm`` and ``seg.dcm``. ``bf16``: bfloat16 autocast for the network (default: on
+    CUDA only; on a CPU with AVX-512 BF16 about twice as fast, masks within Dice 0.99 of fp32)."""
     from delineo.dicom.series import is_dicom_input, read_series
 
     _report(progress, "read", 0.0)
@@ -138,7 +140,7 @@ def contour(
     else:
         image = read_image(input_path)
     read_s = time.perf_counter() - t0
-    predictor = Predictor(model or default_model(image.array.ndim), device)
+    predictor = Predictor(model or default_model(image.array.ndim), device, amp=bf16)
     image = with_model_pixel_spacing(image, input_path, predictor.bundle)
     return contour_image(
         image, out_dir, predictor=predictor, structures=structures, source=str(input_path), overview=overview,

@@ -68,6 +68,22 @@ def test_evaluate_report_contract(trained, tmp_path):
     assert (tmp_path / "r_dice.png").is_file()
 
 
+def test_precision_switch_bf16_on_cpu(trained, tmp_path):
+    """--bf16 runs the network under bfloat16 autocast (recorded in the report); the default on a
+    CPU is fp32; the contours stay close to the fp32 ones."""
+    model, data = trained
+    reports = {}
+    for flag in ([], ["--bf16"]):
+        out = tmp_path / f"r{len(flag)}.json"
+        assert main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(out), "--device", "cpu", *flag]) == 0
+        reports[tuple(flag)] = json.loads(out.read_text())
+    assert reports[()]["precision"] == "fp32" and reports[("--bf16",)]["precision"] == "bf16"
+    assert abs(reports[()]["mean_dice"] - reports[("--bf16",)]["mean_dice"]) < 0.05
+    out = tmp_path / "c"
+    assert main(["contour", str(data / "case0" / "ct.nii.gz"), "-o", str(out), "--model", str(model), "--device", "cpu", "--bf16"]) == 0
+    assert (out / "segmentations" / "Ball.nii.gz").is_file()
+
+
 def test_evaluate_val_split_uses_recorded_cases(trained, tmp_path):
     model, data = trained
     out = tmp_path / "v.json"

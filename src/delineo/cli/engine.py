@@ -44,6 +44,9 @@ def evaluate(
     model_card: bool = typer.Option(
         False, "--model-card", help="Record the result as the model's validation metrics in its model.json."
     ),
+    bf16: Optional[bool] = typer.Option(
+        None, "--bf16/--fp32", help="Network precision: bfloat16 autocast or float32 (default: bf16 on CUDA, fp32 on the CPU)."
+    ),
 ) -> None:
     """Contour every case of a dataset and compare with its reference contours."""
     from delineo.api import evaluate as run_evaluate
@@ -58,7 +61,7 @@ def evaluate(
         selected = meta.get("training", {}).get("data", {}).get("val_cases")
         if not selected:
             raise InputError(resolve_model(model) / "model.json", "records no validation cases (trained with a separate val folder?)")
-    report = run_evaluate(model, data, out, device=device, cases=selected, tolerance_mm=tolerance_mm)
+    report = run_evaluate(model, data, out, device=device, cases=selected, tolerance_mm=tolerance_mm, bf16=bf16)
     typer.echo(f"{'structure':<14}{'dice':>8}{'hd95 mm':>10}{'n':>5}")
     for name, m in report["structures"].items():
         hd = "-" if m["hd95_mm"] is None else f"{m['hd95_mm']:.2f}"
@@ -80,6 +83,7 @@ def evaluate(
                 "mean_dice": report["mean_dice"],
                 "structures": report["structures"],
                 "seconds_per_case": round(report["seconds_per_case"], 3),
+                "precision": report["precision"],
             },
         }
         card.write_text(json.dumps(meta, indent=2) + "\n")
@@ -95,13 +99,16 @@ def contour(
     structures: Optional[str] = typer.Option(None, "--structures", help="Comma-separated subset of the model's structures."),
     no_overview: bool = typer.Option(False, "--no-overview", help="Skip the overview PNGs."),
     series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM input with several series: the one to contour."),
+    bf16: Optional[bool] = typer.Option(
+        None, "--bf16/--fp32", help="Network precision: bfloat16 autocast or float32 (default: bf16 on CUDA, fp32 on the CPU)."
+    ),
 ) -> None:
     """Contour one image: writes OUT/segmentations/<ROI>.nii.gz, summary.json and overview PNGs;
     for DICOM input also OUT/rtstruct.dcm (RT Structure Set) and OUT/seg.dcm (DICOM SEG)."""
     from delineo.api import contour as run_contour
 
     summary = run_contour(input, out, model=model, device=device, structures=_structures(structures), overview=not no_overview,
-                          series_uid=series_uid)
+                          series_uid=series_uid, bf16=bf16)
     _print_summary(summary, out)
     if "rtstruct" in summary:
         typer.echo(f"RT Structure Set: {summary['rtstruct']}" + (f"; DICOM SEG: {summary['seg']}" if "seg" in summary else ""))

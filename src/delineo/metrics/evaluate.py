@@ -36,15 +36,17 @@ def evaluate(
     pixel_spacing_mm: float | None = None,
     tolerance_mm: float = 2.0,
     predictor: Predictor | None = None,
+    bf16: bool | None = None,
 ) -> dict[str, Any]:
     """Contour every case of ``data`` with ``model`` and compare with its reference masks.
 
     A structure not contoured in a case's reference is skipped for that case (not counted as 0).
     HD95/ASD are in mm; when prediction or reference is empty (but not both) the distance is
     undefined: it is written as null and counted in ``n_distance_undefined``.
+    ``bf16``: run the network under bfloat16 autocast (default: on CUDA only).
     Writes ``out`` (JSON) and a box plot ``<out stem>_dice.png`` beside it when ``out`` is given.
     """
-    predictor = predictor or Predictor(str(model), device)
+    predictor = predictor or Predictor(str(model), device, amp=bf16)
     spacing = pixel_spacing_mm if pixel_spacing_mm is not None else predictor.bundle.pixel_spacing_mm
     dataset = open_dataset(data, None, cases, pixel_spacing_mm=spacing)
     wanted = [s for s in predictor.structures if s in dataset.structures]
@@ -94,6 +96,7 @@ def evaluate(
         "mean_dice": float(np.mean(dices)) if dices else None,
         "cases": per_case,
         "seconds_per_case": seconds / max(1, len(dataset)),
+        "precision": "bf16" if predictor.amp else "fp32",
         "tolerance_mm": tolerance_mm,
     }
     if out is not None:
