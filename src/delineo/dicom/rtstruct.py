@@ -19,15 +19,15 @@ from typing import Mapping
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import generate_uid
 from skimage.draw import polygon as fill_polygon
 from skimage.measure import find_contours
 
 from delineo import __version__
 from delineo.contours.colors import structure_color
-from delineo.dicom.series import CTSeries
+from delineo.dicom.series import CTSeries, new_instance
 from delineo.errors import InputError
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -65,21 +65,10 @@ def write_rtstruct(
     roi_types: RT ROI Interpreted Type per ROI (``PTV``, ``CTV``, ``GTV``, ``ORGAN``; default ORGAN).
     """
     ref = series.datasets[0]
-    shape = series.image.shape
-    for name, m in masks.items():
-        if m.shape != shape:
-            raise InputError(None, f"mask {name!r} has shape {m.shape}, the series {shape}")
+    series.check_masks(masks)
     now = _dt.datetime.now()
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RT_STRUCTURE_SET_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
+    ds = new_instance(RT_STRUCTURE_SET_STORAGE)
     ds.SpecificCharacterSet = ref.get("SpecificCharacterSet", "ISO_IR 100")
-    ds.SOPClassUID, ds.SOPInstanceUID = RT_STRUCTURE_SET_STORAGE, sop_uid
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     for key in PATIENT_STUDY_KEYS:
         setattr(ds, key, ref.get(key, ""))
@@ -130,7 +119,7 @@ def write_rtstruct(
         rc.ROIDisplayColor = [int(v) for v in structure_color(name, number - 1)]
         rc.ReferencedROINumber = number
         contours = []
-        for k in np.flatnonzero(mask.reshape(-1, shape[2]).any(0)):
+        for k in np.flatnonzero(mask.reshape(-1, mask.shape[2]).any(0)):
             for c in slice_contours(mask[:, :, k]):
                 ijk = np.column_stack([c, np.full(len(c), k), np.ones(len(c))])
                 xyz = (series.lps_affine @ ijk.T).T[:, :3]

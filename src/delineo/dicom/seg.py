@@ -34,11 +34,8 @@ def write_seg(
     """Write a binary DICOM SEG of ``masks`` (``{roi_name: bool (i, j, k)}`` on the series grid)."""
     if not masks:
         raise InputError(None, "no structures to write into a DICOM SEG")
-    shape = series.image.shape
+    series.check_masks(masks)
     names = list(masks)
-    for n in names:
-        if masks[n].shape != shape:
-            raise InputError(None, f"mask {n!r} has shape {masks[n].shape}, the series {shape}")
     types = dict(roi_types or {})
     algorithm = hd.AlgorithmIdentificationSequence(
         name="delineo", version=__version__, family=codes.cid7162.ArtificialIntelligence,

@@ -18,11 +18,13 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from delineo.data.io import Image
 from delineo.errors import InputError
@@ -61,6 +63,28 @@ class CTSeries:
     @property
     def sop_instance_uids(self) -> list[str]:
         return [str(d.SOPInstanceUID) for d in self.datasets]
+
+    def check_masks(self, masks: Mapping[str, np.ndarray]) -> None:
+        """Refuse masks (``{roi_name: (i, j, k) array}``) that are not on this series' grid."""
+        shape = self.image.shape
+        for name, m in masks.items():
+            if m.shape != shape:
+                raise InputError(None, f"mask {name!r} has shape {m.shape}, the series {shape}")
+
+
+def new_instance(sop_class_uid: str) -> Dataset:
+    """A new, empty instance of ``sop_class_uid`` with a fresh SOP Instance UID and Part 10 file
+    meta (explicit VR little endian, pydicom's implementation UID)."""
+    sop_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, sop_uid
+    return ds
 
 
 def _dicom_files(folder: Path) -> list[Path]:

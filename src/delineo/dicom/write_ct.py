@@ -12,11 +12,10 @@ import datetime as _dt
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from delineo.data.io import Image
-from delineo.dicom.series import CT_IMAGE_STORAGE, LPS_TO_RAS
+from delineo.dicom.series import CT_IMAGE_STORAGE, LPS_TO_RAS, new_instance
 from delineo.errors import InputError
 
 
@@ -50,15 +49,7 @@ def write_ct_series(
     hu = np.clip(np.rint(image.array), -32768, 32767).astype(np.int16)
     paths = []
     for k in range(hu.shape[2]):
-        sop_uid = generate_uid()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, sop_uid
+        ds = new_instance(CT_IMAGE_STORAGE)
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
