@@ -33,7 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -45,11 +44,6 @@ def _time(fn, repeat: int) -> tuple[float, torch.Tensor]:
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2.0 * np.logical_and(a, b).sum() / s)
 
 
 def main() -> None:
@@ -65,6 +59,7 @@ def main() -> None:
     from delineo.data.io import read_image
     from delineo.data.transforms import preprocess
     from delineo.inference.predictor import _pad_to_multiple
+    from delineo.metrics.segmentation import dice
     from delineo.models.registry import load_model
 
     torch.set_num_threads(args.threads)
@@ -143,7 +138,7 @@ def main() -> None:
             rows[name] = v
             continue
         masks = v.pop("masks")
-        d = [_dice(masks[c], ref[c]) for c in range(len(structures))]
+        d = [dice(masks[c], ref[c]) for c in range(len(structures))]
         rows[name] = {**v, "speedup": round(variants["eager fp32"]["model_seconds"] / v["model_seconds"], 2),
                       "dice_vs_reference": {s: round(x_, 4) for s, x_ in zip(structures, d)},
                       "dice_vs_reference_min": round(min(d), 4)}
