@@ -443,3 +443,21 @@ def test_batch_dice_needs_uniform_weighting(tmp_path, tiny_config, image_dataset
     d = tiny_config(image_dataset.root, tmp_path, batch_dice=True, weighting={"kind": "qam"})
     with pytest.raises(ConfigError, match="batch_dice"):
         train(TrainConfig.from_dict(d))
+
+
+def test_init_weights_starts_from_a_trained_model(tmp_path, tiny_config, image_dataset, trained_2d):
+    """training.init_weights loads the weights (lr 0 keeps them) and the model card records the source."""
+    cfg = tiny_config(image_dataset.root, tmp_path / "ft", epochs=1, steps_per_epoch=2, lr=0.0, init_weights=str(trained_2d))
+    out = train(TrainConfig.from_dict(cfg))
+    start, result = load_file(str(trained_2d / "weights.safetensors")), load_file(str(out / "weights.safetensors"))
+    assert all(torch.equal(start[k], result[k]) for k in start)
+    init = json.loads((out / "model.json").read_text())["training"]["init_weights"]
+    assert init["model"] == str(trained_2d) and len(init["weights_sha256"]) == 64 and init["epochs"] == 6
+
+    cfg = tiny_config(image_dataset.root, tmp_path / "bad", epochs=1, init_weights=str(trained_2d))
+    cfg["network"] = {"channels": [4, 8, 32]}
+    with pytest.raises(ConfigError, match="init_weights .* do not fit"):
+        train(TrainConfig.from_dict(cfg))
+    cfg = tiny_config(image_dataset.root, tmp_path / "missing", epochs=1, init_weights=str(tmp_path / "nowhere"))
+    with pytest.raises(InputError):
+        train(TrainConfig.from_dict(cfg))

@@ -81,6 +81,7 @@ class TrainingConfig:
     threads: int | None = None
     weighting: dict[str, Any] | None = None  # {kind: uniform} or a registered strategy, e.g. qam
     label_noise: dict[str, Any] | None = None  # synthetic label corruption of training samples
+    init_weights: str | None = None  # start from a trained model (bundled name or folder): fine-tuning, continued training
 
 
 @dataclass

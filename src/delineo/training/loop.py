@@ -166,6 +166,28 @@ def plot_curves(history: list[dict[str, Any]], structures: list[str], path: Path
     plt.close(fig)
 
 
+def _init_weights(network: torch.nn.Module, source: str, structures: list[str]) -> dict[str, Any]:
+    """Load a trained model's weights into ``network`` (same architecture and structures) and
+    return what the model card records about the starting point."""
+    import hashlib
+
+    from delineo.models.registry import WEIGHTS, load_model
+
+    init = load_model(source)
+    if list(init.structures) != list(structures):
+        raise ConfigError(f"training.init_weights {source}: its structures {init.structures} differ from {structures}")
+    try:
+        network.load_state_dict(init.network.state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(f"training.init_weights {source}: its weights do not fit this network ({exc})") from exc
+    trained = init.meta.get("training", {})
+    return {
+        "model": str(init.path),
+        "weights_sha256": hashlib.sha256((init.path / WEIGHTS).read_bytes()).hexdigest(),
+        **{k: trained.get(k) for k in ("command", "epochs", "best_epoch", "seconds", "hardware", "device")},
+    }
+
+
 def hardware_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA)"
@@ -243,6 +265,7 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
 
     # ---- model, loss, weighting, optimiser ---------------------------------------------------
     network = build_network(spec).to(device)
+    init_record = _init_weights(network, t.init_weights, structures) if t.init_weights else None
     weighting = build_weighting(t.weighting, in_channels=1 + len(structures), n_structures=len(structures), spatial_dims=spatial_dims).to(device)
     if t.batch_size < weighting.min_batch_size:
         raise ConfigError(
@@ -303,6 +326,7 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
             "hardware": hardware_description(device),
             "parameters": count_parameters(network),
             "label_noise": [asdict(r) for r in noise_records] if noise_records else None,
+            "init_weights": init_record,
         },
     }
 
