@@ -1,15 +1,17 @@
-"""Label-quality audit: QAM weights kept beside the model, pairs ranked, synthetic-noise check."""
+"""Label-quality audit: agreement and QAM scores, pairs ranked, synthetic-noise check."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
+from PIL import Image as PILImage
 
 from delineo.cli import main
-from delineo.errors import InputError
+from delineo.errors import ConfigError, InputError
 from delineo.training.audit import _apply_record, _auroc_low_score, audit
 
 pytestmark = pytest.mark.slow
@@ -27,6 +29,7 @@ def test_auroc_and_record_replay():
 
 
 def test_audit_trains_a_qam_and_ranks_noisy_labels(tmp_path, tiny_config, image_dataset):
+    """--weighting qam: the model keeps its QAM, both scores are reported, ranking by agreement."""
     base = tiny_config(image_dataset.root, tmp_path / "unused", epochs=2, steps_per_epoch=3)
     base["training"]["weighting"] = None
     import yaml
@@ -34,7 +37,7 @@ def test_audit_trains_a_qam_and_ranks_noisy_labels(tmp_path, tiny_config, image_
     cfg_path = tmp_path / "base.yaml"
     cfg_path.write_text(yaml.safe_dump(base))
     rc = main(["audit", "--data", str(image_dataset.root), "--out", str(tmp_path / "audit"), "--config", str(cfg_path),
-               "--noise-fraction", "0.5", "--noise-radius", "1-2", "--device", "cpu", "--worst", "2"])
+               "--noise-fraction", "0.5", "--noise-radius", "1-2", "--device", "cpu", "--worst", "2", "--weighting", "qam"])
     assert rc in (0, None)
     model = tmp_path / "audit" / "model"
     assert (model / "quality.safetensors").is_file()
@@ -42,11 +45,18 @@ def test_audit_trains_a_qam_and_ranks_noisy_labels(tmp_path, tiny_config, image_
     assert len(rows) == len(image_dataset.cases)
     scores = [float(r["score"]) for r in rows]
     assert scores == sorted(scores) and [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert scores == [float(r["agreement"]) for r in rows] and all(r["qam_score"] != "" for r in rows)
+    # the mean agreement is the mean of the per-structure agreements
+    r0 = rows[0]
+    assert float(r0["agreement"]) == pytest.approx((float(r0["agreement_disc"]) + float(r0["agreement_square"])) / 2)
     summary = json.loads((tmp_path / "audit" / "audit.json").read_text())
     noise = summary["synthetic_noise"]
     # the training split (6 of 8) carries the recorded corruption; half of it is corrupted
     assert noise["evaluated_cases"] == 6 and noise["corrupted"] == 3
-    assert 0.0 <= noise["auroc_low_score_for_corrupted"] <= 1.0
+    assert set(noise["scores"]) == {"agreement", "qam"}
+    for check in noise["scores"].values():
+        assert 0.0 <= check["auroc_low_score_for_corrupted"] <= 1.0
+        assert check["best_possible_fraction"] == 1.0  # 3 corrupted, a lower half of 3
     assert len(summary["worst"]) == 2 and all((tmp_path / "audit" / "worst").glob("001_*.png"))
 
     # auditing again with the trained model gives the same ranking
@@ -55,6 +65,23 @@ def test_audit_trains_a_qam_and_ranks_noisy_labels(tmp_path, tiny_config, image_
     assert [r["case"] for r in rows2] == [r["case"] for r in rows] and again["cases"] == len(rows)
 
 
-def test_audit_refuses_a_model_without_qam(trained_2d, image_dataset, tmp_path):
+def test_audit_refuses_qam_ranking_for_a_model_without_qam(trained_2d, image_dataset, tmp_path):
     with pytest.raises(InputError, match="quality-awareness"):
-        audit(image_dataset.root, tmp_path / "a", model=trained_2d, device="cpu")
+        audit(image_dataset.root, tmp_path / "a", model=trained_2d, device="cpu", rank_by="qam")
+    with pytest.raises(ConfigError, match="rank_by"):
+        audit(image_dataset.root, tmp_path / "a", model=trained_2d, device="cpu", rank_by="loss")
+
+
+def test_agreement_puts_a_misplaced_label_first(trained_2d, shared_image_dataset, tmp_path):
+    """A label drawn in the wrong place (any model, no QAM) ranks as the most suspicious pair."""
+    data = tmp_path / "xray"
+    shutil.copytree(shared_image_dataset.root, data)
+    wrong = np.zeros((32, 32), np.uint8)
+    wrong[0:8, 22:32] = 255  # the top-right corner: no disc there in any image
+    PILImage.fromarray(wrong).save(data / "disc" / "img03.png")
+    summary = audit(data, tmp_path / "a", model=trained_2d, device="cpu", worst=1)
+    rows = list(csv.DictReader(open(tmp_path / "a" / "audit.csv")))
+    assert summary["ranked_by"] == "agreement" and "qam_score" not in rows[0]
+    assert rows[0]["case"] == "img03" and float(rows[0]["agreement_disc"]) < 0.1
+    assert min(float(r["agreement_disc"]) for r in rows[1:]) > 0.5
+    assert (tmp_path / "a" / "worst" / "001_img03.png").is_file()

@@ -69,7 +69,9 @@ def _radius(value: str) -> tuple[int, int]:
 def audit(
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder whose image-label pairs are scored."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: audit.csv, audit.json, worst/*.png."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="A model trained with weighting: qam (default: train one on --data)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A trained model (default: train one on --data)."),
+    rank_by: str = typer.Option("agreement", "--rank-by", help="agreement (Dice of the model's prediction vs the given label; any model) or qam (a model trained with weighting: qam)."),
+    weighting: str = typer.Option("none", "--weighting", help="When training here: none (plain) or qam (QAM+OCM, gives the QAM score too)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base training config when no --model is given (default: the seed's 2D U-Net)."),
     noise_fraction: Optional[float] = typer.Option(
         None, "--noise-fraction", help="When training here: corrupt this fraction of training labels first, to check the audit against the truth."
@@ -79,21 +81,24 @@ def audit(
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     worst: int = typer.Option(12, "--worst", help="Overlay PNGs for this many lowest-scored pairs."),
 ) -> None:
-    """Rank a dataset's labels from most to least suspicious with a quality-awareness module (QAM)."""
+    """Rank a dataset's labels from most to least suspicious: by agreement with a trained model's
+    prediction, or by a quality-awareness module (QAM)."""
     from delineo.training.audit import audit as run_audit
 
     summary = run_audit(
         data, out, model=model, base_config=config, noise_fraction=noise_fraction, noise_radius=_radius(noise_radius),
-        epochs=epochs, device=device, worst=worst,
+        epochs=epochs, device=device, worst=worst, rank_by=rank_by, weighting=weighting,
     )
     typer.echo(f"{summary['cases']} pairs scored; ranking in {summary['csv']}; {len(summary['worst'])} overlays in {out}/worst")
     if "synthetic_noise" in summary:
         n = summary["synthetic_noise"]
-        auroc = n["auroc_low_score_for_corrupted"]
-        typer.echo(
-            f"corrupted labels in the lower-scored half: {n['corrupted_in_lower_half']}/{n['corrupted']} "
-            f"({n['fraction_corrupted_in_lower_half']:.0%}); AUROC {auroc:.3f}" if auroc is not None else "AUROC undefined (one class only)"
-        )
+        for name, c in n["scores"].items():
+            auroc = c["auroc_low_score_for_corrupted"]
+            typer.echo(
+                f"{name}: corrupted labels in the lower-scored half {c['corrupted_in_lower_half']}/{n['corrupted']} "
+                f"({c['fraction_corrupted_in_lower_half']:.0%}, at most {c['best_possible_fraction']:.0%}); "
+                + (f"AUROC {auroc:.3f}" if auroc is not None else "AUROC undefined (one class only)")
+            )
 
 
 @app.command("ablation")

@@ -1,16 +1,23 @@
-"""Label-quality audit: rank a dataset's image-label pairs by a trained QAM's score.
+"""Label-quality audit: rank a dataset's image-label pairs from most to least suspicious.
 
-A model trained with ``weighting: {kind: qam}`` keeps its quality module beside the weights
-(``quality.safetensors``). :func:`audit` scores every image + *given* label pair of a dataset
-with it (on the model's grid, as in training), writes ``audit.csv`` ranked from most to least
-suspicious (lowest score first) and overlay PNGs of the worst pairs, and returns a summary.
+Two scores per pair, both on the model grid:
 
-When the model was trained on synthetically corrupted labels (``training.label_noise``), the
-audit re-applies the recorded corruption of each training case (the operations in
-``model.json``), so the ranking can be checked against the truth: the fraction of corrupted
-labels that land in the lower-scored half, and the AUROC of "low score" for "corrupted".
+- ``agreement``: Dice between the model's own prediction and the *given* label, averaged over
+  the contoured structures. Works with any trained model. A network fits the consensus shape
+  before it memorises individual errors, so a label far from its prediction is suspect (the
+  idea behind confident learning and small-loss selection).
+- ``qam``: the raw score of the quality-awareness module, for a model trained with
+  ``weighting: {kind: qam}`` (its QAM is kept in ``quality.safetensors`` beside the weights).
 
-With no model, :func:`audit` first trains one (QAM+OCM) on the data from a base config.
+:func:`audit` writes ``audit.csv`` ranked by one of them (lowest first), overlay PNGs of the
+worst pairs, and a summary. When the model was trained on synthetically corrupted labels
+(``training.label_noise``), the recorded corruption of each training case (``model.json``) is
+re-applied, so each score can be checked against the truth: the fraction of corrupted labels
+in the lower-scored half and the AUROC of "low score" for "corrupted". Scores of training
+cases are in-sample (the model saw those labels), which is how an audit of a dataset runs.
+
+With no model, :func:`audit` first trains one on the data from a base config (plain, or with
+QAM+OCM for ``weighting="qam"``).
 """
 
 from __future__ import annotations
@@ -28,10 +35,17 @@ from delineo.data.io import Image
 from delineo.data.noise import corrupt_mask
 from delineo.data.transforms import preprocess, preprocess_labels
 from delineo.errors import ConfigError, InputError
-from delineo.inference.predictor import resolve_device
+from delineo.inference.predictor import Predictor, resolve_device
+from delineo.metrics.segmentation import dice_per_structure
 from delineo.models.registry import ModelBundle, load_model
 from delineo.training.loop import QUALITY_WEIGHTS
 from delineo.training.weighting import build_weighting
+
+
+def has_quality_module(bundle: ModelBundle) -> bool:
+    """Whether ``bundle`` was trained with a QAM whose weights are kept beside it."""
+    spec = (bundle.meta.get("training", {}).get("config", {}).get("training", {}) or {}).get("weighting")
+    return (bundle.path / QUALITY_WEIGHTS).is_file() and bool(spec) and spec.get("kind") in ("qam", "qam_ocm")
 
 
 def load_quality_module(bundle: ModelBundle, device: torch.device) -> torch.nn.Module:
@@ -40,9 +54,9 @@ def load_quality_module(bundle: ModelBundle, device: torch.device) -> torch.nn.M
 
     path = bundle.path / QUALITY_WEIGHTS
     spec = (bundle.meta.get("training", {}).get("config", {}).get("training", {}) or {}).get("weighting")
-    if not path.is_file() or not spec or spec.get("kind") not in ("qam", "qam_ocm"):
+    if not has_quality_module(bundle):
         raise InputError(bundle.path, "this model was not trained with a quality-awareness module (weighting: qam); "
-                         "train one or run `delineo audit` without --model")
+                         "rank by agreement, train one with weighting: qam, or run `delineo audit` without --model")
     n = len(bundle.structures)
     module = build_weighting(spec, in_channels=1 + n, n_structures=n, spatial_dims=bundle.spec.spatial_dims)
     module.load_state_dict(load_file(str(path)))
@@ -70,13 +84,14 @@ def _apply_record(label: np.ndarray, operations: list[str]) -> np.ndarray:
     return noisy
 
 
-def train_quality_model(
+def train_audit_model(
     data: str | Path, out: str | Path, base_config: str | Path | None = None, *, noise_fraction: float | None = None,
     noise_radius: tuple[int, int] = (1, 8), epochs: int | None = None, device: str | None = None,
-    ocm_lambda: float = 2.0, seed: int = 0,
+    weighting: str = "none", ocm_lambda: float = 2.0, seed: int = 0,
 ) -> Path:
-    """Train a segmentation model with QAM+OCM on ``data`` (optionally corrupting a fraction of the
-    training labels first, to evaluate the audit); returns the model folder ``out/model``.
+    """Train a segmentation model on ``data``, plain (``weighting="none"``) or with QAM+OCM
+    (``"qam"``), optionally corrupting a fraction of the training labels first to evaluate the
+    audit; returns the model folder ``out/model``.
     base_config: a training config (YAML) whose data/network/training settings are used; None: the
     seed's 2D U-Net (:data:`delineo.training.benchmark.DEFAULT_BASE`)."""
     from delineo.training.benchmark import load_base
@@ -90,7 +105,9 @@ def train_quality_model(
     d["work_dir"] = str(out / "run")
     d["data"] = {**d.get("data", {}), "train": str(data), "val": None}
     training = dict(d.get("training", {}))
-    training["weighting"] = {"kind": "qam", "ocm_lambda": ocm_lambda}
+    if weighting not in ("none", "qam"):
+        raise ConfigError(f"audit training weighting must be 'none' or 'qam', got {weighting!r}")
+    training["weighting"] = {"kind": "qam", "ocm_lambda": ocm_lambda} if weighting == "qam" else None
     training["seed"] = seed
     if noise_fraction:
         training["label_noise"] = {"fraction": float(noise_fraction), "radius": list(noise_radius), "seed": seed}
@@ -98,33 +115,42 @@ def train_quality_model(
         training["epochs"] = int(epochs)
     if device:
         training["device"] = device
-    if int(training.get("batch_size", 8)) < 2:
+    if weighting == "qam" and int(training.get("batch_size", 8)) < 2:
         raise ConfigError("the quality-awareness module compares samples within a batch: batch_size must be >= 2")
     d["training"] = training
     return train(TrainConfig.from_dict(d, where=str(base_config)), command=f"delineo audit --data {data} --config {base_config or '(default 2D U-Net)'}")
 
 
+SCORES = ("agreement", "qam")
+
+
 def audit(
     data: str | Path, out: str | Path, *, model: str | Path | None = None, base_config: str | Path | None = None,
     noise_fraction: float | None = None, noise_radius: tuple[int, int] = (1, 8), epochs: int | None = None,
-    device: str = "auto", worst: int = 12,
+    device: str = "auto", worst: int = 12, rank_by: str = "agreement", weighting: str = "none",
 ) -> dict[str, Any]:
-    """Score every image-label pair of ``data`` with a trained QAM and rank them.
+    """Score every image-label pair of ``data`` and rank them, most suspicious first.
 
-    Writes ``OUT/audit.csv`` (rank, case, score, and for synthetic noise: corrupted, label Dice
-    vs clean), ``OUT/worst/<rank>_<case>.png`` overlays of the ``worst`` lowest-scored pairs and
-    ``OUT/audit.json`` (summary). Lower score = less trusted.
+    rank_by: ``agreement`` (Dice of the model's prediction vs the given label, any model) or
+    ``qam`` (the model's quality-awareness module). weighting: how to train a model when none
+    is given (``none`` or ``qam``). Writes ``OUT/audit.csv`` (rank, case, score = the ranking
+    score, agreement, per-structure agreement, qam_score where available, and for synthetic
+    noise: corrupted, label Dice vs clean), ``OUT/worst/<rank>_<case>.png`` overlays of the
+    ``worst`` lowest-ranked pairs and ``OUT/audit.json`` (summary). Lower = less trusted.
     """
+    if rank_by not in SCORES:
+        raise ConfigError(f"rank_by must be one of {', '.join(SCORES)}, got {rank_by!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if model is None:
-        model = train_quality_model(data, out, base_config, noise_fraction=noise_fraction, noise_radius=noise_radius,
-                                    epochs=epochs, device=None if device == "auto" else device)
+        model = train_audit_model(data, out, base_config, noise_fraction=noise_fraction, noise_radius=noise_radius,
+                                  epochs=epochs, device=None if device == "auto" else device,
+                                  weighting="qam" if rank_by == "qam" else weighting)
     dev = resolve_device(device)
     bundle = load_model(model, dev)
-    qam = load_quality_module(bundle, dev)
-    pixel_spacing = bundle.pixel_spacing_mm
-    ds = open_dataset(data, bundle.structures, None, pixel_spacing)
+    qam = load_quality_module(bundle, dev) if rank_by == "qam" or has_quality_module(bundle) else None
+    predictor = Predictor(bundle, device=str(dev), amp=False)
+    ds = open_dataset(data, bundle.structures, None, bundle.pixel_spacing_mm)
     if len(ds) == 0:
         raise InputError(data, "no cases to audit")
     records = {r["case"]: r for r in (bundle.meta.get("training", {}).get("label_noise") or [])}
@@ -137,44 +163,66 @@ def audit(
         rec = records.get(s["case"]) if same_data else None
         if rec is not None:
             label = _apply_record(label, rec["operations"])
+        present = np.asarray(s["present"], bool)
         x = preprocess(s["image"], s["spacing_mm"], bundle.preprocess)
-        y = preprocess_labels(label * s["present"].reshape(-1, *([1] * (label.ndim - 1))), s["spacing_mm"], bundle.preprocess)
+        y = preprocess_labels(label * present.reshape(-1, *([1] * (label.ndim - 1))), s["spacing_mm"], bundle.preprocess)
         with torch.no_grad():
-            score = float(qam.score(x[None].to(dev), y[None].to(dev))[0])
-        row = {"case": s["case"], "score": score, "structures_contoured": int(np.sum(s["present"]))}
+            pred = predictor.probabilities_on_model_grid(x) >= predictor.threshold
+            per = dice_per_structure(pred[None].cpu(), y[None].bool())[0].numpy()
+            qam_score = float(qam.score(x[None].to(dev), y[None].to(dev))[0]) if qam is not None else None
+        row: dict[str, Any] = {
+            "case": s["case"], "agreement": float(per[present].mean()) if present.any() else None,
+            "structures_contoured": int(present.sum()),
+            **{f"agreement_{n}": (float(d) if p else None) for n, d, p in zip(bundle.structures, per, present)},
+        }
+        if qam_score is not None:
+            row["qam_score"] = qam_score
+        row["score"] = row["agreement"] if rank_by == "agreement" else qam_score
         if rec is not None:
             row["corrupted"] = bool(rec["corrupted"])
-            known = [d for d, p in zip(rec["dice_vs_clean"], s["present"]) if p]
+            known = [d for d, p in zip(rec["dice_vs_clean"], present) if p]
             row["label_dice_vs_clean"] = float(np.mean(known)) if known else None
         rows.append(row)
-    rows.sort(key=lambda r: r["score"])
+    # pairs with nothing contoured have no agreement: they go last, not first
+    rows.sort(key=lambda r: (r["score"] is None, r["score"] if r["score"] is not None else 0.0))
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
-    fields = ["rank", "case", "score", "structures_contoured"] + (["corrupted", "label_dice_vs_clean"] if records and same_data else [])
+    fields = (["rank", "case", "score", "agreement"] + (["qam_score"] if qam is not None else []) + ["structures_contoured"]
+              + [f"agreement_{n}" for n in bundle.structures]
+              + (["corrupted", "label_dice_vs_clean"] if records and same_data else []))
     with open(out / "audit.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
 
-    summary: dict[str, Any] = {"data": str(data), "model": str(bundle.path), "cases": len(rows), "csv": str(out / "audit.csv")}
-    evaluated = [r for r in rows if "corrupted" in r]
+    summary: dict[str, Any] = {"data": str(data), "model": str(bundle.path), "cases": len(rows), "ranked_by": rank_by,
+                               "csv": str(out / "audit.csv")}
+    evaluated = [r for r in rows if "corrupted" in r and r["agreement"] is not None]
     if evaluated:
-        scores = np.array([r["score"] for r in evaluated])
         corrupted = np.array([r["corrupted"] for r in evaluated])
-        half = len(evaluated) // 2
-        lower = np.zeros(len(evaluated), bool)
-        lower[np.argsort(scores, kind="stable")[:half]] = True
         summary["synthetic_noise"] = {
             "evaluated_cases": len(evaluated),
             "corrupted": int(corrupted.sum()),
-            "corrupted_in_lower_half": int((corrupted & lower).sum()),
-            "fraction_corrupted_in_lower_half": float((corrupted & lower).sum() / max(1, corrupted.sum())),
-            "auroc_low_score_for_corrupted": _auroc_low_score(scores, corrupted),
-            "note": "training cases of the model, with the corruption recorded in model.json re-applied",
+            "scores": {name: _check_score(np.array([r[key] for r in evaluated]), corrupted)
+                       for name, key in (("agreement", "agreement"), ("qam", "qam_score")) if key in evaluated[0]},
+            "note": "training cases of the model (in-sample), with the corruption recorded in model.json re-applied",
         }
     summary["worst"] = [str(p) for p in _write_worst(ds, rows[:worst], out / "worst", bundle, records if same_data else {})]
     (out / "audit.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _check_score(scores: np.ndarray, corrupted: np.ndarray) -> dict[str, Any]:
+    """How well a score (low = suspect) finds the corrupted labels: lower-half count and AUROC."""
+    half = len(scores) // 2
+    lower = np.zeros(len(scores), bool)
+    lower[np.argsort(scores, kind="stable")[:half]] = True
+    return {
+        "corrupted_in_lower_half": int((corrupted & lower).sum()),
+        "fraction_corrupted_in_lower_half": float((corrupted & lower).sum() / max(1, corrupted.sum())),
+        "best_possible_fraction": float(min(half, corrupted.sum()) / max(1, corrupted.sum())),
+        "auroc_low_score_for_corrupted": _auroc_low_score(scores, corrupted),
+    }
 
 
 def _write_worst(ds, rows: list[dict[str, Any]], folder: Path, bundle: ModelBundle, records: dict) -> list[Path]:
@@ -190,7 +238,7 @@ def _write_worst(ds, rows: list[dict[str, Any]], folder: Path, bundle: ModelBund
         masks = {n: label[c].astype(bool) for c, n in enumerate(bundle.structures) if s["present"][c]}
         image = Image(s["image"][0], s["affine"])
         tmp = folder / f".{r['rank']}"
-        written = write_overview(image, masks, tmp, title=f"rank {r['rank']}: {r['case']} (QAM score {r['score']:.3f})", per_view=False)
+        written = write_overview(image, masks, tmp, title=f"rank {r['rank']}: {r['case']} ({_describe(r)})", per_view=False)
         target = folder / f"{r['rank']:03d}_{r['case']}.png"
         written[0].replace(target)
         for p in tmp.glob("*"):
@@ -198,3 +246,10 @@ def _write_worst(ds, rows: list[dict[str, Any]], folder: Path, bundle: ModelBund
         tmp.rmdir()
         paths.append(target)
     return paths
+
+
+def _describe(row: dict[str, Any]) -> str:
+    parts = [f"agreement {row['agreement']:.3f}" if row.get("agreement") is not None else "nothing contoured"]
+    if row.get("qam_score") is not None:
+        parts.append(f"QAM {row['qam_score']:.3f}")
+    return ", ".join(parts)
