@@ -6,6 +6,8 @@ import json
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,6 @@ from delineo.errors import ConfigError
 from delineo.metrics.segmentation import dice
 
 from .conftest import dcmtk, needs, phantom
-
 
 
 def dcmtk_peers(test):
@@ -59,11 +60,17 @@ def storescp(tmp_path):
         p.wait(timeout=10)
 
 
-def make_node(tmp_path, model, dest_port, **kw) -> DicomNode:
+@contextmanager
+def running_node(tmp_path, model, dest_port, **kw) -> Iterator[DicomNode]:
+    """A node accepting TESTSCU and forwarding to TPS on ``dest_port``; stopped on leaving."""
     cfg = NodeConfig(storage=tmp_path / "node", port=free_port(), host="127.0.0.1", allowed_ae=["TESTSCU"],
                      forward=("TPS", "127.0.0.1", dest_port), idle_seconds=1.0, model=str(model), device="cpu",
                      retry_initial_s=0.5, poll_s=0.2, **kw)
-    return DicomNode(cfg).start()
+    node = DicomNode(cfg).start()
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 def wait_for(predicate, timeout=60.0):
@@ -95,8 +102,7 @@ def test_destination_parsing():
 def test_echo_store_contour_forward(tmp_path, ct_dir, tiny_ct_model, storescp, caplog):
     dest_port, out, start_scp = storescp
     start_scp()
-    node = make_node(tmp_path, tiny_ct_model, dest_port)
-    try:
+    with running_node(tmp_path, tiny_ct_model, dest_port) as node:
         echo = subprocess.run([dcmtk("echoscu"), "-aet", "TESTSCU", "-aec", "DELINEO", "127.0.0.1", str(node.cfg.port)],
                               capture_output=True, text=True, timeout=30)
         assert echo.returncode == 0, echo.stderr
@@ -113,27 +119,21 @@ def test_echo_store_contour_forward(tmp_path, ct_dir, tiny_ct_model, storescp, c
         assert ref.SeriesInstanceUID == series.series_instance_uid
         assert {r.ROIName for r in rt.StructureSetROISequence} == {"PTV70", "Mandible"}
         assert "Doe" not in caplog.text and "Jane" not in caplog.text  # no patient names in the log
-    finally:
-        node.stop()
 
 
 @dcmtk_peers
 def test_unknown_calling_ae_is_refused(tmp_path, ct_dir, tiny_ct_model, storescp):
     dest_port, out, _ = storescp
-    node = make_node(tmp_path, tiny_ct_model, dest_port)
-    try:
+    with running_node(tmp_path, tiny_ct_model, dest_port) as node:
         sent = storescu(node.cfg.port, sorted(ct_dir.glob("*.dcm"))[:1], aet="INTRUDER")
         assert sent.returncode != 0
         assert not list((tmp_path / "node" / "incoming").rglob("*.dcm"))
-    finally:
-        node.stop()
 
 
 @dcmtk_peers
 def test_retries_until_the_destination_is_up_and_survives_a_bad_study(tmp_path, ct_dir, tiny_ct_model, storescp):
     dest_port, out, start_scp = storescp
-    node = make_node(tmp_path, tiny_ct_model, dest_port)
-    try:
+    with running_node(tmp_path, tiny_ct_model, dest_port) as node:
         # a bad study first: a series with a missing slice fails, the node goes on
         from delineo.dicom.write_ct import write_ct_series
 
@@ -155,8 +155,6 @@ def test_retries_until_the_destination_is_up_and_survives_a_bad_study(tmp_path, 
         assert "RTSTRUCT" in received(out)
         sent = [e for e in node.events if e["state"] == "sent"]
         assert sent and sent[0]["attempts"] >= 2
-    finally:
-        node.stop()
 
 
 def test_import_dicom_with_roi_map(tmp_path, ct_dir):
