@@ -166,6 +166,24 @@ def plot_curves(history: list[dict[str, Any]], structures: list[str], path: Path
     plt.close(fig)
 
 
+def training_step(network, weighting, loss_fn, optimizer, batch: dict[str, Any], device, autocast) -> float:
+    """One optimisation step on a batch (``image (B, 1, *spatial)``, ``label (B, C, *spatial)``,
+    ``present (B, C)``): weighted per-sample loss, backward, clipped step; returns the loss."""
+    image = batch["image"].to(device)
+    label = batch["label"].to(device)
+    present = batch["present"].to(device)
+    with autocast:
+        outputs = network(image)
+        per_sample = deep_supervision_loss(loss_fn, outputs, label, present)
+        weights = weighting(image, label, present, per_sample)
+        loss = (weights * per_sample).sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+    optimizer.step()
+    return float(loss.detach())
+
+
 def _init_weights(network: torch.nn.Module, source: str, structures: list[str]) -> dict[str, Any]:
     """Load a trained model's weights into ``network`` (same architecture and structures) and
     return what the model card records about the starting point."""
@@ -347,20 +365,8 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
             except StopIteration:
                 it = iter(loader)
                 batch = next(it)
-            image = batch["image"].to(device)
-            label = batch["label"].to(device)
-            present = batch["present"].to(device)
-            with autocast:
-                outputs = network(image)
-                per_sample = deep_supervision_loss(loss_fn, outputs, label, present)
-                weights = weighting(image, label, present, per_sample)
-                loss = (weights * per_sample).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-            optimizer.step()
+            losses.append(training_step(network, weighting, loss_fn, optimizer, batch, device, autocast))
             scheduler.step()
-            losses.append(float(loss.detach()))
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
         if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
             v = validate(network, val_cases, meta["inference"], device, amp)
