@@ -322,18 +322,24 @@ def test_deep_supervision_and_residual_train(tmp_path, tiny_config, image_datase
     assert load_model(out).spec.deep_supervision
 
 
-def test_train_3d_with_patches_and_missing_roi(tmp_path, case_dataset):
-    d = {
+def tiny_config_3d(data_root, out_root, *, data=None, network=None, preprocess=None, inference=None, **training) -> dict:
+    """A 1-epoch config of a small 3D U-Net on the synthetic CT cases (window -200..400 HU, batch 2, CPU);
+    the keyword sections are merged into the defaults, other keywords go to ``training``."""
+    return {
         "name": "tiny3d",
-        "output": str(tmp_path / "model"),
-        "work_dir": str(tmp_path / "work"),
-        "data": {"train": str(case_dataset.root), "val_fraction": 0.25},
-        "network": {"channels": [4, 8, 16]},
-        "preprocess": {"intensity": {"kind": "window", "low": -200, "high": 400}},
-        "inference": {"patch_size": [16, 16, 16]},
-        "training": {"epochs": 2, "batch_size": 2, "patch_size": [16, 16, 16], "device": "cpu", "lr": 0.01,
-                     "schedule": "cosine_restarts", "cycle_epochs": 1, "optimizer": "adamw"},
+        "output": str(out_root / "model"),
+        "work_dir": str(out_root / "work"),
+        "data": {"train": str(data_root), "val_fraction": 0.25, **(data or {})},
+        "network": network or {"channels": [4, 8]},
+        "preprocess": {"intensity": {"kind": "window", "low": -200, "high": 400}, **(preprocess or {})},
+        "inference": inference or {},
+        "training": {"epochs": 1, "batch_size": 2, "device": "cpu", **training},
     }
+
+
+def test_train_3d_with_patches_and_missing_roi(tmp_path, case_dataset):
+    d = tiny_config_3d(case_dataset.root, tmp_path, network={"channels": [4, 8, 16]}, inference={"patch_size": [16, 16, 16]},
+                       epochs=2, patch_size=[16, 16, 16], lr=0.01, schedule="cosine_restarts", cycle_epochs=1, optimizer="adamw")
     out = train(TrainConfig.from_dict(d))
     meta = json.loads((out / "model.json").read_text())
     assert meta["structures"] == ["Ball", "Box"]
@@ -350,16 +356,8 @@ def test_train_3d_with_patches_and_missing_roi(tmp_path, case_dataset):
 
 
 def test_train_3d_resampled_and_explicit_cases(tmp_path, case_dataset):
-    d = {
-        "name": "tiny3d",
-        "output": str(tmp_path / "model"),
-        "work_dir": str(tmp_path / "work"),
-        "data": {"train": str(case_dataset.root), "train_cases": ["case00", "case01", "case03"], "val_fraction": 0.34,
-                 "structures": ["Box"]},
-        "network": {"channels": [4, 8]},
-        "preprocess": {"spacing_mm": [4.0, 4.0, 6.0], "intensity": {"kind": "window", "low": -200, "high": 400}},
-        "training": {"epochs": 1, "batch_size": 2, "device": "cpu"},
-    }
+    d = tiny_config_3d(case_dataset.root, tmp_path, preprocess={"spacing_mm": [4.0, 4.0, 6.0]},
+                       data={"train_cases": ["case00", "case01", "case03"], "val_fraction": 0.34, "structures": ["Box"]})
     out = train(TrainConfig.from_dict(d))
     meta = json.loads((out / "model.json").read_text())
     assert meta["structures"] == ["Box"]
@@ -375,15 +373,7 @@ def _strict_json(path):
 
 
 def test_model_json_is_strict_json_when_val_lacks_a_structure(tmp_path, case_dataset):
-    d = {
-        "name": "tiny3d",
-        "output": str(tmp_path / "model"),
-        "work_dir": str(tmp_path / "work"),
-        "data": {"train": str(case_dataset.root), "val_fraction": 0.25, "split_seed": 1},  # val = case03, which has no Box
-        "network": {"channels": [4, 8]},
-        "preprocess": {"intensity": {"kind": "window", "low": -200, "high": 400}},
-        "training": {"epochs": 1, "batch_size": 2, "device": "cpu"},
-    }
+    d = tiny_config_3d(case_dataset.root, tmp_path, data={"split_seed": 1})  # val = case03, which has no Box
     out = train(TrainConfig.from_dict(d))
     assert json.loads((out / "model.json").read_text())["training"]["data"]["val_cases"] == ["case03"]
     _strict_json(out / "history.json")
@@ -404,16 +394,8 @@ def test_train_and_predict_on_cuda_with_amp(tmp_path, tiny_config, image_dataset
 
 
 def test_train_3d_with_batch_dice_foreground_patches_and_head_bias(tmp_path, case_dataset):
-    d = {
-        "name": "tiny3d-fg",
-        "output": str(tmp_path / "model"),
-        "work_dir": str(tmp_path / "work"),
-        "data": {"train": str(case_dataset.root), "val_fraction": 0.25},
-        "network": {"channels": [4, 8, 16], "head_bias": -3.0},
-        "preprocess": {"intensity": {"kind": "window", "low": -200, "high": 400}},
-        "training": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 2, "patch_size": [16, 16, 16], "device": "cpu",
-                     "foreground_oversample": 1.0, "batch_dice": True, "loss": "dice_bce"},
-    }
+    d = tiny_config_3d(case_dataset.root, tmp_path, network={"channels": [4, 8, 16], "head_bias": -3.0}, steps_per_epoch=3,
+                       patch_size=[16, 16, 16], foreground_oversample=1.0, batch_dice=True, loss="dice_bce")
     out = train(TrainConfig.from_dict(d))
     meta = json.loads((out / "model.json").read_text())
     assert meta["network"]["head_bias"] == -3.0
