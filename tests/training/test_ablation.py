@@ -9,7 +9,7 @@ import yaml
 
 from delineo.cli import main
 from delineo.errors import ConfigError, InputError
-from delineo.training.ablation import apply_overrides, load_ablation
+from delineo.training.ablation import apply_overrides, load_ablation, run_ablation
 
 pytestmark = pytest.mark.slow
 
@@ -64,3 +64,33 @@ def test_ablation_trains_each_step_and_resumes(tmp_path, tiny_config, image_data
         assert main(["ablation", str(tmp_path / "abl.yaml"), "--out", str(out), "--device", "cpu"]) in (0, None)
     finally:
         loop.train = orig
+
+
+def test_results_are_written_after_each_step_and_on_report_only(tmp_path, tiny_config, image_dataset, monkeypatch):
+    base = tiny_config(image_dataset.root, tmp_path / "unused", epochs=1, steps_per_epoch=2)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "steps": [
+        {"name": "U-Net", "set": {"training.loss": "bce"}},
+        {"name": "Res-UNet", "set": {"network.residual": True}},
+    ]}))
+    out = tmp_path / "out"
+    assert main(["ablation", str(tmp_path / "abl.yaml"), "--out", str(out), "--report-only"]) in (0, None)
+    res = json.loads((out / "results.json").read_text())
+    assert res["steps"] == [] and res["not_run"] == ["U-Net", "Res-UNet"]
+
+    import delineo.training.loop as loop
+
+    real_train, calls = loop.train, []
+
+    def interrupted(*a, **k):  # the second step is cut off
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("power cut")
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    with pytest.raises(RuntimeError, match="power cut"):
+        run_ablation(tmp_path / "abl.yaml", out, device="cpu")
+    res = json.loads((out / "results.json").read_text())
+    assert [s["step"] for s in res["steps"]] == ["U-Net"] and res["not_run"] == ["Res-UNet"]
+    assert "Not run yet: Res-UNet." in (out / "results.md").read_text()

@@ -70,12 +70,14 @@ def load_ablation(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]
 def run_ablation(
     ablation: str | Path, out: str | Path, *, epochs: int | None = None, device: str | None = None,
     max_cases: int | None = None, command: str | None = None, log: Callable[[str], None] | None = None,
+    train_missing: bool = True,
 ) -> dict[str, Any]:
-    """Train and evaluate every step not finished yet; write ``results.json/.md/.png`` into ``out``."""
-    from delineo.inference.predictor import resolve_device
+    """Train and evaluate every step not finished yet; write ``results.json/.md/.png`` into ``out``
+    after each finished step (the steps not run yet are listed as such). ``train_missing=False``
+    only writes the results of the steps already finished."""
     from delineo.metrics.evaluate import evaluate
     from delineo.training.config import TrainConfig
-    from delineo.training.loop import hardware_description, train
+    from delineo.training.loop import train
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
@@ -89,6 +91,8 @@ def run_ablation(
         if result_path.is_file():
             log(f"[{i}/{len(steps)}] {step['name']}: finished earlier, skipped")
             rows.append(json.loads(result_path.read_text()))
+            continue
+        if not train_missing:
             continue
         d = copy.deepcopy(config)
         d["name"] = f"ablation-{slug(step['name'])}"
@@ -132,7 +136,16 @@ def run_ablation(
             p.unlink()
         rows.append(row)
         log(f"[{i}/{len(steps)}] {step['name']}: mean Dice {row['mean_dice']:.4f} on {row['n_val']} validation cases")
+        _write_results(out, ablation, command, epochs, max_cases, device, rows, steps)
+    return _write_results(out, ablation, command, epochs, max_cases, device, rows, steps)
 
+
+def _write_results(out: Path, ablation, command, epochs, max_cases, device, rows, steps) -> dict[str, Any]:
+    """``results.json``, ``results.md`` and ``results.png`` of the finished steps."""
+    from delineo.inference.predictor import resolve_device
+    from delineo.training.loop import hardware_description
+
+    done = {r["step"] for r in rows}
     results = {
         "ablation": str(ablation),
         "command": command,
@@ -141,6 +154,7 @@ def run_ablation(
         "hardware_now": hardware_description(resolve_device(device or "auto")),
         "evaluation": "Dice on the input grid of each validation case (delineo evaluate); unknown structures skipped",
         "steps": rows,
+        "not_run": [st["name"] for st in steps if st["name"] not in done],
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -166,6 +180,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         prev = r["mean_dice"]
     hw = {r.get("hardware") for r in rows}
     lines += ["", f"Validation Dice ({rows[0]['n_val'] if rows else 0} cases); trained on: {', '.join(sorted(h for h in hw if h))}."]
+    if results.get("not_run"):
+        lines.append(f"Not run yet: {', '.join(results['not_run'])}.")
     if results.get("epochs_override") or results.get("max_cases"):
         lines.append(f"Reduced schedule: epochs={results.get('epochs_override')}, max training cases={results.get('max_cases')}.")
     return "\n".join(lines) + "\n"
