@@ -128,6 +128,17 @@ def test_usage_error_is_not_a_crash(capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_ctrl_c_is_exit_code_130_not_success(tmp_path, monkeypatch):
+    """An interrupted command must not look like a finished one to a script (typer returns 130)."""
+    import delineo.training.ablation as ablation
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablation, "run_ablation", interrupted)
+    assert main(["ablation", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "o")]) == 130
+
+
 def test_bench_contour_reports_stages_and_slow_path(trained, tmp_path):
     model, data = trained
     out = tmp_path / "bench.json"

@@ -19,7 +19,8 @@ from delineo.errors import DelineoError
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors are printed as one line (no traceback), exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode, typer returns an exit code instead of exiting: 130 for Ctrl-C
+        rv = app(args=argv, standalone_mode=False)
     except DelineoError as exc:
         print(f"delineo: error: {exc}", file=sys.stderr)
         return 2
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, click.exceptions.Abort):
             return 1
         raise
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
