@@ -94,3 +94,19 @@ def test_results_are_written_after_each_step_and_on_report_only(tmp_path, tiny_c
     res = json.loads((out / "results.json").read_text())
     assert [s["step"] for s in res["steps"]] == ["U-Net"] and res["not_run"] == ["Res-UNet"]
     assert "Not run yet: Res-UNet." in (out / "results.md").read_text()
+
+
+def test_only_trains_the_named_steps_with_the_changes_before_them(tmp_path, tiny_config, image_dataset, capsys):
+    base = tiny_config(image_dataset.root, tmp_path / "unused", epochs=1, steps_per_epoch=2)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "steps": [
+        {"name": "U-Net", "set": {"training.loss": "bce"}},
+        {"name": "Res-UNet", "set": {"network.residual": True}},
+    ]}))
+    out = tmp_path / "out"
+    assert main(["ablation", str(tmp_path / "abl.yaml"), "--out", str(out), "--device", "cpu", "--only", "Res-UNet"]) in (0, None)
+    res = json.loads((out / "results.json").read_text())
+    assert [s["step"] for s in res["steps"]] == ["Res-UNet"] and res["not_run"] == ["U-Net"]
+    assert res["steps"][0]["loss"] == "bce" and res["steps"][0]["network"]["residual"]
+    assert main(["ablation", str(tmp_path / "abl.yaml"), "--out", str(out), "--only", "ResUNet"]) == 2
+    assert "no step named 'ResUNet'" in capsys.readouterr().err

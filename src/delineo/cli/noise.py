@@ -109,11 +109,13 @@ def ablation(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto (default: the base config's)."),
     max_cases: Optional[int] = typer.Option(None, "--max-cases", help="Train each step on this many cases only (a reduced run)."),
     report_only: bool = typer.Option(False, "--report-only", help="Train nothing: write the results of the steps finished so far."),
+    only: Optional[str] = typer.Option(None, "--only", help="Train only these steps (comma-separated names), e.g. to split the steps between machines."),
 ) -> None:
     """Train each step of an ablation (each adds one change) and compare validation Dice.
     Finished steps are skipped, an interrupted one resumes from its checkpoint."""
     from delineo.training.ablation import run_ablation
 
     command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
-    run_ablation(spec, out, epochs=epochs, device=device, max_cases=max_cases, command=command, train_missing=not report_only)
+    run_ablation(spec, out, epochs=epochs, device=device, max_cases=max_cases, command=command, train_missing=not report_only,
+                 only=_split(only) if only else None)
     typer.echo((out / "results.md").read_text())

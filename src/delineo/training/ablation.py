@@ -70,11 +70,12 @@ def load_ablation(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]
 def run_ablation(
     ablation: str | Path, out: str | Path, *, epochs: int | None = None, device: str | None = None,
     max_cases: int | None = None, command: str | None = None, log: Callable[[str], None] | None = None,
-    train_missing: bool = True,
+    train_missing: bool = True, only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every step not finished yet; write ``results.json/.md/.png`` into ``out``
     after each finished step (the steps not run yet are listed as such). ``train_missing=False``
-    only writes the results of the steps already finished."""
+    only writes the results of the steps already finished; ``only`` trains just the named steps
+    (each still with the changes of the steps before it), e.g. to run steps on several machines."""
     from delineo.metrics.evaluate import evaluate
     from delineo.training.config import TrainConfig
     from delineo.training.loop import train
@@ -82,6 +83,9 @@ def run_ablation(
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
     base, steps = load_ablation(ablation)
+    unknown = sorted(set(only or []) - {st["name"] for st in steps})
+    if unknown:
+        raise ConfigError(f"{ablation}: no step named {', '.join(map(repr, unknown))} (steps: {', '.join(st['name'] for st in steps)})")
     config = copy.deepcopy(base)
     rows = []
     for i, step in enumerate(steps, 1):
@@ -92,7 +96,7 @@ def run_ablation(
             log(f"[{i}/{len(steps)}] {step['name']}: finished earlier, skipped")
             rows.append(json.loads(result_path.read_text()))
             continue
-        if not train_missing:
+        if not train_missing or (only and step["name"] not in only):
             continue
         d = copy.deepcopy(config)
         d["name"] = f"ablation-{slug(step['name'])}"
