@@ -108,5 +108,6 @@ def test_only_trains_the_named_steps_with_the_changes_before_them(tmp_path, tiny
     res = json.loads((out / "results.json").read_text())
     assert [s["step"] for s in res["steps"]] == ["Res-UNet"] and res["not_run"] == ["U-Net"]
     assert res["steps"][0]["loss"] == "bce" and res["steps"][0]["network"]["residual"]
+    assert "| Res-UNet |" in (out / "results.md").read_text() and " | - |" in (out / "results.md").read_text()  # no Δ: U-Net not run
     assert main(["ablation", str(tmp_path / "abl.yaml"), "--out", str(out), "--only", "ResUNet"]) == 2
     assert "no step named 'ResUNet'" in capsys.readouterr().err

@@ -159,6 +159,7 @@ def _write_results(out: Path, ablation, command, epochs, max_cases, device, rows
         "evaluation": "Dice on the input grid of each validation case (delineo evaluate); unknown structures skipped",
         "steps": rows,
         "not_run": [st["name"] for st in steps if st["name"] not in done],
+        "step_order": [st["name"] for st in steps],
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -177,11 +178,15 @@ def results_markdown(results: dict[str, Any]) -> str:
     for r in rows:
         names += [n for n in r["dice"] if n not in names]
     lines = ["| step | " + " | ".join(names) + " | mean | Δ mean |", "|---" * (len(names) + 3) + "|"]
-    prev = None
+    # Δ against the step just before in the ablation file; "-" when that one has not run
+    order = results.get("step_order") or [r["step"] for r in rows]
+    by_name = {r["step"]: r for r in rows}
     for r in rows:
-        delta = "-" if prev is None or r["mean_dice"] is None else f"{r['mean_dice'] - prev:+.3f}"
+        i = order.index(r["step"])
+        prev = by_name.get(order[i - 1]) if i > 0 else None
+        ok = prev is not None and prev["mean_dice"] is not None and r["mean_dice"] is not None
+        delta = f"{r['mean_dice'] - prev['mean_dice']:+.3f}" if ok else "-"
         lines.append(f"| {r['step']} | " + " | ".join(_fmt(r["dice"].get(n)) for n in names) + f" | {_fmt(r['mean_dice'])} | {delta} |")
-        prev = r["mean_dice"]
     hw = {r.get("hardware") for r in rows}
     lines += ["", f"Validation Dice ({rows[0]['n_val'] if rows else 0} cases); trained on: {', '.join(sorted(h for h in hw if h))}."]
     if results.get("not_run"):
