@@ -25,27 +25,22 @@ from pathlib import Path
 import torch
 
 from delineo.inference.predictor import resolve_device
-from delineo.models.networks import NetworkSpec, build_network
+from delineo.models.networks import NetworkSpec
 from delineo.training.benchmark import load_base, parse_method
 from delineo.training.config import TrainConfig
-from delineo.training.loop import _optimizer, hardware_description, training_step
-from delineo.training.losses import SegmentationLoss
-from delineo.training.weighting import build_weighting
+from delineo.training.loop import build_training_parts, hardware_description, training_step
 
 
 def build(base: dict, spec: str, n_structures: int, device: torch.device):
-    """Network, weighting, loss and optimiser of one method, as the training loop builds them."""
+    """Method, network, weighting, loss, optimiser and batch size of one method, built by the
+    training loop's own :func:`build_training_parts`."""
     method = parse_method(spec)
     d = dict(base, name="cost", output="unused", data={"train": "unused"})
     d["training"] = {**(base.get("training") or {}), **method.training}
     cfg = TrainConfig.from_dict(d, where=f"method {spec}")
-    t = cfg.training
     net_spec = NetworkSpec.from_dict({"spatial_dims": 2, "in_channels": 1, "out_channels": n_structures, **cfg.network})
-    network = build_network(net_spec).to(device).train()
-    weighting = build_weighting(t.weighting, in_channels=1 + n_structures, n_structures=n_structures, spatial_dims=2).to(device).train()
-    loss_fn = SegmentationLoss(t.loss, batch_dice=t.batch_dice)
-    optimizer = _optimizer(cfg, list(network.parameters()) + list(weighting.parameters()))
-    return method, network, weighting, loss_fn, optimizer, t.batch_size
+    network, weighting, loss_fn, optimizer = build_training_parts(cfg, net_spec, device)
+    return method, network.train(), weighting.train(), loss_fn, optimizer, cfg.training.batch_size
 
 
 def synthetic_batch(batch_size: int, n_structures: int, size: int, seed: int = 0) -> dict:

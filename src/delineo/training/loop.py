@@ -166,6 +166,25 @@ def plot_curves(history: list[dict[str, Any]], structures: list[str], path: Path
     plt.close(fig)
 
 
+def build_training_parts(cfg: TrainConfig, spec: NetworkSpec, device) -> tuple[Any, Any, SegmentationLoss, torch.optim.Optimizer]:
+    """Network, sample weighting, loss and optimiser (over the network's and the weighting's
+    parameters) of a config, for a network ``spec`` whose ``out_channels`` are the structures."""
+    t = cfg.training
+    n = spec.out_channels
+    network = build_network(spec).to(device)
+    weighting = build_weighting(t.weighting, in_channels=1 + n, n_structures=n, spatial_dims=spec.spatial_dims).to(device)
+    if t.batch_size < weighting.min_batch_size:
+        raise ConfigError(
+            f"weighting {type(weighting).__name__} compares samples within a batch: batch_size must be >= "
+            f"{weighting.min_batch_size}, got {t.batch_size}"
+        )
+    if t.batch_dice and not isinstance(weighting, UniformWeighting):
+        raise ConfigError(f"batch_dice gives one loss per batch; weighting {type(weighting).__name__} needs per-sample losses")
+    loss_fn = SegmentationLoss(t.loss, batch_dice=t.batch_dice)
+    optimizer = _optimizer(cfg, list(network.parameters()) + list(weighting.parameters()))
+    return network, weighting, loss_fn, optimizer
+
+
 def training_step(network, weighting, loss_fn, optimizer, batch: dict[str, Any], device, autocast) -> float:
     """One optimisation step on a batch (``image (B, 1, *spatial)``, ``label (B, C, *spatial)``,
     ``present (B, C)``): weighted per-sample loss, backward, clipped step; returns the loss."""
@@ -282,18 +301,8 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     train_cases.transform = training_augmentation(spatial_dims, patch, t.augment, t.foreground_oversample)
 
     # ---- model, loss, weighting, optimiser ---------------------------------------------------
-    network = build_network(spec).to(device)
+    network, weighting, loss_fn, optimizer = build_training_parts(cfg, spec, device)
     init_record = _init_weights(network, t.init_weights, structures) if t.init_weights else None
-    weighting = build_weighting(t.weighting, in_channels=1 + len(structures), n_structures=len(structures), spatial_dims=spatial_dims).to(device)
-    if t.batch_size < weighting.min_batch_size:
-        raise ConfigError(
-            f"weighting {type(weighting).__name__} compares samples within a batch: batch_size must be >= "
-            f"{weighting.min_batch_size}, got {t.batch_size}"
-        )
-    if t.batch_dice and not isinstance(weighting, UniformWeighting):
-        raise ConfigError(f"batch_dice gives one loss per batch; weighting {type(weighting).__name__} needs per-sample losses")
-    loss_fn = SegmentationLoss(t.loss, batch_dice=t.batch_dice)
-    optimizer = _optimizer(cfg, list(network.parameters()) + list(weighting.parameters()))
     generator = torch.Generator().manual_seed(t.seed)
     # MONAI's DataLoader re-seeds the random transforms in every worker
     loader = DataLoader(
