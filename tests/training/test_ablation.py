@@ -14,6 +14,16 @@ from delineo.training.ablation import apply_overrides, load_ablation, run_ablati
 pytestmark = pytest.mark.slow
 
 
+TWO_STEPS = [{"name": "U-Net", "set": {"training.loss": "bce"}}, {"name": "Res-UNet", "set": {"network.residual": True}}]
+
+
+def write_ablation(tmp_path, tiny_config, image_dataset, steps: list[dict]) -> None:
+    """``tmp_path/abl.yaml``: the given steps on a 1-epoch, 2-step base config (``base.yaml``)."""
+    base = tiny_config(image_dataset.root, tmp_path / "unused", epochs=1, steps_per_epoch=2)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "steps": steps}))
+
+
 def test_overrides_are_dotted_and_copied():
     base = {"training": {"loss": "dice"}, "network": {"channels": [4, 8]}}
     out = apply_overrides(base, {"training.loss": "bce", "network.residual": True})
@@ -35,13 +45,7 @@ def test_bad_ablation_files(tmp_path):
 
 
 def test_ablation_trains_each_step_and_resumes(tmp_path, tiny_config, image_dataset):
-    base = tiny_config(image_dataset.root, tmp_path / "unused", epochs=1, steps_per_epoch=2)
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    (tmp_path / "abl.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "steps": [
-        {"name": "U-Net", "set": {"training.loss": "bce"}},
-        {"name": "Res-UNet", "set": {"network.residual": True}},
-        {"name": "+ Dice loss", "set": {"training.loss": "dice_bce"}},
-    ]}))
+    write_ablation(tmp_path, tiny_config, image_dataset, TWO_STEPS + [{"name": "+ Dice loss", "set": {"training.loss": "dice_bce"}}])
     out = tmp_path / "out"
     assert main(["ablation", str(tmp_path / "abl.yaml"), "--out", str(out), "--device", "cpu"]) in (0, None)
     res = json.loads((out / "results.json").read_text())
@@ -67,12 +71,7 @@ def test_ablation_trains_each_step_and_resumes(tmp_path, tiny_config, image_data
 
 
 def test_results_are_written_after_each_step_and_on_report_only(tmp_path, tiny_config, image_dataset, monkeypatch):
-    base = tiny_config(image_dataset.root, tmp_path / "unused", epochs=1, steps_per_epoch=2)
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    (tmp_path / "abl.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "steps": [
-        {"name": "U-Net", "set": {"training.loss": "bce"}},
-        {"name": "Res-UNet", "set": {"network.residual": True}},
-    ]}))
+    write_ablation(tmp_path, tiny_config, image_dataset, TWO_STEPS)
     out = tmp_path / "out"
     assert main(["ablation", str(tmp_path / "abl.yaml"), "--out", str(out), "--report-only"]) in (0, None)
     res = json.loads((out / "results.json").read_text())
@@ -97,12 +96,7 @@ def test_results_are_written_after_each_step_and_on_report_only(tmp_path, tiny_c
 
 
 def test_only_trains_the_named_steps_with_the_changes_before_them(tmp_path, tiny_config, image_dataset, capsys):
-    base = tiny_config(image_dataset.root, tmp_path / "unused", epochs=1, steps_per_epoch=2)
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    (tmp_path / "abl.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "steps": [
-        {"name": "U-Net", "set": {"training.loss": "bce"}},
-        {"name": "Res-UNet", "set": {"network.residual": True}},
-    ]}))
+    write_ablation(tmp_path, tiny_config, image_dataset, TWO_STEPS)
     out = tmp_path / "out"
     assert main(["ablation", str(tmp_path / "abl.yaml"), "--out", str(out), "--device", "cpu", "--only", "Res-UNet"]) in (0, None)
     res = json.loads((out / "results.json").read_text())
