@@ -15,7 +15,12 @@ from delineo.errors import ConfigError
 from delineo.training import TrainConfig, build_weighting, train
 from delineo.training.losses import SegmentationLoss
 from delineo.training.qam import QualityAwareWeighting
-from delineo.training.robust_losses import SmallLossWeighting, generalized_cross_entropy, noise_robust_dice
+from delineo.training.robust_losses import (
+    LossMixtureWeighting,
+    SmallLossWeighting,
+    generalized_cross_entropy,
+    noise_robust_dice,
+)
 
 
 def inputs(b=6, c=2, shape=(16, 16), seed=0):
@@ -214,3 +219,74 @@ def test_small_loss_keeps_the_smallest_losses_after_warm_up():
     assert int(w.step) == 3  # evaluation does not advance the schedule
     with pytest.raises(ConfigError, match="forget_rate"):
         SmallLossWeighting(in_channels=3, n_structures=2, spatial_dims=2, forget_rate=1.0)
+
+
+# ---- loss mixture (DivideMix's label division) -----------------------------------------------
+
+
+def loss_gmm(n=20, **kw):
+    w = LossMixtureWeighting(in_channels=3, n_structures=2, spatial_dims=2, **kw)
+    w.bind(n)
+    return w
+
+
+def noisy_losses(index: torch.Tensor, noisy: set[int], seed: int) -> torch.Tensor:
+    """Clean samples ~0.2, noisy ones ~0.8, with jitter (as augmentation gives)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.tensor([0.8 if int(i) in noisy else 0.2 for i in index])
+    return base + 0.05 * torch.randn(len(index), generator=g)
+
+
+def test_loss_gmm_is_uniform_in_warm_up_then_weights_down_high_loss_samples():
+    w = loss_gmm(20, warmup_steps=10, refit_every=5)
+    noisy = {1, 4, 7, 12, 18}
+    order = torch.arange(20)
+    for step in range(10):  # two passes over the 20 samples in batches of 4: the warm-up
+        index = order[(step * 4) % 20: (step * 4) % 20 + 4]
+        out = w(None, None, None, noisy_losses(index, noisy, step), index=index)
+        if step < 9:
+            torch.testing.assert_close(out, torch.full((4,), 0.25))
+    p = w.clean_probability
+    assert all(float(p[i]) < 0.05 for i in noisy) and all(float(p[i]) > 0.95 for i in range(20) if i not in noisy)
+    index = torch.tensor([0, 1, 2, 4])
+    out = w(None, None, None, noisy_losses(index, noisy, 99), index=index)
+    assert float(out[0]) == pytest.approx(0.25, abs=0.02) and float(out[1]) < 0.02 and float(out.sum()) < 0.6
+    assert not torch.isnan(w.loss_memory).any()
+
+
+def test_loss_gmm_state_is_checkpointed_and_eval_does_not_update_it():
+    w = loss_gmm(8, warmup_steps=2, refit_every=1)
+    for step in range(4):
+        index = torch.tensor([2 * step % 8, (2 * step + 1) % 8])
+        w(None, None, None, noisy_losses(index, {3}, step), index=index)
+    state = {k: v.clone() for k, v in w.state_dict().items()}
+    assert set(state) == {"step", "loss_memory", "clean_probability"} and int(state["step"]) == 4
+    again = loss_gmm(8)
+    again.load_state_dict(state)
+    torch.testing.assert_close(again.clean_probability, w.clean_probability)
+    w.eval()
+    w(None, None, None, torch.tensor([5.0, 5.0]), index=torch.tensor([0, 1]))
+    torch.testing.assert_close(w.loss_memory, state["loss_memory"])
+    assert int(w.step) == 4
+    # without indices (e.g. a caller that does not track samples) every sample weighs 1/B
+    torch.testing.assert_close(w(None, None, None, torch.tensor([0.1, 0.9])), torch.tensor([0.5, 0.5]))
+
+
+def test_loss_gmm_options_and_registry(fresh_registry):
+    w = build_weighting({"kind": "loss_gmm", "warmup_steps": 3}, in_channels=3, n_structures=2, spatial_dims=2)
+    assert isinstance(w, LossMixtureWeighting) and w.tracks_samples and w.warmup_steps == 3
+    with pytest.raises(ConfigError, match="momentum"):
+        loss_gmm(momentum=1.0)
+    with pytest.raises(ConfigError, match="refit_every"):
+        loss_gmm(refit_every=0)
+
+
+@pytest.mark.slow
+def test_train_with_loss_gmm_sees_every_training_sample(tmp_path, tiny_config, image_dataset):
+    d = tiny_config(image_dataset.root, tmp_path, epochs=2, weighting={"kind": "loss_gmm", "warmup_steps": 1, "refit_every": 1},
+                    label_noise={"fraction": 0.5, "radius": [1, 2], "seed": 0})
+    out = train(TrainConfig.from_dict(d))
+    n_train = json.loads((out / "model.json").read_text())["training"]["data"]["n_train"]
+    ckpt = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False)["weighting"]
+    assert ckpt["loss_memory"].shape == (n_train,) and not torch.isnan(ckpt["loss_memory"]).any()
+    assert ckpt["clean_probability"].shape == (n_train,) and int(ckpt["step"]) >= 2

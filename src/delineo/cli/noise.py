@@ -14,7 +14,8 @@ from delineo.cli.app import app
 # kept in step with delineo.training.benchmark.METHODS (imported lazily: it pulls in torch)
 _METHODS_HELP = (
     "baseline (the base config), qam (QAM+OCM), qam_raw (QAM without OCM), nr_dice (noise-robust Dice), "
-    "gce, dice_gce (Dice + generalised cross-entropy), small_loss (small-loss selection); "
+    "gce, dice_gce (Dice + generalised cross-entropy), small_loss (small-loss selection), "
+    "loss_gmm (per-sample loss mixture, DivideMix's label division); "
     "weighting options as NAME:KEY=VALUE[+KEY=VALUE], e.g. qam:ocm_lambda=1"
 )
 
@@ -30,7 +31,7 @@ def noise_benchmark(
     test_data: Optional[Path] = typer.Option(
         None, "--test-data", help="Clean held-out folder of the same layout (default: the validation cases held out from --data)."
     ),
-    methods: str = typer.Option("baseline,qam,nr_dice,dice_gce,small_loss", "--methods", help=f"Comma-separated: {_METHODS_HELP}."),
+    methods: str = typer.Option("baseline,qam,nr_dice,dice_gce,small_loss,loss_gmm", "--methods", help=f"Comma-separated: {_METHODS_HELP}."),
     fractions: str = typer.Option("0.25,0.5,0.75", "--fractions", help="Fractions of training samples corrupted."),
     levels: str = typer.Option("1-8,5-13", "--levels", help="Erosion/dilation radius ranges in pixels."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (default: the base config's)."),

@@ -45,8 +45,9 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "gce": ("GCE", {"loss": "gce"}),
     "dice_gce": ("Dice+GCE", {"loss": "dice_gce"}),
     "small_loss": ("small-loss", {"weighting": {"kind": "small_loss"}}),
+    "loss_gmm": ("loss-GMM", {"weighting": {"kind": "loss_gmm"}}),
 }
-DEFAULT_METHODS = ("baseline", "qam", "nr_dice", "dice_gce", "small_loss")
+DEFAULT_METHODS = ("baseline", "qam", "nr_dice", "dice_gce", "small_loss", "loss_gmm")
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75)
 DEFAULT_LEVELS = ((1, 8), (5, 13))
 #: (fraction, level) whose model folders (weights, checkpoint) are kept, for every method

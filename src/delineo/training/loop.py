@@ -53,7 +53,8 @@ def seed_everything(seed: int) -> None:
 class PreparedCases(Dataset):
     """Cases preprocessed to the model grid and held in memory.
 
-    Items: ``{"image": float32 (1, *sp), "label": uint8 (C, *sp), "present": bool (C,), "case": str}``;
+    Items: ``{"image": float32 (1, *sp), "label": uint8 (C, *sp), "present": bool (C,), "case": str,
+    "index": int}`` (``index``: position in the set, for strategies that remember samples);
     ``transform`` (MONAI, dict-based) is applied to a copy on every access.
     """
 
@@ -77,7 +78,7 @@ class PreparedCases(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.items[i]
         if self.transform is None:
-            return dict(item)
+            return {**item, "index": i}
         out = self.transform({"image": item["image"], "label": item["label"]})
         if isinstance(out, list):  # crop-by-label transforms return a list of samples
             out = out[0]
@@ -86,6 +87,7 @@ class PreparedCases(Dataset):
             "label": torch.as_tensor(out["label"]).to(torch.uint8),
             "present": item["present"],
             "case": item["case"],
+            "index": i,
         }
 
 
@@ -166,13 +168,19 @@ def plot_curves(history: list[dict[str, Any]], structures: list[str], path: Path
     plt.close(fig)
 
 
-def build_training_parts(cfg: TrainConfig, spec: NetworkSpec, device) -> tuple[Any, Any, SegmentationLoss, torch.optim.Optimizer]:
+def build_training_parts(
+    cfg: TrainConfig, spec: NetworkSpec, device, n_samples: int | None = None,
+) -> tuple[Any, Any, SegmentationLoss, torch.optim.Optimizer]:
     """Network, sample weighting, loss and optimiser (over the network's and the weighting's
-    parameters) of a config, for a network ``spec`` whose ``out_channels`` are the structures."""
+    parameters) of a config, for a network ``spec`` whose ``out_channels`` are the structures;
+    ``n_samples`` (the training set's size) sizes the per-sample state of strategies that keep one."""
     t = cfg.training
     n = spec.out_channels
     network = build_network(spec).to(device)
-    weighting = build_weighting(t.weighting, in_channels=1 + n, n_structures=n, spatial_dims=spec.spatial_dims).to(device)
+    weighting = build_weighting(t.weighting, in_channels=1 + n, n_structures=n, spatial_dims=spec.spatial_dims)
+    if n_samples is not None:
+        weighting.bind(int(n_samples))
+    weighting = weighting.to(device)
     if t.batch_size < weighting.min_batch_size:
         raise ConfigError(
             f"weighting {type(weighting).__name__} compares samples within a batch: batch_size must be >= "
@@ -187,14 +195,18 @@ def build_training_parts(cfg: TrainConfig, spec: NetworkSpec, device) -> tuple[A
 
 def training_step(network, weighting, loss_fn, optimizer, batch: dict[str, Any], device, autocast) -> float:
     """One optimisation step on a batch (``image (B, 1, *spatial)``, ``label (B, C, *spatial)``,
-    ``present (B, C)``): weighted per-sample loss, backward, clipped step; returns the loss."""
+    ``present (B, C)``, optionally ``index (B,)``): weighted per-sample loss, backward, clipped step;
+    returns the loss."""
     image = batch["image"].to(device)
     label = batch["label"].to(device)
     present = batch["present"].to(device)
     with autocast:
         outputs = network(image)
         per_sample = deep_supervision_loss(loss_fn, outputs, label, present)
-        weights = weighting(image, label, present, per_sample)
+        if weighting.tracks_samples and "index" in batch:
+            weights = weighting(image, label, present, per_sample, index=batch["index"].to(device))
+        else:
+            weights = weighting(image, label, present, per_sample)
         loss = (weights * per_sample).sum()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -301,7 +313,7 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     train_cases.transform = training_augmentation(spatial_dims, patch, t.augment, t.foreground_oversample)
 
     # ---- model, loss, weighting, optimiser ---------------------------------------------------
-    network, weighting, loss_fn, optimizer = build_training_parts(cfg, spec, device)
+    network, weighting, loss_fn, optimizer = build_training_parts(cfg, spec, device, n_samples=len(train_cases))
     init_record = _init_weights(network, t.init_weights, structures) if t.init_weights else None
     generator = torch.Generator().manual_seed(t.seed)
     # MONAI's DataLoader re-seeds the random transforms in every worker
@@ -445,4 +457,5 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "label": torch.stack([i["label"] for i in items]),
         "present": torch.stack([i["present"] for i in items]),
         "case": [i["case"] for i in items],
+        "index": torch.as_tensor([i["index"] for i in items], dtype=torch.long),
     }

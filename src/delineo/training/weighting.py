@@ -1,8 +1,11 @@
 """Sample-weighting strategies that plug into the one training loop.
 
-A strategy sees the batch and the per-sample losses and returns weights ``(B,)`` that sum
-to 1; the loop minimises ``sum_i w_i * L_i``. A strategy may have parameters of its own
-(e.g. a quality-awareness network); they are trained by the same optimiser and loss.
+A strategy sees the batch and the per-sample losses and returns weights ``(B,)`` (they sum to 1,
+or to less when a strategy discounts a whole batch); the loop minimises ``sum_i w_i * L_i``. A
+strategy may have parameters of its own (e.g. a quality-awareness network); they are trained by
+the same optimiser and loss. A strategy that remembers each training sample across epochs sets
+``tracks_samples``: the loop then calls :meth:`SampleWeighting.bind` with the size of the training
+set and passes each batch's sample indices.
 """
 
 from __future__ import annotations
@@ -21,10 +24,16 @@ class SampleWeighting(nn.Module):
 
     #: smallest batch the strategy can weight (batch-softmax strategies need 2)
     min_batch_size = 1
+    #: True: the loop calls :meth:`bind` and passes ``index=`` (the samples' positions in the training set)
+    tracks_samples = False
+
+    def bind(self, n_samples: int) -> None:
+        """Size per-sample state for a training set of ``n_samples`` (called before a checkpoint is loaded)."""
 
     def forward(self, image: torch.Tensor, label: torch.Tensor, present: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """image ``(B, 1, *sp)``, label ``(B, C, *sp)`` as given (possibly noisy), present ``(B, C)``,
-        per-sample loss ``(B,)`` -> weights ``(B,)`` summing to 1."""
+        per-sample loss ``(B,)`` -> weights ``(B,)`` summing to 1 (at most 1). Strategies with
+        ``tracks_samples`` also take ``index`` ``(B,)`` (long)."""
         raise NotImplementedError
 
 
@@ -42,6 +51,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "qam": ("delineo.training.qam", "QualityAwareWeighting"),
     "qam_ocm": ("delineo.training.qam", "QualityAwareWeighting"),
     "small_loss": ("delineo.training.robust_losses", "SmallLossWeighting"),
+    "loss_gmm": ("delineo.training.robust_losses", "LossMixtureWeighting"),
 }
 
 
