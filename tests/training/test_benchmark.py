@@ -111,6 +111,16 @@ def test_noise_benchmark_writes_results_and_resumes(tmp_path, tiny_config, image
     results = json.loads((out / "results.json").read_text())
     assert results["clean"] == ["baseline", "qam"] and len(results["runs"]) == 5
     assert "| 50% | 1-2 | noise-robust Dice |" in (out / "results.md").read_text()
+    # a narrower sitting (one method, no clean runs) trains nothing; its report still lists every finished run
+    calls.clear()
+    narrow = [*args, "--no-clean"]
+    narrow[narrow.index("baseline,qam")] = "baseline"
+    assert main(narrow) == 0
+    assert calls == []
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 5 and results["clean"] == ["baseline", "qam"]
+    assert [m["method"] for m in results["methods"]] == ["baseline", "nr_dice", "qam"]
+    assert "| 50% | 1-2 | noise-robust Dice |" in (out / "results.md").read_text()
     assert main([*args, "--clean-methods", "gce"]) == 2  # not among the methods run
 
 

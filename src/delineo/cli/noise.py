@@ -48,7 +48,8 @@ def noise_benchmark(
     ),
 ) -> None:
     """Train every method on noisy labels at every noise fraction x level (plus clean) and evaluate on
-    clean labels. Finished runs are skipped, an interrupted one resumes from its checkpoint."""
+    clean labels. Finished runs are skipped, an interrupted one resumes from its checkpoint; the results
+    cover every finished run in OUT, this call's and earlier ones (same test cases and epochs)."""
     from delineo.training.benchmark import run_benchmark
 
     command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None

@@ -13,7 +13,8 @@ Layout of ``out``::
     runs/<run-id>/evaluation.json  the full evaluation report (+ Dice box plot)
     runs/<run-id>/model/           model.json, history.json, curves; weights kept only for `keep`
     runs/<run-id>/work/            checkpoint: an interrupted run resumes from it; kept only for `keep`
-    results.json, results.md, results.png
+    results.json, results.md, results.png   every finished run in runs/ (this sitting's grid and
+                                            earlier ones with the same test cases and epochs)
 
 Run ids: ``<method>__clean`` or ``<method>__a<fraction>__r<rmin>-<rmax>`` (e.g. ``qam__a0.75__r5-13``).
 """
@@ -292,6 +293,27 @@ def run_benchmark(
         avg = "-" if row["avg"] is None else f"{row['avg']:.4f}"
         log(f"[{i}/{len(grid)}] {rid}: avg Dice {avg} on {row['n_test']} clean test cases")
 
+    # earlier sittings may have run other methods or conditions into the same folder: the report
+    # covers every finished run there, so the table grows over sittings
+    # (only those trained as long and tested on the same cases as this sitting's runs)
+    done = {r["run"] for r in rows}
+    earlier = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*/result.json")) if p.parent.name not in done]
+    same = [r for r in earlier if not rows or (r.get("test_cases") == rows[0]["test_cases"] and r.get("epochs") == rows[0]["epochs"])]
+    if len(same) < len(earlier):
+        log(f"report: {len(earlier) - len(same)} earlier run(s) in {runs_dir} left out (other test cases or epochs)")
+    earlier = same
+    if earlier:
+        log(f"report: also {len(earlier)} finished run(s) of earlier sittings in {runs_dir}")
+        rows += earlier
+        known = {m.spec for m in method_list}
+        for r in earlier:
+            if r["method"] not in known:
+                known.add(r["method"])
+                method_list.append(parse_method(r["method"]))
+            if r["fraction"] is not None:
+                fraction_list = sorted(set(fraction_list) | {r["fraction"]})
+                if tuple(r["radius"]) not in level_list:
+                    level_list = sorted(set(level_list) | {tuple(r["radius"])})
     if test_data is not None:
         test_desc = f"clean labels of every case in {test_data}"
     else:
@@ -312,7 +334,7 @@ def run_benchmark(
         "methods": [{"method": m.spec, "label": m.label, "training": m.training} for m in method_list],
         "fractions": fraction_list,
         "levels": [level_name(lv) for lv in level_list],
-        "clean": [m.spec for m in method_list if clean and m.spec in clean_specs],
+        "clean": sorted({r["method"] for r in rows if r["fraction"] is None}, key=lambda m: [x.spec for x in method_list].index(m)),
         "structures": _structures(rows),
         "cost_per_epoch": cost_per_epoch(rows),
         "runs": rows,
