@@ -103,3 +103,17 @@ def test_to_ras_handles_flipped_and_permuted_affines():
     permuted[1, 0], permuted[0, 1], permuted[2, 2], permuted[3, 3] = 2.0, 3.0, 4.0, 1.0  # voxel axis 0 -> world y
     assert _to_ras(arr, permuted).shape == (3, 2, 4)
     assert _ras_spacing(permuted) == pytest.approx([3.0, 2.0, 4.0])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_dashed_second_set_in_the_same_colour(tmp_path, recorded):
+    img = np.full((16, 16), 100, np.uint8)
+    given = np.zeros((16, 16), bool)
+    given[4:10, 4:10] = True
+    model = np.zeros((16, 16), bool)
+    model[5:12, 5:12] = True
+    write_overview(Image(img, grid_affine((1.0, 1.0))), {"lung": given}, tmp_path, dashed={"lung": model})
+    (solid_mask, solid), (dashed_mask, dashed) = recorded["contour"]
+    assert (solid_mask > 0.5).sum() == given.sum() and (dashed_mask > 0.5).sum() == model.sum()
+    assert solid["linestyles"] == "solid" and dashed["linestyles"] == "dashed"
+    assert np.allclose(solid["colors"][0], dashed["colors"][0])

@@ -57,9 +57,14 @@ def write_overview(
     window: tuple[float, float] | None = None,
     title: str = "",
     per_view: bool = True,
+    dashed: dict[str, np.ndarray] | None = None,
+    line_labels: tuple[str, str] = ("given", "model"),
 ) -> list[Path]:
     """Write ``overview.png`` (all views side by side) and, for 3D, ``overview_<view>.png``.
 
+    masks: ``{roi_name: bool array of image.shape}``, drawn as solid outlines. dashed: a second set
+    on the same grid (e.g. a model's prediction beside the given contours), drawn dashed in the
+    same colours; ``line_labels`` names the solid and dashed sets in the legend.
     window: (level, width) of the display window; default soft tissue (40, 400) HU for 3D and
     the full range for 2D images. Returns the written paths.
     """
@@ -71,18 +76,23 @@ def write_overview(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = list(masks)
+    dashed = dashed or {}
+    names = list(dict.fromkeys([*masks, *dashed]))
     colors = {n: np.array(structure_color(n, i)) / 255.0 for i, n in enumerate(names)}
-    handles = [Line2D([0], [0], color=colors[n], lw=3, label=n) for n in names if masks[n].any()]
+    handles = [Line2D([0], [0], color=colors[n], lw=3, label=n) for n in names
+               if (n in masks and masks[n].any()) or (n in dashed and dashed[n].any())]
+    if dashed and handles:
+        handles += [Line2D([0], [0], color="0.3", lw=1.2, ls=ls, label=lab) for ls, lab in zip(("-", "--"), line_labels)]
 
     if image.array.ndim == 2:
         lo, hi = float(image.array.min()), float(image.array.max())
         level, width = window or ((lo + hi) / 2, (hi - lo) or 1.0)
-        panels = [("image", image.array.astype(float), {n: m for n, m in masks.items()}, 1.0)]
+        panels = [("image", image.array.astype(float), dict(masks), dict(dashed), 1.0)]
     else:
         level, width = window or SOFT_TISSUE_WINDOW
         vol = _to_ras(image.array.astype(np.float32), image.affine)
         ras_masks = {n: _to_ras(m.astype(bool), image.affine) for n, m in masks.items()}
+        ras_dashed = {n: _to_ras(m.astype(bool), image.affine) for n, m in dashed.items()}
         sx, sy, sz = _ras_spacing(image.affine)
         union = np.zeros(vol.shape, bool)
         for m in ras_masks.values():
@@ -91,22 +101,24 @@ def write_overview(
         aspects = {"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy}
         index = {"axial": centre[2], "coronal": centre[1], "sagittal": centre[0]}
         panels = [
-            (v, _slice(vol, v, index[v]), {n: _slice(m, v, index[v]) for n, m in ras_masks.items()}, aspects[v])
+            (v, _slice(vol, v, index[v]), {n: _slice(m, v, index[v]) for n, m in ras_masks.items()},
+             {n: _slice(m, v, index[v]) for n, m in ras_dashed.items()}, aspects[v])
             for v in VIEWS
         ]
 
-    def draw(ax, name, img2d, masks2d, aspect):
+    def draw(ax, name, img2d, masks2d, dashed2d, aspect):
         ax.imshow(img2d, cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=aspect, interpolation="nearest")
-        for n, m in masks2d.items():
-            if m.any():
-                ax.contour(m.astype(float), levels=[0.5], colors=[colors[n]], linewidths=1.2)
+        for style, drawn in (("solid", masks2d), ("dashed", dashed2d)):
+            for n, m in drawn.items():
+                if m.any():
+                    ax.contour(m.astype(float), levels=[0.5], colors=[colors[n]], linewidths=1.2, linestyles=style)
         ax.set_title(name, fontsize=10)
         ax.axis("off")
 
     written: list[Path] = []
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.6, 4.6), squeeze=False)
-    for ax, (name, img2d, m2d, aspect) in zip(axes[0], panels):
-        draw(ax, name, img2d, m2d, aspect)
+    for ax, panel in zip(axes[0], panels):
+        draw(ax, *panel)
     if handles:
         fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
@@ -116,9 +128,10 @@ def write_overview(
     plt.close(fig)
     written.append(path)
     if per_view and len(panels) > 1:
-        for name, img2d, m2d, aspect in panels:
+        for panel in panels:
+            name = panel[0]
             fig, ax = plt.subplots(figsize=(6.2, 5.2))
-            draw(ax, name, img2d, m2d, aspect)
+            draw(ax, *panel)
             if handles:
                 ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
             fig.tight_layout()

@@ -207,7 +207,7 @@ def audit(
                        for name, key in (("agreement", "agreement"), ("qam", "qam_score")) if key in evaluated[0]},
             "note": "training cases of the model (in-sample), with the corruption recorded in model.json re-applied",
         }
-    summary["worst"] = [str(p) for p in _write_worst(ds, rows[:worst], out / "worst", bundle, records if same_data else {})]
+    summary["worst"] = [str(p) for p in _write_worst(ds, rows[:worst], out / "worst", predictor, records if same_data else {})]
     (out / "audit.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -225,8 +225,9 @@ def _check_score(scores: np.ndarray, corrupted: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _write_worst(ds, rows: list[dict[str, Any]], folder: Path, bundle: ModelBundle, records: dict) -> list[Path]:
-    """Overlay PNG of each listed pair: the image with its given (possibly corrupted) labels."""
+def _write_worst(ds, rows: list[dict[str, Any]], folder: Path, predictor: Predictor, records: dict) -> list[Path]:
+    """Overlay PNG of each listed pair: the image with its given (possibly corrupted) labels as
+    solid outlines and the model's prediction dashed, so the disagreement behind the rank shows."""
     from delineo.contours.overview import write_overview
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -235,10 +236,12 @@ def _write_worst(ds, rows: list[dict[str, Any]], folder: Path, bundle: ModelBund
     for r in rows:
         s = ds[index[r["case"]]]
         label = _apply_record(s["label"], records[r["case"]]["operations"]) if r["case"] in records else s["label"]
-        masks = {n: label[c].astype(bool) for c, n in enumerate(bundle.structures) if s["present"][c]}
+        masks = {n: label[c].astype(bool) for c, n in enumerate(predictor.structures) if s["present"][c]}
         image = Image(s["image"][0], s["affine"])
+        predicted = predictor.predict(image, list(masks)) if masks else {}
         tmp = folder / f".{r['rank']}"
-        written = write_overview(image, masks, tmp, title=f"rank {r['rank']}: {r['case']} ({_describe(r)})", per_view=False)
+        written = write_overview(image, masks, tmp, title=f"rank {r['rank']}: {r['case']} ({_describe(r)})", per_view=False,
+                                 dashed=predicted, line_labels=("given label", "model prediction"))
         target = folder / f"{r['rank']:03d}_{r['case']}.png"
         written[0].replace(target)
         for p in tmp.glob("*"):
