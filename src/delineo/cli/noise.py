@@ -13,7 +13,8 @@ from delineo.cli.app import app
 
 # kept in step with delineo.training.benchmark.METHODS (imported lazily: it pulls in torch)
 _METHODS_HELP = (
-    "baseline (the base config), qam (QAM+OCM), qam_raw (QAM without OCM), nr_dice (noise-robust Dice), "
+    "baseline (the base config), qam (QAM+OCM), qam_raw (QAM without OCM), bce (binary cross-entropy alone), "
+    "nr_dice (noise-robust Dice), "
     "gce, dice_gce (Dice + generalised cross-entropy), small_loss (small-loss selection), "
     "loss_gmm (per-sample loss mixture, DivideMix's label division); "
     "weighting options as NAME:KEY=VALUE[+KEY=VALUE], e.g. qam:ocm_lambda=1"

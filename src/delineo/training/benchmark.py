@@ -42,6 +42,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "baseline": ("baseline", {}),
     "qam": ("QAM+OCM", {"weighting": {"kind": "qam"}}),
     "qam_raw": ("QAM (no OCM)", {"weighting": {"kind": "qam", "ocm_lambda": None}}),
+    "bce": ("cross-entropy only", {"loss": "bce"}),
     "nr_dice": ("noise-robust Dice", {"loss": "nr_dice"}),
     "gce": ("GCE", {"loss": "gce"}),
     "dice_gce": ("Dice+GCE", {"loss": "dice_gce"}),
