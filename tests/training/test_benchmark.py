@@ -136,3 +136,19 @@ def test_test_data_folder_and_bad_arguments(tmp_path, tiny_config, image_dataset
     assert main(["noise-benchmark", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
     assert main(["noise-benchmark", "--data", str(image_dataset.root), "--out", str(tmp_path / "x"), "--levels", "9-1"]) == 2
     assert main(["noise-benchmark", "--data", str(image_dataset.root), "--out", str(tmp_path / "x"), "--methods", "nope"]) == 2
+
+
+def test_training_seed_and_noise_seed(tmp_path, tiny_config, image_dataset):
+    out = tmp_path / "replicate"
+    args = ["noise-benchmark", "--data", str(image_dataset.root), "--out", str(out), "--methods", "baseline", "--no-clean",
+            "--fractions", "0.5", "--levels", "1-2", "--epochs", "1", "--device", "cpu", "--seed", "3", "--noise-seed", "0"]
+    bm_base = tmp_path / "base.yaml"
+    import yaml
+
+    bm_base.write_text(yaml.safe_dump(base(tiny_config, image_dataset, tmp_path)))
+    assert main([*args, "--base-config", str(bm_base)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["seed"] == 3 and results["noise_seed"] == 0
+    meta = json.loads((out / "runs" / "baseline__a0.5__r1-2" / "model" / "model.json").read_text())
+    cfg = meta["training"]["config"]["training"]
+    assert cfg["seed"] == 3 and cfg["label_noise"]["seed"] == 0

@@ -47,6 +47,8 @@ def noise_benchmark(
     selection: str = typer.Option(
         "last", "--selection", help="Weights evaluated: 'last' epoch, or 'best-val' (best Dice on the clean validation split)."
     ),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (default: the base config's); a replicate goes to its own --out."),
+    noise_seed: Optional[int] = typer.Option(None, "--noise-seed", help="Seed of the label corruption (default: the training seed)."),
 ) -> None:
     """Train every method on noisy labels at every noise fraction x level (plus clean) and evaluate on
     clean labels. Finished runs are skipped, an interrupted one resumes from its checkpoint; the results
@@ -57,6 +59,7 @@ def noise_benchmark(
     results = run_benchmark(
         data, out, test_data=test_data, methods=_split(methods), fractions=_split(fractions), levels=_split(levels),
         clean=clean, clean_methods=_split(clean_methods) if clean_methods else None, epochs=epochs, device=device, base_config=base_config, selection=selection, command=command,
+        seed=seed, noise_seed=noise_seed,
     )
     typer.echo((out / "results.md").read_text())
     typer.echo(f"{len(results['runs'])} runs; results in {out}/results.json, results.md, results.png")

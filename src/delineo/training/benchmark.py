@@ -190,6 +190,7 @@ def run_benchmark(
     selection: str = "last",
     keep: Iterable[tuple[float, Sequence[int]]] | None = None,
     noise_seed: int | None = None,
+    seed: int | None = None,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -200,7 +201,10 @@ def run_benchmark(
     on the clean held-out validation cases of ``data``. ``keep``: the (fraction, level) whose model
     weights and checkpoints stay (default :data:`DEFAULT_KEEP`); other runs keep only their metrics.
     ``clean_methods``: the methods also trained on clean labels (default: all of ``methods``; with
-    ``clean=False`` none), e.g. only ``baseline`` for the thesis's single clean row.
+    ``clean=False`` none), e.g. only ``baseline`` for the thesis's single clean row. ``seed``: the
+    training seed (default: the base config's); ``noise_seed``: the seed of the label corruption
+    (default: the training seed). A replicate with another training seed and the same noisy labels
+    (``seed=1, noise_seed=0``) belongs in its own ``out`` (run ids do not name the seed).
     """
     from delineo.metrics.evaluate import evaluate
     from delineo.training.loop import hardware_description, train
@@ -223,6 +227,8 @@ def run_benchmark(
     level_list = [tuple(int(r) for r in lv) if not isinstance(lv, str) else parse_level(lv) for lv in levels]
     keep_set = {(float(f), tuple(int(r) for r in lv)) for f, lv in (DEFAULT_KEEP if keep is None else keep)}
     base = load_base(base_config)
+    if seed is not None:
+        base["training"] = {**(base.get("training") or {}), "seed": int(seed)}
 
     clean_specs = [m.spec for m in method_list] if clean_methods is None else list(clean_methods)
     unknown = sorted(set(clean_specs) - {m.spec for m in method_list})
@@ -330,6 +336,8 @@ def run_benchmark(
         "selection": selection,
         "base_config": str(base_config) if base_config is not None and not isinstance(base_config, dict) else ("dict" if base_config else "built-in default"),
         "epochs": epochs if epochs is not None else (base.get("training") or {}).get("epochs"),
+        "seed": (base.get("training") or {}).get("seed", 0),
+        "noise_seed": noise_seed,
         "command": command,
         "hardware_now": hardware_description(resolve_device(device or "auto")),
         "methods": [{"method": m.spec, "label": m.label, "training": m.training} for m in method_list],
