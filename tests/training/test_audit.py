@@ -37,10 +37,13 @@ def test_audit_trains_a_qam_and_ranks_noisy_labels(tmp_path, tiny_config, image_
     cfg_path = tmp_path / "base.yaml"
     cfg_path.write_text(yaml.safe_dump(base))
     rc = main(["audit", "--data", str(image_dataset.root), "--out", str(tmp_path / "audit"), "--config", str(cfg_path),
-               "--noise-fraction", "0.5", "--noise-radius", "1-2", "--device", "cpu", "--worst", "2", "--weighting", "qam"])
+               "--noise-fraction", "0.5", "--noise-radius", "1-2", "--device", "cpu", "--worst", "2", "--weighting", "qam",
+               "--ocm-lambda", "0.5"])
     assert rc in (0, None)
     model = tmp_path / "audit" / "model"
     assert (model / "quality.safetensors").is_file()
+    trained = json.loads((model / "model.json").read_text())["training"]["config"]["training"]["weighting"]
+    assert trained == {"kind": "qam", "ocm_lambda": 0.5}
     rows = list(csv.DictReader(open(tmp_path / "audit" / "audit.csv")))
     assert len(rows) == len(image_dataset.cases)
     scores = [float(r["score"]) for r in rows]

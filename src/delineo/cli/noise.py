@@ -78,6 +78,7 @@ def audit(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A trained model (default: train one on --data)."),
     rank_by: str = typer.Option("agreement", "--rank-by", help="agreement (Dice of the model's prediction vs the given label; any model) or qam (a model trained with weighting: qam)."),
     weighting: str = typer.Option("none", "--weighting", help="When training here: none (plain) or qam (QAM+OCM, gives the QAM score too)."),
+    ocm_lambda: float = typer.Option(2.0, "--ocm-lambda", help="When training here with --weighting qam: the OCM bound lambda."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base training config when no --model is given (default: the seed's 2D U-Net)."),
     noise_fraction: Optional[float] = typer.Option(
         None, "--noise-fraction", help="When training here: corrupt this fraction of training labels first, to check the audit against the truth."
@@ -93,7 +94,7 @@ def audit(
 
     summary = run_audit(
         data, out, model=model, base_config=config, noise_fraction=noise_fraction, noise_radius=_radius(noise_radius),
-        epochs=epochs, device=device, worst=worst, rank_by=rank_by, weighting=weighting,
+        epochs=epochs, device=device, worst=worst, rank_by=rank_by, weighting=weighting, ocm_lambda=ocm_lambda,
     )
     typer.echo(f"{summary['cases']} pairs scored; ranking in {summary['csv']}; {len(summary['worst'])} overlays in {out}/worst")
     if "synthetic_noise" in summary:

@@ -127,13 +127,13 @@ SCORES = ("agreement", "qam")
 def audit(
     data: str | Path, out: str | Path, *, model: str | Path | None = None, base_config: str | Path | None = None,
     noise_fraction: float | None = None, noise_radius: tuple[int, int] = (1, 8), epochs: int | None = None,
-    device: str = "auto", worst: int = 12, rank_by: str = "agreement", weighting: str = "none",
+    device: str = "auto", worst: int = 12, rank_by: str = "agreement", weighting: str = "none", ocm_lambda: float = 2.0,
 ) -> dict[str, Any]:
     """Score every image-label pair of ``data`` and rank them, most suspicious first.
 
     rank_by: ``agreement`` (Dice of the model's prediction vs the given label, any model) or
     ``qam`` (the model's quality-awareness module). weighting: how to train a model when none
-    is given (``none`` or ``qam``). Writes ``OUT/audit.csv`` (rank, case, score = the ranking
+    is given (``none`` or ``qam``, with the OCM bound ``ocm_lambda``). Writes ``OUT/audit.csv`` (rank, case, score = the ranking
     score, agreement, per-structure agreement, qam_score where available, and for synthetic
     noise: corrupted, label Dice vs clean), ``OUT/worst/<rank>_<case>.png`` overlays of the
     ``worst`` lowest-ranked pairs and ``OUT/audit.json`` (summary). Lower = less trusted.
@@ -145,7 +145,7 @@ def audit(
     if model is None:
         model = train_audit_model(data, out, base_config, noise_fraction=noise_fraction, noise_radius=noise_radius,
                                   epochs=epochs, device=None if device == "auto" else device,
-                                  weighting="qam" if rank_by == "qam" else weighting)
+                                  weighting="qam" if rank_by == "qam" else weighting, ocm_lambda=ocm_lambda)
     dev = resolve_device(device)
     bundle = load_model(model, dev)
     qam = load_quality_module(bundle, dev) if rank_by == "qam" or has_quality_module(bundle) else None
