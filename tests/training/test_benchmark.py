@@ -149,6 +149,7 @@ def test_training_seed_and_noise_seed(tmp_path, tiny_config, image_dataset):
     assert main([*args, "--base-config", str(bm_base)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["seed"] == 3 and results["noise_seed"] == 0
+    assert "training seed 3, label-noise seed 0." in (out / "results.md").read_text()
     meta = json.loads((out / "runs" / "baseline__a0.5__r1-2" / "model" / "model.json").read_text())
     cfg = meta["training"]["config"]["training"]
     assert cfg["seed"] == 3 and cfg["label_noise"]["seed"] == 0

@@ -403,7 +403,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         "every structure eroded or dilated by a disc of random radius in the level's range, in pixels).",
         f"Test: {results['test']['description']}. Dice per structure and their average.",
         f"Epoch used: {'the last' if results['selection'] == 'last' else 'best Dice on the clean validation split'}; "
-        f"epochs: {results['epochs']}; base config: {results['base_config']}.",
+        f"epochs: {results['epochs']}; base config: {results['base_config']}; training seed {results.get('seed', 0)}, "
+        f"label-noise seed {results.get('seed', 0) if results.get('noise_seed') is None else results['noise_seed']}.",
         "",
         "| noise | level | method | " + " | ".join(names) + " | avg |",
         "|---|---|---|" + "---|" * len(names) + "---|",
