@@ -313,14 +313,13 @@ def run_benchmark(
         log(f"report: also {len(earlier)} finished run(s) of earlier sittings in {runs_dir}")
         rows += earlier
         known = {m.spec for m in method_list}
-        for r in earlier:
-            if r["method"] not in known:
-                known.add(r["method"])
-                method_list.append(parse_method(r["method"]))
-            if r["fraction"] is not None:
-                fraction_list = sorted(set(fraction_list) | {r["fraction"]})
-                if tuple(r["radius"]) not in level_list:
-                    level_list = sorted(set(level_list) | {tuple(r["radius"])})
+        method_list += [parse_method(spec) for spec in dict.fromkeys(r["method"] for r in earlier) if spec not in known]
+        noisy = [r for r in earlier if r["fraction"] is not None]
+        if noisy:
+            fraction_list = sorted(set(fraction_list) | {r["fraction"] for r in noisy})
+            new_levels = {tuple(r["radius"]) for r in noisy} - set(level_list)
+            if new_levels:
+                level_list = sorted(set(level_list) | new_levels)
     if test_data is not None:
         test_desc = f"clean labels of every case in {test_data}"
     else:
@@ -343,7 +342,7 @@ def run_benchmark(
         "methods": [{"method": m.spec, "label": m.label, "training": m.training} for m in method_list],
         "fractions": fraction_list,
         "levels": [level_name(lv) for lv in level_list],
-        "clean": sorted({r["method"] for r in rows if r["fraction"] is None}, key=lambda m: [x.spec for x in method_list].index(m)),
+        "clean": [m.spec for m in method_list if any(r["method"] == m.spec and r["fraction"] is None for r in rows)],
         "structures": _structures(rows),
         "cost_per_epoch": cost_per_epoch(rows),
         "runs": rows,
