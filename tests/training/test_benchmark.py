@@ -149,7 +149,71 @@ def test_training_seed_and_noise_seed(tmp_path, tiny_config, image_dataset):
     assert main([*args, "--base-config", str(bm_base)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["seed"] == 3 and results["noise_seed"] == 0
+    assert results["runs"][0]["seed"] == 3 and results["runs"][0]["noise"]["seed"] == 0
     assert "training seed 3, label-noise seed 0." in (out / "results.md").read_text()
     meta = json.loads((out / "runs" / "baseline__a0.5__r1-2" / "model" / "model.json").read_text())
     cfg = meta["training"]["config"]["training"]
     assert cfg["seed"] == 3 and cfg["label_noise"]["seed"] == 0
+
+
+def _write_results(folder, seed, runs, test_cases=("a", "b"), epochs=20):
+    """A noise-benchmark output folder with finished runs: (method, fraction, avg, clavicle Dice)."""
+    rows = []
+    for method, fraction, avg, clav in runs:
+        level = None if fraction is None else "5-13"
+        rows.append({
+            "run": bm.run_id(bm.parse_method(method), fraction, None if fraction is None else (5, 13)),
+            "method": method, "label": bm.parse_method(method).label, "fraction": fraction, "level": level,
+            "radius": None if fraction is None else [5, 13], "dice": {"lung": 0.9, "clavicle": clav}, "avg": avg,
+            "test_cases": list(test_cases), "epochs": epochs, "noise": {"seed": 0},
+        })
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"seed": seed, "noise_seed": 0, "runs": rows}))
+    return folder
+
+
+def test_replicate_summary_pools_seeds_and_pairs_with_the_baseline(tmp_path):
+    s0 = _write_results(tmp_path / "s0", 0, [("baseline", 0.75, 0.70, 0.4), ("qam", 0.75, 0.78, 0.6), ("baseline", None, 0.92, 0.8)])
+    s1 = _write_results(tmp_path / "s1", 1, [("baseline", 0.75, 0.80, 0.5), ("qam", 0.75, 0.79, 0.7)])
+    s2 = _write_results(tmp_path / "s2", 2, [("baseline", 0.75, 0.75, 0.3), ("qam", 0.75, 0.80, 0.5)])
+    summary = bm.replicate_summary([s0, s1, s2])
+    rows = {(r["method"], r["fraction"]): r for r in summary["rows"]}
+    assert [(r["method"], r["fraction"]) for r in summary["rows"]] == [("baseline", None), ("baseline", 0.75), ("qam", 0.75)]
+    q = rows[("qam", 0.75)]
+    assert q["seeds"] == [0, 1, 2] and q["avg_mean"] == pytest.approx(0.79)
+    assert q["avg_sd"] == pytest.approx(0.01) and q["dice_mean"]["clavicle"] == pytest.approx(0.6)
+    p = q["paired_vs_baseline"]
+    assert p["diff_per_seed"] == pytest.approx([0.08, -0.01, 0.05]) and p["mean"] == pytest.approx(0.04)
+    assert p["better"] == 2 and p["n"] == 3
+    lo, hi = p["ci95"]  # t(0.975, 2) = 4.303; sd of the differences 0.0458
+    assert lo == pytest.approx(0.04 - 4.303 * 0.04583 / 3 ** 0.5, abs=1e-3) and hi == pytest.approx(0.04 + 4.303 * 0.04583 / 3 ** 0.5, abs=1e-3)
+    assert rows[("baseline", None)]["avg_sd"] is None and rows[("baseline", 0.75)]["paired_vs_baseline"] is None
+    md = bm.replicate_markdown(summary)
+    assert "| 75% | 5-13 | QAM+OCM | 3 | 0.900 | 0.600 | 0.790 ± 0.010 | 0: 0.780, 1: 0.790, 2: 0.800 | +0.040 [" in md
+    assert "| 2/3 |" in md and "label-noise seed(s) 0" in md
+
+    out = tmp_path / "summary"
+    assert main(["noise-summary", str(s0), str(s1), str(s2), "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["rows"] == json.loads(json.dumps(summary["rows"]))
+    assert (out / "summary.md").read_text() == md
+
+
+def test_replicate_summary_refuses_what_is_not_a_replicate(tmp_path):
+    from delineo.errors import InputError
+
+    s0 = _write_results(tmp_path / "s0", 0, [("baseline", 0.75, 0.70, 0.4)])
+    again = _write_results(tmp_path / "again", 0, [("baseline", 0.75, 0.71, 0.4)])
+    with pytest.raises(InputError, match="training seed 0 is also in"):
+        bm.replicate_summary([s0, again])
+    other = _write_results(tmp_path / "other", 1, [("baseline", 0.75, 0.7, 0.4)], test_cases=("c",))
+    with pytest.raises(InputError, match="other cases or trained for other epochs"):
+        bm.replicate_summary([s0, other])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no results.json"):
+        bm.replicate_summary([s0, tmp_path / "empty"])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{not json")
+    with pytest.raises(InputError, match="not a noise-benchmark results file"):
+        bm.replicate_summary([tmp_path / "bad"])
+    assert main(["noise-summary", str(s0), str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()

@@ -65,6 +65,20 @@ def noise_benchmark(
     typer.echo(f"{len(results['runs'])} runs; results in {out}/results.json, results.md, results.png")
 
 
+@app.command("noise-summary")
+def noise_summary(
+    folders: list[Path] = typer.Argument(..., help="noise-benchmark output folders that differ only in the training seed (--seed)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: summary.json, summary.md."),
+) -> None:
+    """Pool noise-benchmark replicates: mean ± sd of Dice over training seeds for every method and
+    condition, and each method's paired difference from the baseline trained with the same seed."""
+    from delineo.training.benchmark import write_replicate_summary
+
+    summary = write_replicate_summary(folders, out)
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(f"{len(summary['runs'])} runs from {len(folders)} folders; summary in {out}/summary.json, summary.md")
+
+
 def _radius(value: str) -> tuple[int, int]:
     from delineo.training.benchmark import parse_level
 

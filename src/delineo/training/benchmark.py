@@ -17,6 +17,10 @@ Layout of ``out``::
                                             earlier ones with the same test cases and epochs)
 
 Run ids: ``<method>__clean`` or ``<method>__a<fraction>__r<rmin>-<rmax>`` (e.g. ``qam__a0.75__r5-13``).
+
+Replicates with other training seeds go to folders of their own; :func:`replicate_summary`
+(``delineo noise-summary``) pools such folders into mean ± sd per method and condition and the
+paired difference of each method from the baseline trained with the same seed.
 """
 
 from __future__ import annotations
@@ -277,6 +281,7 @@ def run_benchmark(
             "loss": cfg.training.loss,
             "weighting": cfg.training.weighting,
             "epochs": tr.get("epochs"),
+            "seed": cfg.training.seed,
             "best_epoch": tr.get("best_epoch"),
             "train_seconds": tr.get("seconds"),
             "seconds_per_epoch": (tr["seconds"] / tr["epochs"]) if tr.get("seconds") is not None and tr.get("epochs") else None,
@@ -460,3 +465,153 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _run_seed(row: dict[str, Any], folder: Path, folder_seed: int) -> int:
+    """Training seed of a finished run: recorded in the row (newer runs), else in its model.json,
+    else the seed of the sitting that wrote the folder's results.json."""
+    if row.get("seed") is not None:
+        return int(row["seed"])
+    meta = folder / "runs" / row["run"] / "model" / "model.json"
+    if meta.is_file():
+        seed = ((json.loads(meta.read_text()).get("training") or {}).get("config") or {}).get("training", {}).get("seed")
+        if seed is not None:
+            return int(seed)
+    return int(folder_seed)
+
+
+def replicate_summary(result_dirs: Sequence[str | Path]) -> dict[str, Any]:
+    """Pool noise-benchmark folders that differ only in the training seed.
+
+    Every folder must hold a ``results.json`` with the same test cases and epochs. Runs are grouped
+    by (fraction, level, method); for each group: the seeds, the average Dice of each seed, its mean
+    and sample standard deviation (ddof=1), the mean per structure; and, against the ``baseline`` run
+    of the same condition and seed, the paired differences of the average Dice (mean, sd, a 95 %
+    t interval when there are at least two pairs, and in how many seeds the method was better).
+    A (method, condition, seed) found in two folders is refused.
+    """
+    from scipy import stats
+
+    dirs = [Path(d) for d in result_dirs]
+    if not dirs:
+        raise ConfigError("no benchmark folders to summarise")
+    runs: list[dict[str, Any]] = []
+    reference: tuple[Any, Any, Path] | None = None
+    seen: dict[tuple, Path] = {}
+    labels: dict[str, str] = {}
+    for d in dirs:
+        path = d / "results.json"
+        if not path.is_file():
+            raise InputError(path, "no results.json here: not a noise-benchmark output folder (run delineo noise-benchmark first)")
+        try:
+            res = json.loads(path.read_text())
+            folder_runs = res["runs"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InputError(path, f"not a noise-benchmark results file ({exc})") from None
+        for r in folder_runs:
+            if reference is None:
+                reference = (r.get("test_cases"), r.get("epochs"), d)
+            elif (r.get("test_cases"), r.get("epochs")) != reference[:2]:
+                raise InputError(path, f"run {r['run']} was tested on other cases or trained for other epochs than the runs in "
+                                       f"{reference[2]}: replicates must differ only in the seed")
+            seed = _run_seed(r, d, res.get("seed", 0))
+            key = (r["method"], r["fraction"], r["level"], seed)
+            if key in seen:
+                raise InputError(path, f"run {r['run']} with training seed {seed} is also in {seen[key]}")
+            seen[key] = d
+            labels.setdefault(r["method"], r["label"])
+            runs.append({**r, "seed": seed, "folder": str(d)})
+    if not runs:
+        raise InputError(dirs[0], "the benchmark folders hold no finished runs")
+
+    def interval(diffs: list[float]) -> list[float] | None:
+        if len(diffs) < 2:
+            return None
+        half = stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / math.sqrt(len(diffs))
+        return [float(np.mean(diffs) - half), float(np.mean(diffs) + half)]
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["fraction"], r["level"], r["method"]), []).append(r)
+    method_order = list(dict.fromkeys(r["method"] for r in sorted(runs, key=lambda r: r["method"] != "baseline")))
+    rows = []
+    for (fraction, level, method), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        avgs = [float(r["avg"]) for r in rs if r["avg"] is not None]
+        structures = _structures(rs)
+        row: dict[str, Any] = {
+            "method": method, "label": labels[method], "fraction": fraction, "level": level, "radius": rs[0]["radius"],
+            "seeds": [r["seed"] for r in rs],
+            "avg_per_seed": [r["avg"] for r in rs],
+            "avg_mean": float(np.mean(avgs)) if avgs else None,
+            "avg_sd": float(np.std(avgs, ddof=1)) if len(avgs) > 1 else None,
+            "dice_mean": {n: float(np.mean([r["dice"][n] for r in rs if r["dice"].get(n) is not None] or [np.nan])) for n in structures},
+            "paired_vs_baseline": None,
+        }
+        base = {r["seed"]: r for r in groups.get((fraction, level, "baseline"), [])}
+        if method != "baseline" and base:
+            diffs = [float(r["avg"] - base[r["seed"]]["avg"]) for r in rs
+                     if r["seed"] in base and r["avg"] is not None and base[r["seed"]]["avg"] is not None]
+            if diffs:
+                row["paired_vs_baseline"] = {
+                    "n": len(diffs), "diff_per_seed": diffs, "mean": float(np.mean(diffs)),
+                    "sd": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None,
+                    "ci95": interval(diffs), "better": sum(d > 0 for d in diffs),
+                }
+        rows.append(row)
+    rows.sort(key=lambda r: (r["level"] is not None, tuple(r["radius"] or ()), r["fraction"] or 0.0, method_order.index(r["method"])))
+    return {
+        "folders": [str(d) for d in dirs],
+        "epochs": reference[1] if reference else None,
+        "n_test": len(reference[0] or []) if reference else 0,
+        "structures": _structures(runs),
+        "rows": rows,
+        "noise_seeds": sorted({(r.get("noise") or {}).get("seed") for r in runs if r["fraction"] is not None} - {None}),
+        "runs": [{**{k: r[k] for k in ("folder", "run", "method", "fraction", "level", "seed", "avg")},
+                  "noise_seed": (r.get("noise") or {}).get("seed")} for r in runs],
+    }
+
+
+def _pm(mean: float | None, sd: float | None) -> str:
+    return _fmt(mean) if sd is None else f"{_fmt(mean)} ± {sd:.3f}"
+
+
+def replicate_markdown(summary: dict[str, Any]) -> str:
+    """The pooled table: one row per (condition, method), mean Dice over seeds and the paired
+    difference of the average from the baseline of the same seed."""
+    names = summary["structures"]
+    lines = [
+        "# Noisy-label benchmark: replicates over training seeds",
+        "",
+        f"Folders: {', '.join(f'`{d}`' for d in summary['folders'])}. {summary['epochs']} epochs; each run tested on the clean "
+        f"labels of the same {summary['n_test']} cases; label-noise seed(s) "
+        f"{', '.join(map(str, summary['noise_seeds'])) or '-'}. Structure columns: mean Dice over the seeds; avg: mean ± sample sd over "
+        "seeds of the per-run average Dice. Δ: the method's average minus the baseline's trained with the same seed "
+        "(mean, 95 % t interval over the seeds when there are two or more, seeds where the method was better).",
+        "",
+        "| noise | level | method | seeds | " + " | ".join(names) + " | avg | per seed | Δ vs baseline | better |",
+        "|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|",
+    ]
+    for r in summary["rows"]:
+        noise = "none" if r["fraction"] is None else f"{r['fraction']:.0%}"
+        cells = [_fmt(r["dice_mean"].get(n)) for n in names]
+        per_seed = ", ".join(f"{s}: {_fmt(a)}" for s, a in zip(r["seeds"], r["avg_per_seed"]))
+        p = r["paired_vs_baseline"]
+        if p is None:
+            delta, better = "-", "-"
+        else:
+            delta = f"{p['mean']:+.3f}" + (f" [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]" if p["ci95"] else "")
+            better = f"{p['better']}/{p['n']}"
+        lines.append(f"| {noise} | {r['level'] or '-'} | {r['label']} | {len(r['seeds'])} | " + " | ".join(cells)
+                     + f" | {_pm(r['avg_mean'], r['avg_sd'])} | {per_seed} | {delta} | {better} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_replicate_summary(result_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """:func:`replicate_summary` written to ``out``/summary.json and summary.md."""
+    summary = replicate_summary(result_dirs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(replicate_markdown(summary))
+    return summary
