@@ -16,6 +16,7 @@ from delineo.training import TrainConfig, build_weighting, train
 from delineo.training.losses import SegmentationLoss
 from delineo.training.qam import QualityAwareWeighting
 from delineo.training.robust_losses import (
+    AgreementSelection,
     LossMixtureWeighting,
     SmallLossWeighting,
     generalized_cross_entropy,
@@ -290,3 +291,59 @@ def test_train_with_loss_gmm_sees_every_training_sample(tmp_path, tiny_config, i
     ckpt = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False)["weighting"]
     assert ckpt["loss_memory"].shape == (n_train,) and not torch.isnan(ckpt["loss_memory"]).any()
     assert ckpt["clean_probability"].shape == (n_train,) and int(ckpt["step"]) >= 2
+
+
+# ---- agreement selection (confident-learning-style pruning) ---------------------------------
+
+
+def agreement(n=10, **kw):
+    w = AgreementSelection(in_channels=3, n_structures=2, spatial_dims=2, **kw)
+    w.bind(n)
+    return w
+
+
+def test_agreement_selection_trains_on_every_label_until_it_scores_them():
+    w = agreement(10, warmup_epochs=3)
+    assert [w.wants_scores(e) for e in range(6)] == [False, False, False, True, False, False]
+    index = torch.tensor([0, 1, 2, 3])
+    torch.testing.assert_close(w(None, None, None, torch.rand(4), index=index), torch.full((4,), 0.25))
+    # clean labels agree ~0.9, wrong ones ~0.6; case 9 has nothing contoured (nan): kept
+    scores = torch.tensor([0.91, 0.62, 0.90, 0.58, 0.93, 0.89, 0.60, 0.92, 0.88, float("nan")])
+    w.set_scores(scores, 3)
+    assert w.kept.tolist() == [True, False, True, False, True, True, False, True, True, True]
+    assert int(w.selected_at_epoch) == 3
+    out = w(None, None, None, torch.rand(4), index=index)  # mean over the kept samples of the batch
+    torch.testing.assert_close(out, torch.tensor([0.5, 0.0, 0.5, 0.0]))
+    torch.testing.assert_close(w(None, None, None, torch.rand(2), index=torch.tensor([1, 3])), torch.zeros(2))  # none kept: skipped
+    again = agreement(10)
+    again.load_state_dict(w.state_dict())  # the selection is checkpointed
+    assert again.kept.tolist() == w.kept.tolist() and int(again.selected_at_epoch) == 3
+
+
+def test_agreement_selection_keep_fraction_and_rescoring():
+    w = agreement(8, warmup_epochs=1, rescore_every=2, keep_fraction=0.25)
+    assert [w.wants_scores(e) for e in range(6)] == [False, True, False, True, False, True]
+    w.set_scores(torch.tensor([0.5, 0.9, 0.7, 0.95, 0.1, 0.2, 0.3, 0.4]), 1)
+    assert w.kept.nonzero().flatten().tolist() == [1, 3]
+    # without an index (a caller that does not track samples): uniform
+    torch.testing.assert_close(w(None, None, None, torch.rand(2)), torch.tensor([0.5, 0.5]))
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        agreement(warmup_epochs=0)
+    with pytest.raises(ConfigError, match="keep_fraction"):
+        agreement(keep_fraction=0.0)
+    with pytest.raises(ConfigError, match="threshold"):
+        agreement(threshold=1.0)
+    built = build_weighting({"kind": "agreement", "warmup_epochs": 4}, in_channels=3, n_structures=2, spatial_dims=2)
+    assert isinstance(built, AgreementSelection) and built.tracks_samples and built.warmup_epochs == 4
+
+
+@pytest.mark.slow
+def test_train_with_agreement_selection_scores_every_training_label(tmp_path, tiny_config, image_dataset):
+    d = tiny_config(image_dataset.root, tmp_path, epochs=2, weighting={"kind": "agreement", "warmup_epochs": 1},
+                    label_noise={"fraction": 0.5, "radius": [1, 2], "seed": 0})
+    out = train(TrainConfig.from_dict(d))
+    n_train = json.loads((out / "model.json").read_text())["training"]["data"]["n_train"]
+    ckpt = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False)["weighting"]
+    assert ckpt["agreement"].shape == (n_train,) and not torch.isnan(ckpt["agreement"]).any()
+    assert ((ckpt["agreement"] >= 0) & (ckpt["agreement"] <= 1)).all()
+    assert int(ckpt["selected_at_epoch"]) == 1 and 1 <= int(ckpt["kept"].sum()) <= n_train

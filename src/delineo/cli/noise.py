@@ -16,7 +16,8 @@ _METHODS_HELP = (
     "baseline (the base config), qam (QAM+OCM), qam_raw (QAM without OCM), bce (binary cross-entropy alone), "
     "nr_dice (noise-robust Dice), "
     "gce, dice_gce (Dice + generalised cross-entropy), small_loss (small-loss selection), "
-    "loss_gmm (per-sample loss mixture, DivideMix's label division); "
+    "loss_gmm (per-sample loss mixture, DivideMix's label division), "
+    "agreement (after a warm-up, train on the labels the network agrees with); "
     "weighting options as NAME:KEY=VALUE[+KEY=VALUE], e.g. qam:ocm_lambda=1"
 )
 

@@ -52,6 +52,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "dice_gce": ("Dice+GCE", {"loss": "dice_gce"}),
     "small_loss": ("small-loss", {"weighting": {"kind": "small_loss"}}),
     "loss_gmm": ("loss-GMM", {"weighting": {"kind": "loss_gmm"}}),
+    "agreement": ("agreement selection", {"weighting": {"kind": "agreement"}}),
 }
 DEFAULT_METHODS = ("baseline", "qam", "nr_dice", "dice_gce", "small_loss", "loss_gmm")
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75)

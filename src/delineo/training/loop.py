@@ -121,27 +121,44 @@ def _scheduler(cfg, optimizer, total_steps: int, steps_per_epoch: int):
 
 
 @torch.no_grad()
-def validate(network, cases: PreparedCases, inference: dict[str, Any], device, amp: bool) -> dict[str, Any]:
-    """Dice per structure on the model grid, over cases where the structure is contoured.
+def case_dice(network, cases: PreparedCases, inference: dict[str, Any], device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice of the network's prediction against each case's label on the model grid, without
+    augmentation (the labels as the cases hold them: noisy ones for a noisy training set).
 
-    Returns ``{"per_structure": [C floats or nan], "mean": float}``.
+    Returns ``dice (N, C)`` and ``present (N, C)`` (bool: the structure is contoured in the case).
     """
-    sums = None
-    counts = None
+    dice, present = [], []
     for item in cases.items:
         probs = predict_probabilities(
             network, item["image"][None].to(device), patch_size=inference.get("patch_size"),
             overlap=float(inference.get("overlap", 0.5)), amp=amp,
         )
         pred = probs >= float(inference.get("threshold", 0.5))
-        d = dice_per_structure(pred.cpu(), item["label"][None].bool())[0].double()
-        p = item["present"].double()
-        sums = d * p if sums is None else sums + d * p
-        counts = p if counts is None else counts + p
-    per = (sums / counts.clamp_min(1)).tolist()
+        dice.append(dice_per_structure(pred.cpu(), item["label"][None].bool())[0].double())
+        present.append(item["present"].bool())
+    return torch.stack(dice), torch.stack(present)
+
+
+def validate(network, cases: PreparedCases, inference: dict[str, Any], device, amp: bool) -> dict[str, Any]:
+    """Dice per structure on the model grid, over cases where the structure is contoured.
+
+    Returns ``{"per_structure": [C floats or nan], "mean": float}``.
+    """
+    d, p = case_dice(network, cases, inference, device, amp)
+    p = p.double()
+    counts = p.sum(0)
+    per = ((d * p).sum(0) / counts.clamp_min(1)).tolist()
     per = [v if c > 0 else float("nan") for v, c in zip(per, counts.tolist())]
     valid = [v for v in per if not math.isnan(v)]
     return {"per_structure": per, "mean": float(np.mean(valid)) if valid else float("nan")}
+
+
+def agreement_scores(network, cases: PreparedCases, inference: dict[str, Any], device, amp: bool) -> torch.Tensor:
+    """Per case: Dice of the prediction vs the given label, averaged over the contoured structures
+    (``(N,)``, nan where nothing is contoured); the audit's ``agreement`` score."""
+    d, p = case_dice(network, cases, inference, device, amp)
+    p = p.double()
+    return torch.where(p.sum(1) > 0, (d * p).sum(1) / p.sum(1).clamp_min(1), torch.full_like(d[:, 0], float("nan"))).float()
 
 
 def plot_curves(history: list[dict[str, Any]], structures: list[str], path: Path) -> None:
@@ -373,6 +390,9 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp else nullcontext()
     bar = tqdm(range(state["epoch"], t.epochs), desc=f"train {cfg.name}", initial=state["epoch"], total=t.epochs, disable=None)
     for epoch in bar:
+        if weighting.wants_scores(epoch):  # e.g. agreement selection: score every training label first
+            network.eval()
+            weighting.set_scores(agreement_scores(network, train_cases, meta["inference"], device, amp), epoch)
         network.train()
         weighting.train()
         t_start = time.perf_counter()

@@ -14,11 +14,15 @@ Sample weighting (``training.weighting: {kind: small_loss, ...}``):
 - :class:`LossMixtureWeighting` (``kind: loss_gmm``): a two-component Gaussian mixture on every
   training sample's remembered loss gives its probability of a clean label, the label-division
   step of DivideMix (Li, Socher & Hoi 2020), here with a single network and without MixMatch.
+- :class:`AgreementSelection` (``kind: agreement``): after a warm-up, keep only the training labels
+  the network's own prediction agrees with (the audit's score, split by a mixture) and continue
+  training on those: confident-learning-style pruning (Northcutt et al. 2021) within one run.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
@@ -56,6 +60,20 @@ def generalized_cross_entropy(logits: torch.Tensor, target: torch.Tensor, q: flo
     sign = target.float() * 2 - 1
     p_t_q = torch.exp(q * F.logsigmoid(sign * x))  # p_t^q, stable for large |logits|
     return ((1 - p_t_q) / q).flatten(2).mean(2)
+
+
+def lower_component_probability(x: np.ndarray) -> np.ndarray | None:
+    """Posterior of the lower-mean component of a two-component 1D Gaussian mixture fitted to ``x``
+    ``(N,)`` (min-max normalised first, as in DivideMix); None when ``x`` has fewer than 4 values or
+    no spread. For losses this is the clean-label probability; for agreement, pass ``-agreement``."""
+    from sklearn.mixture import GaussianMixture
+
+    x = np.asarray(x, dtype=np.float64)
+    if x.size < 4 or float(x.max() - x.min()) < 1e-12:
+        return None
+    x = ((x - x.min()) / (x.max() - x.min()))[:, None]
+    gmm = GaussianMixture(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4, random_state=0).fit(x)
+    return gmm.predict_proba(x)[:, int(np.argmin(gmm.means_[:, 0]))]
 
 
 class SmallLossWeighting(SampleWeighting):
@@ -146,16 +164,10 @@ class LossMixtureWeighting(SampleWeighting):
 
     def refit(self) -> None:
         """Fit the mixture to the remembered losses and update :attr:`clean_probability`."""
-        from sklearn.mixture import GaussianMixture
-
         seen = ~torch.isnan(self.loss_memory)
-        x = self.loss_memory[seen].double().cpu().numpy()
-        if x.size < 4 or float(x.max() - x.min()) < 1e-12:
-            return
-        x = ((x - x.min()) / (x.max() - x.min()))[:, None]
-        gmm = GaussianMixture(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4, random_state=0).fit(x)
-        p = gmm.predict_proba(x)[:, int(np.argmin(gmm.means_[:, 0]))]
-        self.clean_probability[seen] = torch.as_tensor(p, dtype=self.clean_probability.dtype, device=self.clean_probability.device)
+        p = lower_component_probability(self.loss_memory[seen].double().cpu().numpy())
+        if p is not None:
+            self.clean_probability[seen] = torch.as_tensor(p, dtype=self.clean_probability.dtype, device=self.clean_probability.device)
 
     def forward(self, image, label, present, loss, index: torch.Tensor | None = None):
         b = loss.shape[0]
@@ -173,5 +185,87 @@ class LossMixtureWeighting(SampleWeighting):
         return (self.clean_probability[index] / b).to(device=loss.device, dtype=loss.dtype)
 
 
+class AgreementSelection(SampleWeighting):
+    """Train on the labels the network agrees with: confident-learning-style pruning in one run.
+
+    After ``warmup_epochs`` of plain training the loop scores every training label by the
+    network's agreement with it (Dice of the prediction, without augmentation, vs the given label,
+    mean over the contoured structures: the audit's score). A network fits the consensus shape
+    before it memorises individual errors, so wrong labels disagree. A two-component Gaussian
+    mixture on the agreements (scikit-learn) gives each label's probability of belonging to the
+    high-agreement component; labels with probability >= ``threshold`` are kept (DivideMix's
+    division of the training set), or, with ``keep_fraction``, the best-agreeing share of them.
+    Training then continues on the kept labels only: each batch's loss is the mean over its kept
+    samples (a batch with none is skipped: all weights 0). ``rescore_every`` > 0 re-scores and
+    re-selects every so many epochs; 0 selects once.
+
+    Northcutt, Jiang, Chuang: "Confident Learning: Estimating Uncertainty in Dataset Labels", JAIR
+    70, 2021 (pruning by the model's out-of-sample agreement; here in-sample, during training, and
+    with a mixture instead of per-class thresholds); Li, Socher, Hoi, DivideMix, ICLR 2020 (the
+    mixture). index ``(B,)``, loss ``(B,)`` -> weights ``(B,)``; the scores and the selection are
+    buffers, so they are checkpointed.
+    """
+
+    tracks_samples = True
+
+    def __init__(
+        self, in_channels: int, n_structures: int, spatial_dims: int, warmup_epochs: int = 10, rescore_every: int = 0,
+        threshold: float = 0.5, keep_fraction: float | None = None,
+    ):
+        super().__init__()
+        if int(warmup_epochs) < 1 or int(rescore_every) < 0:
+            raise ConfigError(f"agreement: warmup_epochs must be >= 1 and rescore_every >= 0, got {warmup_epochs}, {rescore_every}")
+        if not 0 < float(threshold) < 1:
+            raise ConfigError(f"agreement: threshold must be in (0, 1), got {threshold}")
+        if keep_fraction is not None and not 0 < float(keep_fraction) <= 1:
+            raise ConfigError(f"agreement: keep_fraction must be in (0, 1], got {keep_fraction}")
+        self.warmup_epochs = int(warmup_epochs)
+        self.rescore_every = int(rescore_every)
+        self.threshold = float(threshold)
+        self.keep_fraction = None if keep_fraction is None else float(keep_fraction)
+        self.bind(0)
+
+    def bind(self, n_samples: int) -> None:
+        self.register_buffer("agreement", torch.full((n_samples,), float("nan")))
+        self.register_buffer("kept", torch.ones(n_samples, dtype=torch.bool))
+        self.register_buffer("selected_at_epoch", torch.full((), -1, dtype=torch.long))
+
+    def wants_scores(self, epoch: int) -> bool:
+        if epoch < self.warmup_epochs:
+            return False
+        if epoch == self.warmup_epochs:
+            return True
+        return self.rescore_every > 0 and (epoch - self.warmup_epochs) % self.rescore_every == 0
+
+    def set_scores(self, scores: torch.Tensor, epoch: int) -> None:
+        scores = scores.detach().float().to(self.agreement.device)
+        self.agreement.copy_(scores)
+        known = ~torch.isnan(scores)
+        kept = torch.ones_like(self.kept)
+        x = scores[known].double().cpu().numpy()
+        if self.keep_fraction is not None:
+            n_keep = max(1, int(round(self.keep_fraction * x.size)))
+            order = np.argsort(-x, kind="stable")
+            keep_known = np.zeros(x.size, bool)
+            keep_known[order[:n_keep]] = True
+        else:
+            p = lower_component_probability(-x)  # the high-agreement component
+            keep_known = np.ones(x.size, bool) if p is None else p >= self.threshold
+        kept[known] = torch.as_tensor(keep_known, device=kept.device)
+        self.kept.copy_(kept)
+        self.selected_at_epoch.fill_(int(epoch))
+        print(f"agreement selection before epoch {epoch + 1}: kept {int(kept.sum())}/{kept.numel()} training labels "
+              f"(agreement of the kept >= {float(scores[kept & known].min()) if (kept & known).any() else float('nan'):.3f})",
+              file=sys.stderr, flush=True)
+
+    def forward(self, image, label, present, loss, index: torch.Tensor | None = None):
+        b = loss.shape[0]
+        if index is None or self.kept.numel() == 0 or int(self.selected_at_epoch) < 0:
+            return torch.full_like(loss, 1.0 / b)
+        keep = self.kept[index.to(self.kept.device).long()].to(device=loss.device, dtype=loss.dtype)
+        return keep / keep.sum().clamp_min(1.0)
+
+
 register_weighting("small_loss", SmallLossWeighting)
 register_weighting("loss_gmm", LossMixtureWeighting)
+register_weighting("agreement", AgreementSelection)

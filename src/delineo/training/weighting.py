@@ -5,7 +5,10 @@ or to less when a strategy discounts a whole batch); the loop minimises ``sum_i 
 strategy may have parameters of its own (e.g. a quality-awareness network); they are trained by
 the same optimiser and loss. A strategy that remembers each training sample across epochs sets
 ``tracks_samples``: the loop then calls :meth:`SampleWeighting.bind` with the size of the training
-set and passes each batch's sample indices.
+set and passes each batch's sample indices. A strategy that judges each training label by the
+network's own prediction answers :meth:`SampleWeighting.wants_scores`: before such an epoch the
+loop scores every training sample (Dice of the prediction, without augmentation, against the
+given label) and hands the scores to :meth:`SampleWeighting.set_scores`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ class SampleWeighting(nn.Module):
     def bind(self, n_samples: int) -> None:
         """Size per-sample state for a training set of ``n_samples`` (called before a checkpoint is loaded)."""
 
+    def wants_scores(self, epoch: int) -> bool:
+        """Whether the loop should score every training sample before ``epoch`` (0-based)."""
+        return False
+
+    def set_scores(self, scores: torch.Tensor, epoch: int) -> None:
+        """Agreement of every training sample ``(N,)`` (Dice of the prediction vs the given label,
+        mean over contoured structures; nan where none is), computed before ``epoch``."""
+
     def forward(self, image: torch.Tensor, label: torch.Tensor, present: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """image ``(B, 1, *sp)``, label ``(B, C, *sp)`` as given (possibly noisy), present ``(B, C)``,
         per-sample loss ``(B,)`` -> weights ``(B,)`` summing to 1 (at most 1). Strategies with
@@ -52,6 +63,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "qam_ocm": ("delineo.training.qam", "QualityAwareWeighting"),
     "small_loss": ("delineo.training.robust_losses", "SmallLossWeighting"),
     "loss_gmm": ("delineo.training.robust_losses", "LossMixtureWeighting"),
+    "agreement": ("delineo.training.robust_losses", "AgreementSelection"),
 }
 
 
