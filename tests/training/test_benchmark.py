@@ -217,3 +217,18 @@ def test_replicate_summary_refuses_what_is_not_a_replicate(tmp_path):
         bm.replicate_summary([tmp_path / "bad"])
     assert main(["noise-summary", str(s0), str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_selection_record_counts_corrupted_labels_among_kept_and_dropped():
+    noise = [{"case": c, "corrupted": c in ("b", "c")} for c in "abcd"]
+    record = {"dropped_cases": ["c", "d"], "n_kept": 2, "n_train": 4, "selected_before_epoch": 11}
+    assert bm._selection_record(record, noise) == {"n_kept": 2, "n_train": 4, "selected_before_epoch": 11,
+                                                   "corrupted_among_kept": 1, "corrupted_among_dropped": 1}
+    assert bm._selection_record(None, noise) is None
+    assert bm._selection_record(record, []) == {"n_kept": 2, "n_train": 4, "selected_before_epoch": 11}
+    row = {"run": "agreement__a0.5__r1-2", "method": "agreement", "label": "agreement selection", "fraction": 0.5, "level": "1-2",
+           "radius": [1, 2], "dice": {"disc": 0.9}, "avg": 0.9, "selection": bm._selection_record(record, noise)}
+    md = bm.results_markdown({"structures": ["disc"], "runs": [row], "methods": [{"method": "agreement", "label": "agreement selection"}],
+                              "data": "d", "test": {"description": "t"}, "selection": "last", "epochs": 2, "base_config": "b",
+                              "cost_per_epoch": {}})
+    assert "- agreement selection, 50%, 1-2 px: kept 2/4 from epoch 11: 1 of the kept and 1 of the dropped were corrupted" in md

@@ -18,6 +18,7 @@ from delineo.training.qam import QualityAwareWeighting
 from delineo.training.robust_losses import (
     AgreementSelection,
     LossMixtureWeighting,
+    agreement,
     SmallLossWeighting,
     generalized_cross_entropy,
     noise_robust_dice,
@@ -296,45 +297,70 @@ def test_train_with_loss_gmm_sees_every_training_sample(tmp_path, tiny_config, i
 # ---- agreement selection (confident-learning-style pruning) ---------------------------------
 
 
-def agreement(n=10, **kw):
+def selection(n=10, **kw):
     w = AgreementSelection(in_channels=3, n_structures=2, spatial_dims=2, **kw)
     w.bind(n)
     return w
 
 
 def test_agreement_selection_trains_on_every_label_until_it_scores_them():
-    w = agreement(10, warmup_epochs=3)
+    w = selection(10, warmup_epochs=3, aggregate="mean")
     assert [w.wants_scores(e) for e in range(6)] == [False, False, False, True, False, False]
     index = torch.tensor([0, 1, 2, 3])
     torch.testing.assert_close(w(None, None, None, torch.rand(4), index=index), torch.full((4,), 0.25))
     # clean labels agree ~0.9, wrong ones ~0.6; case 9 has nothing contoured (nan): kept
-    scores = torch.tensor([0.91, 0.62, 0.90, 0.58, 0.93, 0.89, 0.60, 0.92, 0.88, float("nan")])
-    w.set_scores(scores, 3)
+    scores = torch.tensor([0.91, 0.62, 0.90, 0.58, 0.93, 0.89, 0.60, 0.92, 0.88, 0.0])
+    present = torch.ones(10, 2, dtype=torch.bool)
+    present[9] = False
+    w.set_scores(torch.stack([scores, scores], 1), present, 3)
+    assert torch.isnan(w.agreement[9])
     assert w.kept.tolist() == [True, False, True, False, True, True, False, True, True, True]
     assert int(w.selected_at_epoch) == 3
     out = w(None, None, None, torch.rand(4), index=index)  # mean over the kept samples of the batch
     torch.testing.assert_close(out, torch.tensor([0.5, 0.0, 0.5, 0.0]))
     torch.testing.assert_close(w(None, None, None, torch.rand(2), index=torch.tensor([1, 3])), torch.zeros(2))  # none kept: skipped
-    again = agreement(10)
+    again = selection(10)
     again.load_state_dict(w.state_dict())  # the selection is checkpointed
     assert again.kept.tolist() == w.kept.tolist() and int(again.selected_at_epoch) == 3
 
 
 def test_agreement_selection_keep_fraction_and_rescoring():
-    w = agreement(8, warmup_epochs=1, rescore_every=2, keep_fraction=0.25)
+    w = selection(8, warmup_epochs=1, rescore_every=2, keep_fraction=0.25)
     assert [w.wants_scores(e) for e in range(6)] == [False, True, False, True, False, True]
-    w.set_scores(torch.tensor([0.5, 0.9, 0.7, 0.95, 0.1, 0.2, 0.3, 0.4]), 1)
+    dice = torch.tensor([0.5, 0.9, 0.7, 0.95, 0.1, 0.2, 0.3, 0.4])[:, None].repeat(1, 2)
+    w.set_scores(dice, torch.ones(8, 2, dtype=torch.bool), 1)
     assert w.kept.nonzero().flatten().tolist() == [1, 3]
     # without an index (a caller that does not track samples): uniform
     torch.testing.assert_close(w(None, None, None, torch.rand(2)), torch.tensor([0.5, 0.5]))
     with pytest.raises(ConfigError, match="warmup_epochs"):
-        agreement(warmup_epochs=0)
+        selection(warmup_epochs=0)
     with pytest.raises(ConfigError, match="keep_fraction"):
-        agreement(keep_fraction=0.0)
+        selection(keep_fraction=0.0)
     with pytest.raises(ConfigError, match="threshold"):
-        agreement(threshold=1.0)
+        selection(threshold=1.0)
+    with pytest.raises(ConfigError, match="aggregate"):
+        selection(aggregate="median")
     built = build_weighting({"kind": "agreement", "warmup_epochs": 4}, in_channels=3, n_structures=2, spatial_dims=2)
     assert isinstance(built, AgreementSelection) and built.tracks_samples and built.warmup_epochs == 4
+
+
+def test_agreement_zscore_lets_every_structure_count():
+    # structure 0 (large) separates the wrong labels (rows 2, 3) only slightly; structure 1 (small)
+    # varies widely for every label. The plain mean ranks by structure 1; the z-score by both.
+    dice = torch.tensor([[0.97, 0.55], [0.97, 0.80], [0.92, 0.65], [0.92, 0.70], [0.97, 0.75], [0.97, 0.85]])
+    present = torch.ones(6, 2, dtype=torch.bool)
+    mean = agreement(dice, present, "mean")
+    torch.testing.assert_close(mean, dice.mean(1))
+    assert int(mean.argmin()) == 0
+    z = agreement(dice, present, "zscore")
+    assert set(torch.argsort(z)[:2].tolist()) == {2, 3}
+    # a structure not contoured in a sample is left out of that sample's score; none contoured: nan
+    present[1, 1] = False
+    present[4] = False
+    z = agreement(dice, present, "zscore")
+    assert torch.isnan(z[4]) and not torch.isnan(z[[0, 1, 2, 3, 5]]).any()
+    with pytest.raises(ConfigError, match="aggregate"):
+        agreement(dice, present, "max")
 
 
 @pytest.mark.slow
@@ -345,5 +371,8 @@ def test_train_with_agreement_selection_scores_every_training_label(tmp_path, ti
     n_train = json.loads((out / "model.json").read_text())["training"]["data"]["n_train"]
     ckpt = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False)["weighting"]
     assert ckpt["agreement"].shape == (n_train,) and not torch.isnan(ckpt["agreement"]).any()
-    assert ((ckpt["agreement"] >= 0) & (ckpt["agreement"] <= 1)).all()
+    assert abs(float(ckpt["agreement"].mean())) < 1e-4  # z-scores average 0 over the training set
     assert int(ckpt["selected_at_epoch"]) == 1 and 1 <= int(ckpt["kept"].sum()) <= n_train
+    record = json.loads((out / "model.json").read_text())["training"]["weighting_record"]
+    assert record["selected_before_epoch"] == 2 and record["n_kept"] == int(ckpt["kept"].sum()) and record["n_train"] == n_train
+    assert len(record["agreement"]) == n_train and len(record["dropped_cases"]) == n_train - record["n_kept"]

@@ -175,6 +175,21 @@ def _cleanup(run_dir: Path, keep: bool) -> None:
         p.unlink(missing_ok=True)
 
 
+def _selection_record(record: dict[str, Any] | None, noise: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """For a method that drops training labels (``agreement``): how many it kept and, with
+    synthetic noise, how many of the kept and of the dropped were corrupted."""
+    if not record or "dropped_cases" not in record:
+        return None
+    dropped = set(record["dropped_cases"])
+    corrupted = {r["case"] for r in noise if r["corrupted"]}
+    out = {"n_kept": record["n_kept"], "n_train": record["n_train"], "selected_before_epoch": record.get("selected_before_epoch")}
+    if noise:
+        kept_cases = [r["case"] for r in noise if r["case"] not in dropped]
+        out["corrupted_among_kept"] = sum(c in corrupted for c in kept_cases)
+        out["corrupted_among_dropped"] = len(dropped & corrupted)
+    return out
+
+
 def _condition_key(row: dict[str, Any]) -> tuple:
     return (row["level"] is not None, tuple(row["radius"] or ()), row["fraction"])
 
@@ -295,6 +310,7 @@ def run_benchmark(
                 "mean_label_dice_of_corrupted": float(np.mean([np.mean(r["dice_vs_clean"]) for r in corrupted])) if corrupted else None,
                 "seed": (cfg.training.label_noise or {}).get("seed"),
             },
+            "selection": _selection_record(tr.get("weighting_record"), noise),
             "model": str(model_dir) if keep_this else None,
             "evaluation": str(run_dir / "evaluation.json"),
         }
@@ -428,6 +444,15 @@ def results_markdown(results: dict[str, Any]) -> str:
                 avg = f"**{avg}**"
             cells = [_fmt(r["dice"].get(n)) for n in names]
             lines.append(f"| {noise} | {r['level'] or '-'} | {r['label']} | " + " | ".join(cells) + f" | {avg} |")
+    selected = [r for r in rows if r.get("selection")]
+    if selected:
+        lines += ["", "Training labels kept by the selecting methods (the rest dropped from the epoch named on):", ""]
+        for r in selected:
+            sel = r["selection"]
+            cond = "clean labels" if r["fraction"] is None else f"{r['fraction']:.0%}, {r['level']} px"
+            known = (f": {sel['corrupted_among_kept']} of the kept and {sel['corrupted_among_dropped']} of the dropped were corrupted"
+                     if "corrupted_among_kept" in sel else "")
+            lines.append(f"- {r['label']}, {cond}: kept {sel['n_kept']}/{sel['n_train']} from epoch {sel['selected_before_epoch']}{known}")
     cost = results["cost_per_epoch"]
     if cost:
         lines += ["", "Training cost per epoch (mean over the method's runs; relative: mean ratio to the baseline's run "

@@ -153,14 +153,6 @@ def validate(network, cases: PreparedCases, inference: dict[str, Any], device, a
     return {"per_structure": per, "mean": float(np.mean(valid)) if valid else float("nan")}
 
 
-def agreement_scores(network, cases: PreparedCases, inference: dict[str, Any], device, amp: bool) -> torch.Tensor:
-    """Per case: Dice of the prediction vs the given label, averaged over the contoured structures
-    (``(N,)``, nan where nothing is contoured); the audit's ``agreement`` score."""
-    d, p = case_dice(network, cases, inference, device, amp)
-    p = p.double()
-    return torch.where(p.sum(1) > 0, (d * p).sum(1) / p.sum(1).clamp_min(1), torch.full_like(d[:, 0], float("nan"))).float()
-
-
 def plot_curves(history: list[dict[str, Any]], structures: list[str], path: Path) -> None:
     """Training loss and validation Dice per epoch, as a PNG."""
     import matplotlib
@@ -392,7 +384,7 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     for epoch in bar:
         if weighting.wants_scores(epoch):  # e.g. agreement selection: score every training label first
             network.eval()
-            weighting.set_scores(agreement_scores(network, train_cases, meta["inference"], device, amp), epoch)
+            weighting.set_scores(*case_dice(network, train_cases, meta["inference"], device, amp), epoch)
         network.train()
         weighting.train()
         t_start = time.perf_counter()
@@ -448,6 +440,7 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     final = json.loads((output / "model.json").read_text())
     final["training"]["epochs"] = t.epochs
     final["training"]["seconds"] = round(state["seconds"], 1)
+    final["training"]["weighting_record"] = weighting.record([it["case"] for it in train_cases.items])
     (output / "model.json").write_text(json.dumps(json_safe(final), indent=2) + "\n")
     (output / "history.json").write_text(json.dumps(json_safe(state["history"]), indent=1) + "\n")
     plot_curves(state["history"], structures, output / "training_curves.png")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import Any
 
 import numpy as np
 import torch
@@ -185,12 +186,38 @@ class LossMixtureWeighting(SampleWeighting):
         return (self.clean_probability[index] / b).to(device=loss.device, dtype=loss.dtype)
 
 
+AGGREGATES = ("zscore", "mean")
+
+
+def agreement(dice: torch.Tensor, present: torch.Tensor, aggregate: str = "zscore") -> torch.Tensor:
+    """One agreement score per sample from per-structure Dice ``(N, C)`` and ``present`` ``(N, C)``
+    -> ``(N,)`` (nan where nothing is contoured).
+
+    ``mean``: the mean Dice over the contoured structures (the audit's score). ``zscore``: each
+    structure's Dice standardised over the samples that contour it, then averaged, so that a
+    structure every label agrees with less (small, thin: clavicles) does not decide the ranking.
+    """
+    d = dice.double()
+    p = present.bool() & ~torch.isnan(d)
+    if aggregate == "zscore":
+        n = p.sum(0).clamp_min(1)
+        mean = torch.where(p, d, 0.0).sum(0) / n
+        sd = (torch.where(p, (d - mean) ** 2, 0.0).sum(0) / n).sqrt()
+        d = (d - mean) / sd.clamp_min(1e-6)
+    elif aggregate != "mean":
+        raise ConfigError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+    count = p.sum(1)
+    total = torch.where(p, d, 0.0).sum(1)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan"))).float()
+
+
 class AgreementSelection(SampleWeighting):
     """Train on the labels the network agrees with: confident-learning-style pruning in one run.
 
     After ``warmup_epochs`` of plain training the loop scores every training label by the
     network's agreement with it (Dice of the prediction, without augmentation, vs the given label,
-    mean over the contoured structures: the audit's score). A network fits the consensus shape
+    per structure; combined by :func:`agreement`: by default each structure's Dice standardised
+    over the training set, then averaged). A network fits the consensus shape
     before it memorises individual errors, so wrong labels disagree. A two-component Gaussian
     mixture on the agreements (scikit-learn) gives each label's probability of belonging to the
     high-agreement component; labels with probability >= ``threshold`` are kept (DivideMix's
@@ -210,7 +237,7 @@ class AgreementSelection(SampleWeighting):
 
     def __init__(
         self, in_channels: int, n_structures: int, spatial_dims: int, warmup_epochs: int = 10, rescore_every: int = 0,
-        threshold: float = 0.5, keep_fraction: float | None = None,
+        threshold: float = 0.5, keep_fraction: float | None = None, aggregate: str = "zscore",
     ):
         super().__init__()
         if int(warmup_epochs) < 1 or int(rescore_every) < 0:
@@ -219,6 +246,9 @@ class AgreementSelection(SampleWeighting):
             raise ConfigError(f"agreement: threshold must be in (0, 1), got {threshold}")
         if keep_fraction is not None and not 0 < float(keep_fraction) <= 1:
             raise ConfigError(f"agreement: keep_fraction must be in (0, 1], got {keep_fraction}")
+        if aggregate not in AGGREGATES:
+            raise ConfigError(f"agreement: aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+        self.aggregate = aggregate
         self.warmup_epochs = int(warmup_epochs)
         self.rescore_every = int(rescore_every)
         self.threshold = float(threshold)
@@ -237,8 +267,8 @@ class AgreementSelection(SampleWeighting):
             return True
         return self.rescore_every > 0 and (epoch - self.warmup_epochs) % self.rescore_every == 0
 
-    def set_scores(self, scores: torch.Tensor, epoch: int) -> None:
-        scores = scores.detach().float().to(self.agreement.device)
+    def set_scores(self, dice: torch.Tensor, present: torch.Tensor, epoch: int) -> None:
+        scores = agreement(dice, present, self.aggregate).to(self.agreement.device)
         self.agreement.copy_(scores)
         known = ~torch.isnan(scores)
         kept = torch.ones_like(self.kept)
@@ -257,6 +287,17 @@ class AgreementSelection(SampleWeighting):
         print(f"agreement selection before epoch {epoch + 1}: kept {int(kept.sum())}/{kept.numel()} training labels "
               f"(agreement of the kept >= {float(scores[kept & known].min()) if (kept & known).any() else float('nan'):.3f})",
               file=sys.stderr, flush=True)
+
+    def record(self, cases: list[str]) -> dict[str, Any] | None:
+        if int(self.selected_at_epoch) < 0:
+            return None
+        kept = self.kept.tolist()
+        return {
+            "kind": "agreement", "aggregate": self.aggregate, "selected_before_epoch": int(self.selected_at_epoch) + 1,
+            "n_kept": int(sum(kept)), "n_train": len(kept),
+            "agreement": {c: (None if math.isnan(a) else round(a, 4)) for c, a in zip(cases, self.agreement.tolist())},
+            "dropped_cases": [c for c, k in zip(cases, kept) if not k],
+        }
 
     def forward(self, image, label, present, loss, index: torch.Tensor | None = None):
         b = loss.shape[0]

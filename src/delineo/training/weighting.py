@@ -7,8 +7,8 @@ the same optimiser and loss. A strategy that remembers each training sample acro
 ``tracks_samples``: the loop then calls :meth:`SampleWeighting.bind` with the size of the training
 set and passes each batch's sample indices. A strategy that judges each training label by the
 network's own prediction answers :meth:`SampleWeighting.wants_scores`: before such an epoch the
-loop scores every training sample (Dice of the prediction, without augmentation, against the
-given label) and hands the scores to :meth:`SampleWeighting.set_scores`.
+loop scores every training sample (Dice of the prediction per structure, without augmentation,
+against the given label) and hands the scores to :meth:`SampleWeighting.set_scores`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,15 @@ class SampleWeighting(nn.Module):
         """Whether the loop should score every training sample before ``epoch`` (0-based)."""
         return False
 
-    def set_scores(self, scores: torch.Tensor, epoch: int) -> None:
-        """Agreement of every training sample ``(N,)`` (Dice of the prediction vs the given label,
-        mean over contoured structures; nan where none is), computed before ``epoch``."""
+    def set_scores(self, dice: torch.Tensor, present: torch.Tensor, epoch: int) -> None:
+        """Agreement of every training sample with its label, computed before ``epoch``: ``dice``
+        ``(N, C)`` of the prediction vs the given label per structure, ``present`` ``(N, C)`` bool
+        (the structure is contoured)."""
+
+    def record(self, cases: list[str]) -> dict[str, Any] | None:
+        """What the strategy decided about the training samples (``cases``: their ids in index
+        order), for the model card; None when there is nothing to say."""
+        return None
 
     def forward(self, image: torch.Tensor, label: torch.Tensor, present: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """image ``(B, 1, *sp)``, label ``(B, C, *sp)`` as given (possibly noisy), present ``(B, C)``,
