@@ -52,11 +52,16 @@ def test_audit_trains_a_qam_and_ranks_noisy_labels(tmp_path, tiny_config, image_
     # the mean agreement is the mean of the per-structure agreements
     r0 = rows[0]
     assert float(r0["agreement"]) == pytest.approx((float(r0["agreement_disc"]) + float(r0["agreement_square"])) / 2)
+    # agreement_z: each structure standardised over the pairs, then averaged
+    disc = np.array([float(r["agreement_disc"]) for r in rows])
+    square = np.array([float(r["agreement_square"]) for r in rows])
+    z = ((disc - disc.mean()) / disc.std() + (square - square.mean()) / square.std()) / 2
+    np.testing.assert_allclose([float(r["agreement_z"]) for r in rows], z, rtol=1e-4, atol=1e-5)
     summary = json.loads((tmp_path / "audit" / "audit.json").read_text())
     noise = summary["synthetic_noise"]
     # the training split (6 of 8) carries the recorded corruption; half of it is corrupted
     assert noise["evaluated_cases"] == 6 and noise["corrupted"] == 3
-    assert set(noise["scores"]) == {"agreement", "qam"}
+    assert set(noise["scores"]) == {"agreement", "agreement_z", "qam"}
     for check in noise["scores"].values():
         assert 0.0 <= check["auroc_low_score_for_corrupted"] <= 1.0
         assert check["best_possible_fraction"] == 1.0  # 3 corrupted, a lower half of 3
@@ -88,3 +93,6 @@ def test_agreement_puts_a_misplaced_label_first(trained_2d, shared_image_dataset
     assert rows[0]["case"] == "img03" and float(rows[0]["agreement_disc"]) < 0.1
     assert min(float(r["agreement_disc"]) for r in rows[1:]) > 0.5
     assert (tmp_path / "a" / "worst" / "001_img03.png").is_file()
+    audit(data, tmp_path / "z", model=trained_2d, device="cpu", worst=0, rank_by="agreement_z")
+    rows = list(csv.DictReader(open(tmp_path / "z" / "audit.csv")))
+    assert rows[0]["case"] == "img03" and [float(r["score"]) for r in rows] == [float(r["agreement_z"]) for r in rows]

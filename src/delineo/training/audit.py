@@ -6,6 +6,9 @@ Two scores per pair, both on the model grid:
   the contoured structures. Works with any trained model. A network fits the consensus shape
   before it memorises individual errors, so a label far from its prediction is suspect (the
   idea behind confident learning and small-loss selection).
+- ``agreement_z``: the same per-structure Dice, each structure standardised over the audited
+  pairs before averaging (:func:`delineo.training.robust_losses.agreement`), so that a structure
+  every label agrees with less (small, thin) does not decide the ranking on its own.
 - ``qam``: the raw score of the quality-awareness module, for a model trained with
   ``weighting: {kind: qam}`` (its QAM is kept in ``quality.safetensors`` beside the weights).
 
@@ -39,6 +42,7 @@ from delineo.inference.predictor import Predictor, resolve_device
 from delineo.metrics.segmentation import dice_per_structure
 from delineo.models.registry import ModelBundle, load_model
 from delineo.training.loop import QUALITY_WEIGHTS
+from delineo.training.robust_losses import agreement
 from delineo.training.weighting import build_weighting
 
 
@@ -121,7 +125,9 @@ def train_audit_model(
     return train(TrainConfig.from_dict(d, where=str(base_config)), command=f"delineo audit --data {data} --config {base_config or '(default 2D U-Net)'}")
 
 
-SCORES = ("agreement", "qam")
+SCORES = ("agreement", "agreement_z", "qam")
+#: audit.csv column of each score
+SCORE_COLUMNS = {"agreement": "agreement", "agreement_z": "agreement_z", "qam": "qam_score"}
 
 
 def audit(
@@ -131,8 +137,8 @@ def audit(
 ) -> dict[str, Any]:
     """Score every image-label pair of ``data`` and rank them, most suspicious first.
 
-    rank_by: ``agreement`` (Dice of the model's prediction vs the given label, any model) or
-    ``qam`` (the model's quality-awareness module). weighting: how to train a model when none
+    rank_by: ``agreement`` (Dice of the model's prediction vs the given label, any model),
+    ``agreement_z`` (the same, each structure standardised over the pairs first) or ``qam`` (the model's quality-awareness module). weighting: how to train a model when none
     is given (``none`` or ``qam``, with the OCM bound ``ocm_lambda``). Writes ``OUT/audit.csv`` (rank, case, score = the ranking
     score, agreement, per-structure agreement, qam_score where available, and for synthetic
     noise: corrupted, label Dice vs clean), ``OUT/worst/<rank>_<case>.png`` overlays of the
@@ -177,17 +183,22 @@ def audit(
         }
         if qam_score is not None:
             row["qam_score"] = qam_score
-        row["score"] = row["agreement"] if rank_by == "agreement" else qam_score
         if rec is not None:
             row["corrupted"] = bool(rec["corrupted"])
             known = [d for d, p in zip(rec["dice_vs_clean"], present) if p]
             row["label_dice_vs_clean"] = float(np.mean(known)) if known else None
         rows.append(row)
+    per_structure = torch.tensor([[r[f"agreement_{n}"] if r[f"agreement_{n}"] is not None else float("nan")
+                                   for n in bundle.structures] for r in rows], dtype=torch.float64)
+    z = agreement(per_structure, ~torch.isnan(per_structure), "zscore").tolist()
+    for r, zi in zip(rows, z):
+        r["agreement_z"] = None if np.isnan(zi) else float(zi)
+        r["score"] = r.get(SCORE_COLUMNS[rank_by])
     # pairs with nothing contoured have no agreement: they go last, not first
     rows.sort(key=lambda r: (r["score"] is None, r["score"] if r["score"] is not None else 0.0))
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
-    fields = (["rank", "case", "score", "agreement"] + (["qam_score"] if qam is not None else []) + ["structures_contoured"]
+    fields = (["rank", "case", "score", "agreement", "agreement_z"] + (["qam_score"] if qam is not None else []) + ["structures_contoured"]
               + [f"agreement_{n}" for n in bundle.structures]
               + (["corrupted", "label_dice_vs_clean"] if records and same_data else []))
     with open(out / "audit.csv", "w", newline="") as f:
@@ -204,7 +215,7 @@ def audit(
             "evaluated_cases": len(evaluated),
             "corrupted": int(corrupted.sum()),
             "scores": {name: _check_score(np.array([r[key] for r in evaluated]), corrupted)
-                       for name, key in (("agreement", "agreement"), ("qam", "qam_score")) if key in evaluated[0]},
+                       for name, key in SCORE_COLUMNS.items() if key in evaluated[0]},
             "note": "training cases of the model (in-sample), with the corruption recorded in model.json re-applied",
         }
     summary["worst"] = [str(p) for p in _write_worst(ds, rows[:worst], out / "worst", predictor, records if same_data else {})]
