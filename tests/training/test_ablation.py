@@ -94,6 +94,19 @@ def test_results_are_written_after_each_step_and_on_report_only(tmp_path, tiny_c
     assert [s["step"] for s in res["steps"]] == ["U-Net"] and res["not_run"] == ["Res-UNet"]
     assert "Not run yet: Res-UNet." in (out / "results.md").read_text()
 
+    # finishing the last step writes the results once, not again at the end
+    import delineo.training.ablation as abl
+
+    writes = []
+    real_write = abl._write_results
+    monkeypatch.setattr(abl, "_write_results", lambda *a, **k: writes.append(len(a[6])) or real_write(*a, **k))
+    monkeypatch.setattr(loop, "train", real_train)
+    res = run_ablation(tmp_path / "abl.yaml", out, device="cpu")
+    assert writes == [2] and [s["step"] for s in res["steps"]] == ["U-Net", "Res-UNet"]
+    writes.clear()
+    run_ablation(tmp_path / "abl.yaml", out, device="cpu")  # nothing to train: written once at the end
+    assert writes == [2]
+
 
 def test_only_trains_the_named_steps_with_the_changes_before_them(tmp_path, tiny_config, image_dataset, capsys):
     write_ablation(tmp_path, tiny_config, image_dataset, TWO_STEPS)

@@ -88,6 +88,7 @@ def run_ablation(
         raise ConfigError(f"{ablation}: no step named {', '.join(map(repr, unknown))} (steps: {', '.join(st['name'] for st in steps)})")
     config = copy.deepcopy(base)
     rows = []
+    results, written = None, -1
     for i, step in enumerate(steps, 1):
         config = apply_overrides(config, step["set"])  # cumulative
         run_dir = out / "runs" / f"{i:02d}-{slug(step['name'])}"
@@ -140,7 +141,10 @@ def run_ablation(
             p.unlink()
         rows.append(row)
         log(f"[{i}/{len(steps)}] {step['name']}: mean Dice {row['mean_dice']:.4f} on {row['n_val']} validation cases")
-        _write_results(out, ablation, command, epochs, max_cases, device, rows, steps)
+        results = _write_results(out, ablation, command, epochs, max_cases, device, rows, steps)  # after every step
+        written = len(rows)
+    if results is not None and written == len(rows):  # the last step was trained here and wrote them already
+        return results
     return _write_results(out, ablation, command, epochs, max_cases, device, rows, steps)
 
 
