@@ -229,6 +229,6 @@ def test_selection_record_counts_corrupted_labels_among_kept_and_dropped():
     row = {"run": "agreement__a0.5__r1-2", "method": "agreement", "label": "agreement selection", "fraction": 0.5, "level": "1-2",
            "radius": [1, 2], "dice": {"disc": 0.9}, "avg": 0.9, "selection": bm._selection_record(record, noise)}
     md = bm.results_markdown({"structures": ["disc"], "runs": [row], "methods": [{"method": "agreement", "label": "agreement selection"}],
-                              "data": "d", "test": {"description": "t"}, "selection": "last", "epochs": 2, "base_config": "b",
+                              "data": "d", "test": {"description": "t"}, "selection": "last", "epochs": 2, "base_config": "b", "seed": 0, "noise_seed": 0,
                               "cost_per_epoch": {}})
     assert "- agreement selection, 50%, 1-2 px: kept 2/4 from epoch 11: 1 of the kept and 1 of the dropped were corrupted" in md

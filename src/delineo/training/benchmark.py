@@ -158,13 +158,18 @@ def make_config(
         training["epochs"] = int(epochs)
     if device is not None:
         training["device"] = device
-    seed = int(training.get("seed", 0)) if noise_seed is None else int(noise_seed)
-    training["label_noise"] = None if fraction is None else {"fraction": fraction, "radius": list(level), "seed": seed}
+    training["label_noise"] = None if fraction is None else {
+        "fraction": fraction, "radius": list(level), "seed": label_noise_seed(training.get("seed", 0), noise_seed)}
     d["training"] = training
     cfg = TrainConfig.from_dict(d, where=f"noise benchmark run {run_dir.name}")
     if selection == "last":  # validate (and so save) only after the last epoch
         cfg.training.val_every = cfg.training.epochs
     return cfg
+
+
+def label_noise_seed(training_seed: int | None, noise_seed: int | None) -> int:
+    """The seed of the label corruption: ``noise_seed``, or by default the training seed."""
+    return int(training_seed or 0) if noise_seed is None else int(noise_seed)
 
 
 def _cleanup(run_dir: Path, keep: bool) -> None:
@@ -358,7 +363,7 @@ def run_benchmark(
         "base_config": str(base_config) if base_config is not None and not isinstance(base_config, dict) else ("dict" if base_config else "built-in default"),
         "epochs": epochs if epochs is not None else (base.get("training") or {}).get("epochs"),
         "seed": (base.get("training") or {}).get("seed", 0),
-        "noise_seed": noise_seed,
+        "noise_seed": label_noise_seed((base.get("training") or {}).get("seed", 0), noise_seed),
         "command": command,
         "hardware_now": hardware_description(resolve_device(device or "auto")),
         "methods": [{"method": m.spec, "label": m.label, "training": m.training} for m in method_list],
@@ -425,7 +430,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"Test: {results['test']['description']}. Dice per structure and their average.",
         f"Epoch used: {'the last' if results['selection'] == 'last' else 'best Dice on the clean validation split'}; "
         f"epochs: {results['epochs']}; base config: {results['base_config']}; training seed {results.get('seed', 0)}, "
-        f"label-noise seed {results.get('seed', 0) if results.get('noise_seed') is None else results['noise_seed']}.",
+        f"label-noise seed {results['noise_seed']}.",
         "",
         "| noise | level | method | " + " | ".join(names) + " | avg |",
         "|---|---|---|" + "---|" * len(names) + "---|",
