@@ -443,3 +443,35 @@ def test_init_weights_starts_from_a_trained_model(tmp_path, tiny_config, image_d
     cfg = tiny_config(image_dataset.root, tmp_path / "missing", epochs=1, init_weights=str(tmp_path / "nowhere"))
     with pytest.raises(InputError):
         train(TrainConfig.from_dict(cfg))
+
+
+class ConstantLogits(torch.nn.Module):
+    """A stand-in network: the same logit everywhere, for every structure."""
+
+    def __init__(self, logit: float, n: int = 2):
+        super().__init__()
+        self.logit, self.n = logit, n
+        self.spec = type("Spec", (), {"divisor": 1})()
+
+    def forward(self, x):
+        return torch.full((x.shape[0], self.n, *x.shape[2:]), self.logit)
+
+
+def test_case_dice_hard_and_soft():
+    from delineo.training.loop import case_dice
+
+    label = torch.zeros(2, 8, 8, dtype=torch.uint8)
+    label[0] = 1  # structure 0 fills the image, structure 1 is empty (e.g. eroded away)
+    cases = type("Cases", (), {"items": [{"image": torch.zeros(1, 8, 8), "label": label, "present": torch.tensor([True, True])}]})()
+    args = ({}, torch.device("cpu"), False)
+    hard, present = case_dice(ConstantLogits(0.0), cases, *args)  # p = 0.5: predicted everywhere
+    assert present.tolist() == [[True, True]]
+    torch.testing.assert_close(hard, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    soft, _ = case_dice(ConstantLogits(0.0), cases, *args, soft=True)  # 2 * 32 / (32 + 64)
+    torch.testing.assert_close(soft, torch.tensor([[2 / 3, 0.0]], dtype=torch.float64))
+    # an undecided network (p = 0.27 everywhere) predicts nothing: hard Dice rates the empty label
+    # perfect and the full one 0; the soft Dice of the empty label stays 0
+    hard, _ = case_dice(ConstantLogits(-1.0), cases, *args)
+    torch.testing.assert_close(hard, torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+    soft, _ = case_dice(ConstantLogits(-1.0), cases, *args, soft=True)
+    assert float(soft[0, 1]) == 0.0 and 0.4 < float(soft[0, 0]) < 0.45

@@ -340,6 +340,9 @@ def test_agreement_selection_keep_fraction_and_rescoring():
         selection(threshold=1.0)
     with pytest.raises(ConfigError, match="aggregate"):
         selection(aggregate="median")
+    with pytest.raises(ConfigError, match="dice"):
+        selection(dice="fuzzy")
+    assert selection().soft_scores and not selection(dice="hard").soft_scores
     built = build_weighting({"kind": "agreement", "warmup_epochs": 4}, in_channels=3, n_structures=2, spatial_dims=2)
     assert isinstance(built, AgreementSelection) and built.tracks_samples and built.warmup_epochs == 4
 
@@ -374,5 +377,5 @@ def test_train_with_agreement_selection_scores_every_training_label(tmp_path, ti
     assert abs(float(ckpt["agreement"].mean())) < 1e-4  # z-scores average 0 over the training set
     assert int(ckpt["selected_at_epoch"]) == 1 and 1 <= int(ckpt["kept"].sum()) <= n_train
     record = json.loads((out / "model.json").read_text())["training"]["weighting_record"]
-    assert record["selected_before_epoch"] == 2 and record["n_kept"] == int(ckpt["kept"].sum()) and record["n_train"] == n_train
+    assert record["dice"] == "soft" and record["selected_before_epoch"] == 2 and record["n_kept"] == int(ckpt["kept"].sum()) and record["n_train"] == n_train
     assert len(record["agreement"]) == n_train and len(record["dropped_cases"]) == n_train - record["n_kept"]

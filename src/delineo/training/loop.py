@@ -121,9 +121,14 @@ def _scheduler(cfg, optimizer, total_steps: int, steps_per_epoch: int):
 
 
 @torch.no_grad()
-def case_dice(network, cases: PreparedCases, inference: dict[str, Any], device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def case_dice(
+    network, cases: PreparedCases, inference: dict[str, Any], device, amp: bool, soft: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Dice of the network's prediction against each case's label on the model grid, without
     augmentation (the labels as the cases hold them: noisy ones for a noisy training set).
+    ``soft``: Dice of the probabilities, ``2 sum(p g) / (sum p + sum g)``, instead of the thresholded
+    prediction (an empty label then scores 0, however little the network predicts there; hard
+    Dice gives 1 when the prediction is empty too).
 
     Returns ``dice (N, C)`` and ``present (N, C)`` (bool: the structure is contoured in the case).
     """
@@ -133,8 +138,12 @@ def case_dice(network, cases: PreparedCases, inference: dict[str, Any], device, 
             network, item["image"][None].to(device), patch_size=inference.get("patch_size"),
             overlap=float(inference.get("overlap", 0.5)), amp=amp,
         )
-        pred = probs >= float(inference.get("threshold", 0.5))
-        dice.append(dice_per_structure(pred.cpu(), item["label"][None].bool())[0].double())
+        if soft:
+            p, g = probs.double().cpu().flatten(2)[0], item["label"].double().flatten(1)
+            dice.append(2 * (p * g).sum(1) / (p.sum(1) + g.sum(1)).clamp_min(1e-6))
+        else:
+            pred = probs >= float(inference.get("threshold", 0.5))
+            dice.append(dice_per_structure(pred.cpu(), item["label"][None].bool())[0].double())
         present.append(item["present"].bool())
     return torch.stack(dice), torch.stack(present)
 
@@ -384,7 +393,7 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     for epoch in bar:
         if weighting.wants_scores(epoch):  # e.g. agreement selection: score every training label first
             network.eval()
-            weighting.set_scores(*case_dice(network, train_cases, meta["inference"], device, amp), epoch)
+            weighting.set_scores(*case_dice(network, train_cases, meta["inference"], device, amp, soft=weighting.soft_scores), epoch)
         network.train()
         weighting.train()
         t_start = time.perf_counter()

@@ -215,9 +215,12 @@ class AgreementSelection(SampleWeighting):
     """Train on the labels the network agrees with: confident-learning-style pruning in one run.
 
     After ``warmup_epochs`` of plain training the loop scores every training label by the
-    network's agreement with it (Dice of the prediction, without augmentation, vs the given label,
-    per structure; combined by :func:`agreement`: by default each structure's Dice standardised
-    over the training set, then averaged). A network fits the consensus shape
+    network's agreement with it: Dice of the prediction, without augmentation, vs the given label,
+    per structure, combined by :func:`agreement` (by default each structure's Dice standardised
+    over the training set, then averaged). ``dice: soft`` (the default) takes the Dice of the
+    probabilities; ``hard`` that of the thresholded prediction, which early in training, while a
+    structure's probabilities stay below the threshold, rates an empty (eroded-away) label as
+    perfect and so keeps exactly the wrong ones. A network fits the consensus shape
     before it memorises individual errors, so wrong labels disagree. A two-component Gaussian
     mixture on the agreements (scikit-learn) gives each label's probability of belonging to the
     high-agreement component; labels with probability >= ``threshold`` are kept (DivideMix's
@@ -237,7 +240,7 @@ class AgreementSelection(SampleWeighting):
 
     def __init__(
         self, in_channels: int, n_structures: int, spatial_dims: int, warmup_epochs: int = 10, rescore_every: int = 0,
-        threshold: float = 0.5, keep_fraction: float | None = None, aggregate: str = "zscore",
+        threshold: float = 0.5, keep_fraction: float | None = None, aggregate: str = "zscore", dice: str = "soft",
     ):
         super().__init__()
         if int(warmup_epochs) < 1 or int(rescore_every) < 0:
@@ -249,6 +252,10 @@ class AgreementSelection(SampleWeighting):
         if aggregate not in AGGREGATES:
             raise ConfigError(f"agreement: aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
         self.aggregate = aggregate
+        if dice not in ("soft", "hard"):
+            raise ConfigError(f"agreement: dice must be 'soft' or 'hard', got {dice!r}")
+        self.dice = dice
+        self.soft_scores = dice == "soft"
         self.warmup_epochs = int(warmup_epochs)
         self.rescore_every = int(rescore_every)
         self.threshold = float(threshold)
@@ -293,7 +300,7 @@ class AgreementSelection(SampleWeighting):
             return None
         kept = self.kept.tolist()
         return {
-            "kind": "agreement", "aggregate": self.aggregate, "selected_before_epoch": int(self.selected_at_epoch) + 1,
+            "kind": "agreement", "aggregate": self.aggregate, "dice": self.dice, "selected_before_epoch": int(self.selected_at_epoch) + 1,
             "n_kept": int(sum(kept)), "n_train": len(kept),
             "agreement": {c: (None if math.isnan(a) else round(a, 4)) for c, a in zip(cases, self.agreement.tolist())},
             "dropped_cases": [c for c, k in zip(cases, kept) if not k],

@@ -29,6 +29,8 @@ class SampleWeighting(nn.Module):
     min_batch_size = 1
     #: True: the loop calls :meth:`bind` and passes ``index=`` (the samples' positions in the training set)
     tracks_samples = False
+    #: for :meth:`set_scores`: Dice of the probabilities (True) or of the thresholded prediction
+    soft_scores = False
 
     def bind(self, n_samples: int) -> None:
         """Size per-sample state for a training set of ``n_samples`` (called before a checkpoint is loaded)."""
