@@ -119,7 +119,7 @@ def test_noise_benchmark_writes_results_and_resumes(tmp_path, tiny_config, image
     assert calls == []
     results = json.loads((out / "results.json").read_text())
     assert len(results["runs"]) == 5 and results["clean"] == ["baseline", "qam"]
-    assert [m["method"] for m in results["methods"]] == ["baseline", "nr_dice", "qam"]
+    assert [m["method"] for m in results["methods"]] == ["baseline", "qam", "nr_dice"]  # METHODS order
     assert "| 50% | 1-2 | noise-robust Dice |" in (out / "results.md").read_text()
     assert main([*args, "--clean-methods", "gce"]) == 2  # not among the methods run
 

@@ -341,6 +341,8 @@ def run_benchmark(
         rows += earlier
         known = {m.spec for m in method_list}
         method_list += [parse_method(spec) for spec in dict.fromkeys(r["method"] for r in earlier) if spec not in known]
+        # one order whatever each sitting asked for: as METHODS lists them, options after the plain method
+        method_list.sort(key=lambda m: (list(METHODS).index(m.name), m.spec != m.name, m.spec))
         noisy = [r for r in earlier if r["fraction"] is not None]
         if noisy:
             fraction_list = sorted(set(fraction_list) | {r["fraction"] for r in noisy})
