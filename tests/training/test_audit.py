@@ -29,7 +29,7 @@ def test_auroc_and_record_replay():
 
 
 def test_audit_trains_a_qam_and_ranks_noisy_labels(tmp_path, tiny_config, image_dataset):
-    """--weighting qam: the model keeps its QAM, both scores are reported, ranking by agreement."""
+    """--weighting qam: the model keeps its QAM, every score is reported, ranking by agreement_z (the default)."""
     base = tiny_config(image_dataset.root, tmp_path / "unused", epochs=2, steps_per_epoch=3)
     base["training"]["weighting"] = None
     import yaml
@@ -48,7 +48,7 @@ def test_audit_trains_a_qam_and_ranks_noisy_labels(tmp_path, tiny_config, image_
     assert len(rows) == len(image_dataset.cases)
     scores = [float(r["score"]) for r in rows]
     assert scores == sorted(scores) and [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
-    assert scores == [float(r["agreement"]) for r in rows] and all(r["qam_score"] != "" for r in rows)
+    assert scores == [float(r["agreement_z"]) for r in rows] and all(r["qam_score"] != "" for r in rows)
     # the mean agreement is the mean of the per-structure agreements
     r0 = rows[0]
     assert float(r0["agreement"]) == pytest.approx((float(r0["agreement_disc"]) + float(r0["agreement_square"])) / 2)
@@ -89,10 +89,11 @@ def test_agreement_puts_a_misplaced_label_first(trained_2d, shared_image_dataset
     PILImage.fromarray(wrong).save(data / "disc" / "img03.png")
     summary = audit(data, tmp_path / "a", model=trained_2d, device="cpu", worst=1)
     rows = list(csv.DictReader(open(tmp_path / "a" / "audit.csv")))
-    assert summary["ranked_by"] == "agreement" and "qam_score" not in rows[0]
+    assert summary["ranked_by"] == "agreement_z" and "qam_score" not in rows[0]  # the default
     assert rows[0]["case"] == "img03" and float(rows[0]["agreement_disc"]) < 0.1
     assert min(float(r["agreement_disc"]) for r in rows[1:]) > 0.5
     assert (tmp_path / "a" / "worst" / "001_img03.png").is_file()
-    audit(data, tmp_path / "z", model=trained_2d, device="cpu", worst=0, rank_by="agreement_z")
-    rows = list(csv.DictReader(open(tmp_path / "z" / "audit.csv")))
-    assert rows[0]["case"] == "img03" and [float(r["score"]) for r in rows] == [float(r["agreement_z"]) for r in rows]
+    assert [float(r["score"]) for r in rows] == [float(r["agreement_z"]) for r in rows]
+    audit(data, tmp_path / "m", model=trained_2d, device="cpu", worst=0, rank_by="agreement")
+    rows = list(csv.DictReader(open(tmp_path / "m" / "audit.csv")))
+    assert rows[0]["case"] == "img03" and [float(r["score"]) for r in rows] == [float(r["agreement"]) for r in rows]

@@ -91,7 +91,7 @@ def audit(
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder whose image-label pairs are scored."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: audit.csv, audit.json, worst/*.png."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A trained model (default: train one on --data)."),
-    rank_by: str = typer.Option("agreement", "--rank-by", help="agreement (Dice of the model's prediction vs the given label; any model), agreement_z (the same, each structure "
+    rank_by: str = typer.Option("agreement_z", "--rank-by", help="agreement (Dice of the model's prediction vs the given label; any model), agreement_z (the same, each structure "
                            "standardised over the pairs first) or qam (a model trained with weighting: qam)."),
     weighting: str = typer.Option("none", "--weighting", help="When training here: none (plain) or qam (QAM+OCM, gives the QAM score too)."),
     ocm_lambda: float = typer.Option(2.0, "--ocm-lambda", help="When training here with --weighting qam: the OCM bound lambda."),

@@ -133,12 +133,13 @@ SCORE_COLUMNS = {"agreement": "agreement", "agreement_z": "agreement_z", "qam": 
 def audit(
     data: str | Path, out: str | Path, *, model: str | Path | None = None, base_config: str | Path | None = None,
     noise_fraction: float | None = None, noise_radius: tuple[int, int] = (1, 8), epochs: int | None = None,
-    device: str = "auto", worst: int = 12, rank_by: str = "agreement", weighting: str = "none", ocm_lambda: float = 2.0,
+    device: str = "auto", worst: int = 12, rank_by: str = "agreement_z", weighting: str = "none", ocm_lambda: float = 2.0,
 ) -> dict[str, Any]:
     """Score every image-label pair of ``data`` and rank them, most suspicious first.
 
     rank_by: ``agreement`` (Dice of the model's prediction vs the given label, any model),
-    ``agreement_z`` (the same, each structure standardised over the pairs first) or ``qam`` (the model's quality-awareness module). weighting: how to train a model when none
+    ``agreement_z`` (the default: the same, each structure standardised over the pairs first) or
+    ``qam`` (the model's quality-awareness module). weighting: how to train a model when none
     is given (``none`` or ``qam``, with the OCM bound ``ocm_lambda``). Writes ``OUT/audit.csv`` (rank, case, score = the ranking
     score, agreement, per-structure agreement, qam_score where available, and for synthetic
     noise: corrupted, label Dice vs clean), ``OUT/worst/<rank>_<case>.png`` overlays of the
