@@ -103,6 +103,12 @@ def parse_method(spec: str) -> Method:
     return Method(spec.strip(), name, label, training)
 
 
+def method_order_key(spec: str) -> tuple:
+    """Tables list methods as :data:`METHODS` does, each plain method before its option variants."""
+    name = spec.partition(":")[0]
+    return (list(METHODS).index(name) if name in METHODS else len(METHODS), spec != name, spec)
+
+
 def parse_level(text: str) -> tuple[int, int]:
     """``"1-8"`` -> ``(1, 8)``: erosion/dilation radius range in pixels."""
     m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
@@ -342,7 +348,7 @@ def run_benchmark(
         known = {m.spec for m in method_list}
         method_list += [parse_method(spec) for spec in dict.fromkeys(r["method"] for r in earlier) if spec not in known]
         # one order whatever each sitting asked for: as METHODS lists them, options after the plain method
-        method_list.sort(key=lambda m: (list(METHODS).index(m.name), m.spec != m.name, m.spec))
+        method_list.sort(key=lambda m: method_order_key(m.spec))
         noisy = [r for r in earlier if r["fraction"] is not None]
         if noisy:
             fraction_list = sorted(set(fraction_list) | {r["fraction"] for r in noisy})
@@ -566,7 +572,6 @@ def replicate_summary(result_dirs: Sequence[str | Path]) -> dict[str, Any]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault((r["fraction"], r["level"], r["method"]), []).append(r)
-    method_order = list(dict.fromkeys(r["method"] for r in sorted(runs, key=lambda r: r["method"] != "baseline")))
     rows = []
     for (fraction, level, method), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["seed"])
@@ -592,7 +597,7 @@ def replicate_summary(result_dirs: Sequence[str | Path]) -> dict[str, Any]:
                     "ci95": interval(diffs), "better": sum(d > 0 for d in diffs),
                 }
         rows.append(row)
-    rows.sort(key=lambda r: (r["level"] is not None, tuple(r["radius"] or ()), r["fraction"] or 0.0, method_order.index(r["method"])))
+    rows.sort(key=lambda r: (r["level"] is not None, tuple(r["radius"] or ()), r["fraction"] or 0.0, method_order_key(r["method"])))
     return {
         "folders": [str(d) for d in dirs],
         "epochs": reference[1] if reference else None,
