@@ -391,12 +391,12 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp else nullcontext()
     bar = tqdm(range(state["epoch"], t.epochs), desc=f"train {cfg.name}", initial=state["epoch"], total=t.epochs, disable=None)
     for epoch in bar:
+        t_start = time.perf_counter()  # the epoch's time includes scoring the training labels, if any
         if weighting.wants_scores(epoch):  # e.g. agreement selection: score every training label first
             network.eval()
             weighting.set_scores(*case_dice(network, train_cases, meta["inference"], device, amp, soft=weighting.soft_scores), epoch)
         network.train()
         weighting.train()
-        t_start = time.perf_counter()
         losses = []
         # augmentation randomness is a function of (seed, epoch): a resumed run repeats it exactly
         train_cases.transform.set_random_state(seed=t.seed * 100_003 + epoch)
