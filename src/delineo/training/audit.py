@@ -163,7 +163,7 @@ def audit(
     records = {r["case"]: r for r in (bundle.meta.get("training", {}).get("label_noise") or [])}
     train_root = Path(str(bundle.meta.get("training", {}).get("data", {}).get("train", ""))).resolve()
     same_data = Path(data).resolve() == train_root
-    rows = []
+    rows, dice, contoured = [], [], []
     for i in range(len(ds)):
         s = ds[i]
         label = s["label"]
@@ -177,9 +177,10 @@ def audit(
             pred = predictor.probabilities_on_model_grid(x) >= predictor.threshold
             per = dice_per_structure(pred[None].cpu(), y[None].bool())[0].numpy()
             qam_score = float(qam.score(x[None].to(dev), y[None].to(dev))[0]) if qam is not None else None
+        dice.append(per)
+        contoured.append(present)
         row: dict[str, Any] = {
-            "case": s["case"], "agreement": float(per[present].mean()) if present.any() else None,
-            "structures_contoured": int(present.sum()),
+            "case": s["case"], "structures_contoured": int(present.sum()),
             **{f"agreement_{n}": (float(d) if p else None) for n, d, p in zip(bundle.structures, per, present)},
         }
         if qam_score is not None:
@@ -189,11 +190,13 @@ def audit(
             known = [d for d, p in zip(rec["dice_vs_clean"], present) if p]
             row["label_dice_vs_clean"] = float(np.mean(known)) if known else None
         rows.append(row)
-    per_structure = torch.tensor([[r[f"agreement_{n}"] if r[f"agreement_{n}"] is not None else float("nan")
-                                   for n in bundle.structures] for r in rows], dtype=torch.float64)
-    z = agreement(per_structure, ~torch.isnan(per_structure), "zscore").tolist()
-    for r, zi in zip(rows, z):
-        r["agreement_z"] = None if np.isnan(zi) else float(zi)
+    # both agreement scores need every pair's Dice (agreement_z standardises each structure over them)
+    dice_t, contoured_t = torch.as_tensor(np.stack(dice)), torch.as_tensor(np.stack(contoured))
+    for name in ("agreement", "agreement_z"):
+        scores = agreement(dice_t, contoured_t, "mean" if name == "agreement" else "zscore").tolist()
+        for r, v in zip(rows, scores):
+            r[name] = None if np.isnan(v) else float(v)
+    for r in rows:
         r["score"] = r.get(SCORE_COLUMNS[rank_by])
     # pairs with nothing contoured have no agreement: they go last, not first
     rows.sort(key=lambda r: (r["score"] is None, r["score"] if r["score"] is not None else 0.0))

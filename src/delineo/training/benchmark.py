@@ -205,6 +205,10 @@ def _condition_key(row: dict[str, Any]) -> tuple:
     return (row["level"] is not None, tuple(row["radius"] or ()), row["fraction"])
 
 
+def _noise_label(fraction: float | None) -> str:
+    return "none" if fraction is None else f"{fraction:.0%}"
+
+
 def run_benchmark(
     data: str | Path,
     out: str | Path,
@@ -363,6 +367,7 @@ def run_benchmark(
             f"clean labels of the {n} validation cases held out from {data} (listed in each model's model.json; "
             "never trained on)" + ("; they also selected the epoch, so these figures are optimistic" if selection == "best-val" else "")
         )
+    training_seed = (base.get("training") or {}).get("seed", 0)
     results = {
         "data": str(data),
         "test": {"data": str(test_data) if test_data is not None else str(data),
@@ -370,8 +375,8 @@ def run_benchmark(
         "selection": selection,
         "base_config": str(base_config) if base_config is not None and not isinstance(base_config, dict) else ("dict" if base_config else "built-in default"),
         "epochs": epochs if epochs is not None else (base.get("training") or {}).get("epochs"),
-        "seed": (base.get("training") or {}).get("seed", 0),
-        "noise_seed": label_noise_seed((base.get("training") or {}).get("seed", 0), noise_seed),
+        "seed": training_seed,
+        "noise_seed": label_noise_seed(training_seed, noise_seed),
         "command": command,
         "hardware_now": hardware_description(resolve_device(device or "auto")),
         "methods": [{"method": m.spec, "label": m.label, "training": m.training} for m in method_list],
@@ -451,7 +456,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         avgs = [r["avg"] for r in group if r["avg"] is not None]
         best = max(avgs) if len(group) > 1 and avgs else None
         for r in group:
-            noise = "none" if r["fraction"] is None else f"{r['fraction']:.0%}"
+            noise = _noise_label(r["fraction"])
             avg = _fmt(r["avg"])
             if best is not None and r["avg"] == best:
                 avg = f"**{avg}**"
@@ -462,7 +467,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines += ["", "Training labels kept by the selecting methods (the rest dropped from the epoch named on):", ""]
         for r in selected:
             sel = r["selection"]
-            cond = "clean labels" if r["fraction"] is None else f"{r['fraction']:.0%}, {r['level']} px"
+            cond = "clean labels" if r["fraction"] is None else f"{_noise_label(r['fraction'])}, {r['level']} px"
             known = (f": {sel['corrupted_among_kept']} of the kept and {sel['corrupted_among_dropped']} of the dropped were corrupted"
                      if "corrupted_among_kept" in sel else "")
             lines.append(f"- {r['label']}, {cond}: kept {sel['n_kept']}/{sel['n_train']} from epoch {sel['selected_before_epoch']}{known}")
@@ -597,7 +602,7 @@ def replicate_summary(result_dirs: Sequence[str | Path]) -> dict[str, Any]:
                     "ci95": interval(diffs), "better": sum(d > 0 for d in diffs),
                 }
         rows.append(row)
-    rows.sort(key=lambda r: (r["level"] is not None, tuple(r["radius"] or ()), r["fraction"] or 0.0, method_order_key(r["method"])))
+    rows.sort(key=lambda r: (*_condition_key(r), method_order_key(r["method"])))
     return {
         "folders": [str(d) for d in dirs],
         "epochs": reference[1] if reference else None,
@@ -631,7 +636,7 @@ def replicate_markdown(summary: dict[str, Any]) -> str:
         "|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|",
     ]
     for r in summary["rows"]:
-        noise = "none" if r["fraction"] is None else f"{r['fraction']:.0%}"
+        noise = _noise_label(r["fraction"])
         cells = [_fmt(r["dice_mean"].get(n)) for n in names]
         per_seed = ", ".join(f"{s}: {_fmt(a)}" for s, a in zip(r["seeds"], r["avg_per_seed"]))
         p = r["paired_vs_baseline"]

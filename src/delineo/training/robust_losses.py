@@ -255,12 +255,15 @@ class AgreementSelection(SampleWeighting):
         if dice not in ("soft", "hard"):
             raise ConfigError(f"agreement: dice must be 'soft' or 'hard', got {dice!r}")
         self.dice = dice
-        self.soft_scores = dice == "soft"
         self.warmup_epochs = int(warmup_epochs)
         self.rescore_every = int(rescore_every)
         self.threshold = float(threshold)
         self.keep_fraction = None if keep_fraction is None else float(keep_fraction)
         self.bind(0)
+
+    @property
+    def soft_scores(self) -> bool:
+        return self.dice == "soft"
 
     def bind(self, n_samples: int) -> None:
         self.register_buffer("agreement", torch.full((n_samples,), float("nan")))
