@@ -232,3 +232,13 @@ def test_selection_record_counts_corrupted_labels_among_kept_and_dropped():
                               "data": "d", "test": {"description": "t"}, "selection": "last", "epochs": 2, "base_config": "b", "seed": 0, "noise_seed": 0,
                               "cost_per_epoch": {}})
     assert "- agreement selection, 50%, 1-2 px: kept 2/4 from epoch 11: 1 of the kept and 1 of the dropped were corrupted" in md
+
+
+def test_plot_styles_are_distinct_and_fixed_per_method():
+    """Every method keeps one style in every panel, and no two of more than ten methods share one
+    (the report has eleven methods; matplotlib's default cycle repeats after ten and restarts per panel)."""
+    methods = [f"m{i}" for i in range(13)]
+    styles = bm.method_styles(methods)
+    keys = {(s["color"], s["marker"], s["linestyle"]) for s in styles.values()}
+    assert len(keys) == len(methods)
+    assert bm.method_styles(methods[:3]) == {m: styles[m] for m in methods[:3]}

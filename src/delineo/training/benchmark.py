@@ -483,6 +483,16 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Matplotlib line style of each method, the same in every panel of a plot: the ten tab10
+    colours with round markers and solid lines, then the same colours with squares, dashed, and so on."""
+    from matplotlib import colormaps
+
+    tab10 = colormaps["tab10"]
+    return {m: dict(color=tab10(i % 10), marker="os^D"[(i // 10) % 4], linestyle="-" if (i // 10) % 2 == 0 else "--")
+            for i, m in enumerate(methods)}
+
+
 def plot_results(results: dict[str, Any], path: Path) -> Path:
     """Average Dice against noise fraction (0 = clean labels), one panel per level, one line per method."""
     import matplotlib
@@ -491,20 +501,26 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     levels = results["levels"] or ["-"]
-    fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels) + 2.5, 4), squeeze=False, sharey=True)
+    styles = method_styles([m["method"] for m in results["methods"]])
+    handles: dict[str, Any] = {}
     for ax, level in zip(axes[0], levels):
         for m in results["methods"]:
             pts = [(0.0 if r["fraction"] is None else r["fraction"], r["avg"]) for r in results["runs"]
                    if r["method"] == m["method"] and r["avg"] is not None and (r["level"] == level or r["fraction"] is None)]
             if pts:
                 pts.sort()
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m["label"])
+                (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], **styles[m["method"]])
+                handles.setdefault(m["method"], line)
         ax.set_title(f"noise level {level} px" if level != "-" else "clean")
         ax.set_xlabel("fraction of training labels corrupted (0 = clean)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("average Dice (clean test labels)")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+    # one legend for the figure, every method that has a point in any panel
+    fig.legend([handles[m["method"]] for m in results["methods"] if m["method"] in handles],
+               [m["label"] for m in results["methods"] if m["method"] in handles],
+               loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1 - 2.5 / (5 * len(levels) + 2.5), 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
