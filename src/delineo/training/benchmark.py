@@ -501,7 +501,9 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     levels = results["levels"] or ["-"]
-    fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels) + 2.5, 4), squeeze=False, sharey=True)
+    legend_in = 2.5  # width (inches) kept at the right for the figure's legend
+    width_in = 5 * len(levels) + legend_in
+    fig, axes = plt.subplots(1, len(levels), figsize=(width_in, 4), squeeze=False, sharey=True)
     styles = method_styles([m["method"] for m in results["methods"]])
     handles: dict[str, Any] = {}
     for ax, level in zip(axes[0], levels):
@@ -517,10 +519,9 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("average Dice (clean test labels)")
     # one legend for the figure, every method that has a point in any panel
-    fig.legend([handles[m["method"]] for m in results["methods"] if m["method"] in handles],
-               [m["label"] for m in results["methods"] if m["method"] in handles],
-               loc="center right", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1 - 2.5 / (5 * len(levels) + 2.5), 1))
+    shown = [m for m in results["methods"] if m["method"] in handles]
+    fig.legend([handles[m["method"]] for m in shown], [m["label"] for m in shown], loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1 - legend_in / width_in, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
