@@ -53,6 +53,10 @@ def test_make_config(tmp_path, tiny_config, image_dataset):
     clean = bm.make_config(b, bm.parse_method("nr_dice"), None, None, data=image_dataset.root, run_dir=tmp_path / "c",
                            epochs=None, device=None, selection="best-val", noise_seed=7)
     assert clean.training.label_noise is None and clean.training.loss == "nr_dice" and clean.training.val_every == 1
+    oracle = bm.make_config(b, bm.parse_method("oracle"), 0.75, (5, 13), data=image_dataset.root, run_dir=tmp_path / "o",
+                            epochs=3, device="cpu", selection="last", noise_seed=None)
+    assert oracle.training.label_noise == {"ignore_corrupted": True, "fraction": 0.75, "radius": [5, 13], "seed": 0}
+    assert bm.METHODS["oracle"][1]["label_noise"] == {"ignore_corrupted": True}  # the table's template is not changed
 
 
 def test_noise_benchmark_writes_results_and_resumes(tmp_path, tiny_config, image_dataset, monkeypatch):

@@ -315,6 +315,28 @@ def test_label_noise_is_recorded(tmp_path, tiny_config, image_dataset):
     assert all(min(r["dice_vs_clean"]) < 1 for r in records if r["corrupted"])
 
 
+def test_ignore_corrupted_leaves_only_clean_labels(tmp_path, tiny_config, image_dataset, monkeypatch):
+    """The noise benchmark's oracle: corrupted samples reach the loss with no structure contoured."""
+    import delineo.training.loop as loop
+
+    seen: dict[str, list[bool]] = {}
+    real_step = loop.training_step
+
+    def spy(network, weighting, loss_fn, optimizer, batch, *args):
+        for case, present in zip(batch["case"], batch["present"]):
+            seen[case] = present.tolist()
+        return real_step(network, weighting, loss_fn, optimizer, batch, *args)
+
+    monkeypatch.setattr(loop, "training_step", spy)
+    d = tiny_config(image_dataset.root, tmp_path, epochs=1,
+                    label_noise={"fraction": 0.5, "radius": [1, 2], "seed": 3, "ignore_corrupted": True})
+    meta = json.loads((train(TrainConfig.from_dict(d)) / "model.json").read_text())
+    corrupted = {r["case"]: r["corrupted"] for r in meta["training"]["label_noise"]}
+    assert set(seen) == set(corrupted) and sum(corrupted.values()) == 3
+    for case, present in seen.items():
+        assert any(present) != corrupted[case], case
+
+
 def test_deep_supervision_and_residual_train(tmp_path, tiny_config, image_dataset):
     d = tiny_config(image_dataset.root, tmp_path, epochs=1, loss="dice", optimizer="sgd", schedule="poly")
     d["network"] = {"channels": [4, 8, 16, 16], "residual": True, "squeeze_excitation": True, "deep_supervision": True}

@@ -17,7 +17,8 @@ _METHODS_HELP = (
     "nr_dice (noise-robust Dice), "
     "gce, dice_gce (Dice + generalised cross-entropy), small_loss (small-loss selection), "
     "loss_gmm (per-sample loss mixture, DivideMix's label division), "
-    "agreement (after a warm-up, train on the labels the network agrees with); "
+    "agreement (after a warm-up, train on the labels the network agrees with), "
+    "oracle (a reference, not a method: the corrupted labels are known and ignored); "
     "weighting options as NAME:KEY=VALUE[+KEY=VALUE], e.g. qam:ocm_lambda=1"
 )
 

@@ -3,6 +3,11 @@
 A fraction ``alpha`` of the training samples is chosen; for each chosen sample and each
 structure, the mask is eroded or dilated (chosen at random) with a disc (2D) or ball (3D)
 whose radius in voxels is drawn uniformly from ``[r_min, r_max]``. Seeded and deterministic.
+
+In a training config: ``training.label_noise: {fraction, radius: [r_min, r_max], seed}``;
+``ignore_corrupted: true`` marks the corrupted samples' structures as not contoured, so only the
+clean labels teach the network (the oracle reference of the noise benchmark: the best any
+sample selection could do).
 """
 
 from __future__ import annotations

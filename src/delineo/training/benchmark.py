@@ -53,6 +53,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "small_loss": ("small-loss", {"weighting": {"kind": "small_loss"}}),
     "loss_gmm": ("loss-GMM", {"weighting": {"kind": "loss_gmm"}}),
     "agreement": ("agreement selection", {"weighting": {"kind": "agreement"}}),
+    # not a method: knows which labels were corrupted and ignores them (the ceiling of selection)
+    "oracle": ("oracle: corrupted labels ignored", {"label_noise": {"ignore_corrupted": True}}),
 }
 DEFAULT_METHODS = ("baseline", "qam", "nr_dice", "dice_gce", "small_loss", "loss_gmm")
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75)
@@ -165,6 +167,7 @@ def make_config(
     if device is not None:
         training["device"] = device
     training["label_noise"] = None if fraction is None else {
+        **(training.get("label_noise") or {}),
         "fraction": fraction, "radius": list(level), "seed": label_noise_seed(training.get("seed", 0), noise_seed)}
     d["training"] = training
     cfg = TrainConfig.from_dict(d, where=f"noise benchmark run {run_dir.name}")

@@ -311,6 +311,10 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
         )
         for it, lab in zip(train_cases.items, labels):
             it["label"] = torch.as_tensor(lab, dtype=torch.uint8)
+        if ln.get("ignore_corrupted"):  # the oracle reference: only the clean labels count (see noise.py)
+            for it, rec in zip(train_cases.items, noise_records):
+                if rec.corrupted:
+                    it["present"] = torch.zeros_like(it["present"])
 
     spatial_dims = train_cases.items[0]["image"].ndim - 1
     try:
