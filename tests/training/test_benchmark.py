@@ -238,6 +238,20 @@ def test_selection_record_counts_corrupted_labels_among_kept_and_dropped():
     assert "- agreement selection, 50%, 1-2 px: kept 2/4 from epoch 11: 1 of the kept and 1 of the dropped were corrupted" in md
 
 
+def test_oracle_row_is_never_the_best_of_its_condition():
+    def row(method, label, avg):
+        return {"run": f"{method}__a0.75__r5-13", "method": method, "label": label, "fraction": 0.75, "level": "5-13",
+                "radius": [5, 13], "dice": {"disc": avg}, "avg": avg}
+
+    md = bm.results_markdown({"structures": ["disc"], "runs": [row("baseline", "baseline", 0.8), row("oracle", "oracle", 0.9)],
+                              "methods": [{"method": "baseline", "label": "baseline"}, {"method": "oracle", "label": "oracle"}],
+                              "data": "d", "test": {"description": "t"}, "selection": "last", "epochs": 2, "base_config": "b",
+                              "seed": 0, "noise_seed": 0, "cost_per_epoch": {}})
+    assert "| baseline | 0.800 | **0.800** |" in md and "| oracle | 0.900 | 0.900 |" in md
+    assert "oracle rows are a reference" in md
+    assert bm.is_reference("oracle") and not bm.is_reference("qam:ocm_lambda=0.5")
+
+
 def test_plot_styles_are_distinct_and_fixed_per_method():
     """Every method keeps one style in every panel, and no two of more than ten methods share one
     (the report has eleven methods; matplotlib's default cycle repeats after ten and restarts per panel)."""

@@ -56,6 +56,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     # not a method: knows which labels were corrupted and ignores them (the ceiling of selection)
     "oracle": ("oracle: corrupted labels ignored", {"label_noise": {"ignore_corrupted": True}}),
 }
+#: rows that know which labels were corrupted: a reference for the methods, never the best of a row
+REFERENCE_METHODS = ("oracle",)
 DEFAULT_METHODS = ("baseline", "qam", "nr_dice", "dice_gce", "small_loss", "loss_gmm")
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75)
 DEFAULT_LEVELS = ((1, 8), (5, 13))
@@ -103,6 +105,11 @@ def parse_method(spec: str) -> Method:
         training["weighting"].update(options)
         label += " (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
     return Method(spec.strip(), name, label, training)
+
+
+def is_reference(spec: str) -> bool:
+    """True for a reference row (:data:`REFERENCE_METHODS`) rather than a method."""
+    return spec.partition(":")[0] in REFERENCE_METHODS
 
 
 def method_order_key(spec: str) -> tuple:
@@ -456,7 +463,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         groups.setdefault(_condition_key(r), []).append(r)
     for key in sorted(groups):
         group = sorted(groups[key], key=lambda r: order.get(r["method"], len(order)))
-        avgs = [r["avg"] for r in group if r["avg"] is not None]
+        avgs = [r["avg"] for r in group if r["avg"] is not None and not is_reference(r["method"])]
         best = max(avgs) if len(group) > 1 and avgs else None
         for r in group:
             noise = _noise_label(r["fraction"])
@@ -465,6 +472,10 @@ def results_markdown(results: dict[str, Any]) -> str:
                 avg = f"**{avg}**"
             cells = [_fmt(r["dice"].get(n)) for n in names]
             lines.append(f"| {noise} | {r['level'] or '-'} | {r['label']} | " + " | ".join(cells) + f" | {avg} |")
+    if any(is_reference(r["method"]) for r in rows):
+        lines += ["", "The oracle rows are a reference, not a method: they know which training labels were corrupted and "
+                  "ignore them (only the clean labels teach the network), the most any sample selection could do; "
+                  "the best method of each row is in bold."]
     selected = [r for r in rows if r.get("selection")]
     if selected:
         lines += ["", "Training labels kept by the selecting methods (the rest dropped from the epoch named on):", ""]
