@@ -73,7 +73,7 @@ def running_node(tmp_path, model, dest_port, **kw) -> Iterator[DicomNode]:
         node.stop()
 
 
-def wait_for(predicate, timeout=60.0):
+def wait_for(predicate, timeout=300.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():

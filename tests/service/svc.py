@@ -82,7 +82,8 @@ def upload(c, files, **kw):
     return c.post("/api/studies", files=[("files", (n, d, "application/octet-stream")) for n, d in files], **kw)
 
 
-def wait_job(c, job_id: str, timeout: float = 60.0, headers=None) -> dict:
+def wait_job(c, job_id: str, timeout: float = 300.0, headers=None) -> dict:
+    """Poll a job until done or failed; ``timeout`` (s) only bounds a hang."""
     t0 = time.monotonic()
     seen = []
     while time.monotonic() - t0 < timeout:
