@@ -515,9 +515,13 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     levels = results["levels"] or ["-"]
-    legend_in = 2.5  # width (inches) kept at the right for the figure's legend
-    width_in = 5 * len(levels) + legend_in
-    fig, axes = plt.subplots(1, len(levels), figsize=(width_in, 4), squeeze=False, sharey=True)
+    width_in = 5.0 * len(levels)
+    shown_methods = [m["method"] for m in results["methods"]]
+    # the legend goes under the panels, in as many columns as fit (long labels need ~3.5 in)
+    ncol = max(1, min(len(shown_methods), int(width_in // 3.5)))
+    legend_in = 0.18 * math.ceil(max(1, len(shown_methods)) / ncol) + 0.25
+    height_in = 4.0 + legend_in
+    fig, axes = plt.subplots(1, len(levels), figsize=(width_in, height_in), squeeze=False, sharey=True)
     styles = method_styles([m["method"] for m in results["methods"]])
     handles: dict[str, Any] = {}
     for ax, level in zip(axes[0], levels):
@@ -534,8 +538,9 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     axes[0][0].set_ylabel("average Dice (clean test labels)")
     # one legend for the figure, every method that has a point in any panel
     shown = [m for m in results["methods"] if m["method"] in handles]
-    fig.legend([handles[m["method"]] for m in shown], [m["label"] for m in shown], loc="center right", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1 - legend_in / width_in, 1))
+    fig.legend([handles[m["method"]] for m in shown], [m["label"] for m in shown], loc="lower center", ncol=ncol, fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, legend_in / height_in, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
