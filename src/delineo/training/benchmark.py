@@ -516,13 +516,13 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
 
     levels = results["levels"] or ["-"]
     width_in = 5.0 * len(levels)
-    shown_methods = [m["method"] for m in results["methods"]]
+    methods = [m["method"] for m in results["methods"]]
     # the legend goes under the panels, in as many columns as fit (long labels need ~3.5 in)
-    ncol = max(1, min(len(shown_methods), int(width_in // 3.5)))
-    legend_in = 0.18 * math.ceil(max(1, len(shown_methods)) / ncol) + 0.25
+    ncol = max(1, min(len(methods), int(width_in // 3.5)))
+    legend_in = 0.18 * math.ceil(max(1, len(methods)) / ncol) + 0.25
     height_in = 4.0 + legend_in
     fig, axes = plt.subplots(1, len(levels), figsize=(width_in, height_in), squeeze=False, sharey=True)
-    styles = method_styles([m["method"] for m in results["methods"]])
+    styles = method_styles(methods)
     handles: dict[str, Any] = {}
     for ax, level in zip(axes[0], levels):
         for m in results["methods"]:

@@ -309,12 +309,11 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
             radius=tuple(ln.get("radius", (1, 8))),
             seed=int(ln.get("seed", t.seed)),
         )
-        for it, lab in zip(train_cases.items, labels):
+        ignore_corrupted = bool(ln.get("ignore_corrupted"))  # the oracle reference: only clean labels count (noise.py)
+        for it, lab, rec in zip(train_cases.items, labels, noise_records):
             it["label"] = torch.as_tensor(lab, dtype=torch.uint8)
-        if ln.get("ignore_corrupted"):  # the oracle reference: only the clean labels count (see noise.py)
-            for it, rec in zip(train_cases.items, noise_records):
-                if rec.corrupted:
-                    it["present"] = torch.zeros_like(it["present"])
+            if ignore_corrupted and rec.corrupted:
+                it["present"] = torch.zeros_like(it["present"])
 
     spatial_dims = train_cases.items[0]["image"].ndim - 1
     try:
