@@ -330,6 +330,11 @@ def test_agreement_selection_keep_fraction_and_rescoring():
     dice = torch.tensor([0.5, 0.9, 0.7, 0.95, 0.1, 0.2, 0.3, 0.4])[:, None].repeat(1, 2)
     w.set_scores(dice, torch.ones(8, 2, dtype=torch.bool), 1)
     assert w.kept.nonzero().flatten().tolist() == [1, 3]
+    w.keep_fraction = 0.5
+    w.set_scores(dice, torch.ones(8, 2, dtype=torch.bool), 3)  # re-scored: every selection is recorded
+    record = w.record([f"c{i}" for i in range(8)])
+    assert record["history"] == [{"selected_before_epoch": 2, "n_kept": 2}, {"selected_before_epoch": 4, "n_kept": 4}]
+    assert record["n_kept"] == 4 and record["selected_before_epoch"] == 4 and record["score"] == "soft_dice"
     # without an index (a caller that does not track samples): uniform
     torch.testing.assert_close(w(None, None, None, torch.rand(2)), torch.tensor([0.5, 0.5]))
     with pytest.raises(ConfigError, match="warmup_epochs"):
@@ -342,7 +347,10 @@ def test_agreement_selection_keep_fraction_and_rescoring():
         selection(aggregate="median")
     with pytest.raises(ConfigError, match="dice"):
         selection(dice="fuzzy")
-    assert selection().soft_scores and not selection(dice="hard").soft_scores
+    with pytest.raises(ConfigError, match="score"):
+        selection(score="hausdorff")
+    assert [selection().agreement_measure, selection(dice="hard").agreement_measure] == ["soft_dice", "dice"]
+    assert selection(score="surface", dice="hard").agreement_measure == "surface"
     built = build_weighting({"kind": "agreement", "warmup_epochs": 4}, in_channels=3, n_structures=2, spatial_dims=2)
     assert isinstance(built, AgreementSelection) and built.tracks_samples and built.warmup_epochs == 4
 
@@ -367,8 +375,9 @@ def test_agreement_zscore_lets_every_structure_count():
 
 
 @pytest.mark.slow
-def test_train_with_agreement_selection_scores_every_training_label(tmp_path, tiny_config, image_dataset):
-    d = tiny_config(image_dataset.root, tmp_path, epochs=2, weighting={"kind": "agreement", "warmup_epochs": 1},
+@pytest.mark.parametrize("score, measure", [("dice", "soft_dice"), ("surface", "surface")])
+def test_train_with_agreement_selection_scores_every_training_label(tmp_path, tiny_config, image_dataset, score, measure):
+    d = tiny_config(image_dataset.root, tmp_path, epochs=2, weighting={"kind": "agreement", "warmup_epochs": 1, "score": score},
                     label_noise={"fraction": 0.5, "radius": [1, 2], "seed": 0})
     out = train(TrainConfig.from_dict(d))
     n_train = json.loads((out / "model.json").read_text())["training"]["data"]["n_train"]
@@ -377,5 +386,6 @@ def test_train_with_agreement_selection_scores_every_training_label(tmp_path, ti
     assert abs(float(ckpt["agreement"].mean())) < 1e-4  # z-scores average 0 over the training set
     assert int(ckpt["selected_at_epoch"]) == 1 and 1 <= int(ckpt["kept"].sum()) <= n_train
     record = json.loads((out / "model.json").read_text())["training"]["weighting_record"]
-    assert record["dice"] == "soft" and record["selected_before_epoch"] == 2 and record["n_kept"] == int(ckpt["kept"].sum()) and record["n_train"] == n_train
+    assert record["score"] == measure and record["selected_before_epoch"] == 2 and record["n_kept"] == int(ckpt["kept"].sum()) and record["n_train"] == n_train
     assert len(record["agreement"]) == n_train and len(record["dropped_cases"]) == n_train - record["n_kept"]
+    assert record["history"] == [{"selected_before_epoch": 2, "n_kept": record["n_kept"]}]

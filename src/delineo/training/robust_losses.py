@@ -189,15 +189,15 @@ class LossMixtureWeighting(SampleWeighting):
 AGGREGATES = ("zscore", "mean")
 
 
-def agreement(dice: torch.Tensor, present: torch.Tensor, aggregate: str = "zscore") -> torch.Tensor:
-    """One agreement score per sample from per-structure Dice ``(N, C)`` and ``present`` ``(N, C)``
-    -> ``(N,)`` (nan where nothing is contoured).
+def agreement(scores: torch.Tensor, present: torch.Tensor, aggregate: str = "zscore") -> torch.Tensor:
+    """One agreement score per sample from per-structure scores ``(N, C)`` (Dice, or any measure
+    where higher is closer) and ``present`` ``(N, C)`` -> ``(N,)`` (nan where nothing is contoured).
 
-    ``mean``: the mean Dice over the contoured structures (the audit's score). ``zscore``: each
-    structure's Dice standardised over the samples that contour it, then averaged, so that a
+    ``mean``: the mean score over the contoured structures (the audit's: mean Dice). ``zscore``: each
+    structure's score standardised over the samples that contour it, then averaged, so that a
     structure every label agrees with less (small, thin: clavicles) does not decide the ranking.
     """
-    d = dice.double()
+    d = scores.double()
     p = present.bool() & ~torch.isnan(d)
     if aggregate == "zscore":
         n = p.sum(0).clamp_min(1)
@@ -215,12 +215,16 @@ class AgreementSelection(SampleWeighting):
     """Train on the labels the network agrees with: confident-learning-style pruning in one run.
 
     After ``warmup_epochs`` of plain training the loop scores every training label by the
-    network's agreement with it: Dice of the prediction, without augmentation, vs the given label,
-    per structure, combined by :func:`agreement` (by default each structure's Dice standardised
-    over the training set, then averaged). ``dice: soft`` (the default) takes the Dice of the
-    probabilities; ``hard`` that of the thresholded prediction, which early in training, while a
-    structure's probabilities stay below the threshold, rates an empty (eroded-away) label as
-    perfect and so keeps exactly the wrong ones. A network fits the consensus shape
+    network's agreement with it: the prediction, without augmentation, vs the given label, per
+    structure, combined by :func:`agreement` (by default each structure's score standardised
+    over the training set, then averaged). ``score: dice`` (the default) measures it by Dice:
+    ``dice: soft`` (the default) of the probabilities, ``hard`` of the thresholded prediction,
+    which early in training, while a structure's probabilities stay below the threshold, rates an
+    empty (eroded-away) label as perfect and so keeps exactly the wrong ones. ``score: surface``
+    measures it by the mean surface distance between the thresholded prediction and the label (on
+    a log scale; ``loop.case_agreement``): an eroded or dilated contour lies as far from the
+    prediction on a wide lung as on a thin clavicle, where Dice forgives the lung's shift and
+    punishes the clavicle's model error. A network fits the consensus shape
     before it memorises individual errors, so wrong labels disagree. A two-component Gaussian
     mixture on the agreements (scikit-learn) gives each label's probability of belonging to the
     high-agreement component; labels with probability >= ``threshold`` are kept (DivideMix's
@@ -237,10 +241,12 @@ class AgreementSelection(SampleWeighting):
     """
 
     tracks_samples = True
+    MAX_SELECTIONS = 64
 
     def __init__(
         self, in_channels: int, n_structures: int, spatial_dims: int, warmup_epochs: int = 10, rescore_every: int = 0,
         threshold: float = 0.5, keep_fraction: float | None = None, aggregate: str = "zscore", dice: str = "soft",
+        score: str = "dice",
     ):
         super().__init__()
         if int(warmup_epochs) < 1 or int(rescore_every) < 0:
@@ -255,6 +261,9 @@ class AgreementSelection(SampleWeighting):
         if dice not in ("soft", "hard"):
             raise ConfigError(f"agreement: dice must be 'soft' or 'hard', got {dice!r}")
         self.dice = dice
+        if score not in ("dice", "surface"):
+            raise ConfigError(f"agreement: score must be 'dice' or 'surface', got {score!r}")
+        self.score = score
         self.warmup_epochs = int(warmup_epochs)
         self.rescore_every = int(rescore_every)
         self.threshold = float(threshold)
@@ -262,13 +271,17 @@ class AgreementSelection(SampleWeighting):
         self.bind(0)
 
     @property
-    def soft_scores(self) -> bool:
-        return self.dice == "soft"
+    def agreement_measure(self) -> str:
+        if self.score == "surface":
+            return "surface"
+        return "soft_dice" if self.dice == "soft" else "dice"
 
     def bind(self, n_samples: int) -> None:
         self.register_buffer("agreement", torch.full((n_samples,), float("nan")))
         self.register_buffer("kept", torch.ones(n_samples, dtype=torch.bool))
         self.register_buffer("selected_at_epoch", torch.full((), -1, dtype=torch.long))
+        # (epoch before which it selected, labels kept) of the first MAX_SELECTIONS selections; -1: none
+        self.register_buffer("selections", torch.full((self.MAX_SELECTIONS, 2), -1, dtype=torch.long))
 
     def wants_scores(self, epoch: int) -> bool:
         if epoch < self.warmup_epochs:
@@ -277,8 +290,8 @@ class AgreementSelection(SampleWeighting):
             return True
         return self.rescore_every > 0 and (epoch - self.warmup_epochs) % self.rescore_every == 0
 
-    def set_scores(self, dice: torch.Tensor, present: torch.Tensor, epoch: int) -> None:
-        scores = agreement(dice, present, self.aggregate).to(self.agreement.device)
+    def set_scores(self, scores: torch.Tensor, present: torch.Tensor, epoch: int) -> None:
+        scores = agreement(scores, present, self.aggregate).to(self.agreement.device)
         self.agreement.copy_(scores)
         known = ~torch.isnan(scores)
         kept = torch.ones_like(self.kept)
@@ -294,6 +307,9 @@ class AgreementSelection(SampleWeighting):
         kept[known] = torch.as_tensor(keep_known, device=kept.device)
         self.kept.copy_(kept)
         self.selected_at_epoch.fill_(int(epoch))
+        free = (self.selections[:, 0] < 0).nonzero()
+        if len(free):
+            self.selections[int(free[0])] = torch.as_tensor([int(epoch), int(kept.sum())])
         print(f"agreement selection before epoch {epoch + 1}: kept {int(kept.sum())}/{kept.numel()} training labels "
               f"(agreement of the kept >= {float(scores[kept & known].min()) if (kept & known).any() else float('nan'):.3f})",
               file=sys.stderr, flush=True)
@@ -303,8 +319,9 @@ class AgreementSelection(SampleWeighting):
             return None
         kept = self.kept.tolist()
         return {
-            "kind": "agreement", "aggregate": self.aggregate, "dice": self.dice, "selected_before_epoch": int(self.selected_at_epoch) + 1,
+            "kind": "agreement", "score": self.agreement_measure, "aggregate": self.aggregate, "selected_before_epoch": int(self.selected_at_epoch) + 1,
             "n_kept": int(sum(kept)), "n_train": len(kept),
+            "history": [{"selected_before_epoch": int(e) + 1, "n_kept": int(k)} for e, k in self.selections.tolist() if e >= 0],
             "agreement": {c: (None if math.isnan(a) else round(a, 4)) for c, a in zip(cases, self.agreement.tolist())},
             "dropped_cases": [c for c, k in zip(cases, kept) if not k],
         }

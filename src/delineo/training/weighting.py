@@ -7,8 +7,9 @@ the same optimiser and loss. A strategy that remembers each training sample acro
 ``tracks_samples``: the loop then calls :meth:`SampleWeighting.bind` with the size of the training
 set and passes each batch's sample indices. A strategy that judges each training label by the
 network's own prediction answers :meth:`SampleWeighting.wants_scores`: before such an epoch the
-loop scores every training sample (Dice of the prediction per structure, without augmentation,
-against the given label) and hands the scores to :meth:`SampleWeighting.set_scores`.
+loop scores every training sample (agreement of the prediction with the given label per structure,
+without augmentation, by the strategy's :attr:`SampleWeighting.agreement_measure`) and hands the
+scores to :meth:`SampleWeighting.set_scores`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class SampleWeighting(nn.Module):
     min_batch_size = 1
     #: True: the loop calls :meth:`bind` and passes ``index=`` (the samples' positions in the training set)
     tracks_samples = False
-    #: for :meth:`set_scores`: Dice of the probabilities (True) or of the thresholded prediction
-    soft_scores = False
+    #: for :meth:`set_scores`: the measure of agreement (``delineo.training.loop.AGREEMENT_MEASURES``:
+    #: ``dice``, ``soft_dice``, ``surface``)
+    agreement_measure = "dice"
 
     def bind(self, n_samples: int) -> None:
         """Size per-sample state for a training set of ``n_samples`` (called before a checkpoint is loaded)."""
@@ -39,10 +41,10 @@ class SampleWeighting(nn.Module):
         """Whether the loop should score every training sample before ``epoch`` (0-based)."""
         return False
 
-    def set_scores(self, dice: torch.Tensor, present: torch.Tensor, epoch: int) -> None:
-        """Agreement of every training sample with its label, computed before ``epoch``: ``dice``
-        ``(N, C)`` of the prediction vs the given label per structure, ``present`` ``(N, C)`` bool
-        (the structure is contoured)."""
+    def set_scores(self, scores: torch.Tensor, present: torch.Tensor, epoch: int) -> None:
+        """Agreement of every training sample with its label, computed before ``epoch``: ``scores``
+        ``(N, C)`` of the prediction vs the given label per structure (higher: closer), ``present``
+        ``(N, C)`` bool (the structure is contoured)."""
 
     def record(self, cases: list[str]) -> dict[str, Any] | None:
         """What the strategy decided about the training samples (``cases``: their ids in index
