@@ -14,6 +14,7 @@ from delineo.metrics.segmentation import (
     dice,
     dice_per_structure,
     hd95,
+    label_agreement,
     structure_metrics,
     surface_dice,
     volume_cc,
@@ -139,3 +140,41 @@ def test_dice_per_structure_batch():
     assert d[0, 1].item() == pytest.approx(1.0)
     assert d[1, 0].item() == pytest.approx(1.0)  # both empty
     assert d[1, 1].item() == pytest.approx(0.0)  # prediction where reference is empty
+
+
+def _disc(n: int, r: int) -> np.ndarray:
+    from skimage.morphology import disk
+
+    m = np.zeros((n, n), np.uint8)
+    m[n // 2 - r: n // 2 + r + 1, n // 2 - r: n // 2 + r + 1] = disk(r)
+    return m
+
+
+def _agree(pred_r: int | None, label_r: int, measure: str = "surface", spacing: float = 1.0, n: int = 64) -> float:
+    probs = torch.zeros(1, n, n) if pred_r is None else torch.as_tensor(_disc(n, pred_r), dtype=torch.float32)[None]
+    label = torch.as_tensor(_disc(n, label_r))[None]
+    return float(label_agreement(probs, label, (spacing, spacing), measure)[0])
+
+
+def test_label_agreement_surface_rates_a_shift_alike_whatever_the_size():
+    """-log(mean surface distance in mm + half a pixel): a label eroded by 3 px scores the same on a
+    small and a large disc, where Dice forgives the large one; distances are in mm; an empty
+    prediction scores as far as the grid's diagonal."""
+    exact, small, large = _agree(10, 10), _agree(8, 5), _agree(28, 25)
+    assert exact == pytest.approx(-math.log(0.5))
+    assert small == pytest.approx(large, abs=0.15) and small < exact - 1.0
+    assert _agree(8, 5, "dice") < _agree(28, 25, "dice") - 0.2  # Dice: the small disc's label looks far worse
+    assert _agree(8, 5, spacing=2.0) == pytest.approx(small - math.log(2.0))
+    assert _agree(None, 10) == pytest.approx(-math.log(math.hypot(64, 64) + 0.5))
+    nothing = label_agreement(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8, dtype=torch.uint8), (1, 1), "surface")
+    assert float(nothing[0]) == pytest.approx(exact)  # both empty: distance 0
+
+
+def test_label_agreement_dice_hard_and_soft():
+    probs = torch.full((2, 8, 8), 0.5)  # predicted everywhere at the threshold
+    label = torch.zeros(2, 8, 8, dtype=torch.uint8)
+    label[0] = 1  # structure 0 fills the image, structure 1 is empty
+    torch.testing.assert_close(label_agreement(probs, label, (1, 1), "dice"), torch.tensor([1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(label_agreement(probs, label, (1, 1), "soft_dice"), torch.tensor([2 / 3, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="agreement measure"):
+        label_agreement(probs, label, (1, 1), "hausdorff")

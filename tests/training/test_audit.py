@@ -61,7 +61,7 @@ def test_audit_trains_a_qam_and_ranks_noisy_labels(tmp_path, tiny_config, image_
     noise = summary["synthetic_noise"]
     # the training split (6 of 8) carries the recorded corruption; half of it is corrupted
     assert noise["evaluated_cases"] == 6 and noise["corrupted"] == 3
-    assert set(noise["scores"]) == {"agreement", "agreement_z", "qam"}
+    assert set(noise["scores"]) == {"agreement", "agreement_z", "surface_z", "qam"}
     for check in noise["scores"].values():
         assert 0.0 <= check["auroc_low_score_for_corrupted"] <= 1.0
         assert check["best_possible_fraction"] == 1.0  # 3 corrupted, a lower half of 3
@@ -97,3 +97,8 @@ def test_agreement_puts_a_misplaced_label_first(trained_2d, shared_image_dataset
     audit(data, tmp_path / "m", model=trained_2d, device="cpu", worst=0, rank_by="agreement")
     rows = list(csv.DictReader(open(tmp_path / "m" / "audit.csv")))
     assert rows[0]["case"] == "img03" and [float(r["score"]) for r in rows] == [float(r["agreement"]) for r in rows]
+    # by surface distance: the misplaced label lies far from the prediction (its mean surface distance in mm is in the CSV)
+    audit(data, tmp_path / "s", model=trained_2d, device="cpu", worst=0, rank_by="surface_z")
+    rows = list(csv.DictReader(open(tmp_path / "s" / "audit.csv")))
+    assert rows[0]["case"] == "img03" and [float(r["score"]) for r in rows] == [float(r["surface_z"]) for r in rows]
+    assert float(rows[0]["asd_mm_disc"]) > 2 * max(float(r["asd_mm_disc"]) for r in rows[1:])

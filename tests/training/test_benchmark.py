@@ -235,7 +235,24 @@ def test_selection_record_counts_corrupted_labels_among_kept_and_dropped():
     md = bm.results_markdown({"structures": ["disc"], "runs": [row], "methods": [{"method": "agreement", "label": "agreement selection"}],
                               "data": "d", "test": {"description": "t"}, "selection": "last", "epochs": 2, "base_config": "b", "seed": 0, "noise_seed": 0,
                               "cost_per_epoch": {}})
-    assert "- agreement selection, 50%, 1-2 px: kept 2/4 from epoch 11: 1 of the kept and 1 of the dropped were corrupted" in md
+    assert "- agreement selection, 50%, 1-2 px: kept 2/4 from epoch 11: 1 of the kept and 1 of the dropped were corrupted\n" in md
+    # a re-scoring selection lists every selection it made
+    record["history"] = [{"selected_before_epoch": 6, "n_kept": 3}, {"selected_before_epoch": 11, "n_kept": 2}]
+    row["selection"] = bm._selection_record(record, noise)
+    assert row["selection"]["history"] == record["history"]
+    md = bm.results_markdown({"structures": ["disc"], "runs": [row], "methods": [{"method": "agreement", "label": "agreement selection"}],
+                              "data": "d", "test": {"description": "t"}, "selection": "last", "epochs": 2, "base_config": "b", "seed": 0, "noise_seed": 0,
+                              "cost_per_epoch": {}})
+    assert "were corrupted (kept at each selection: 3 from epoch 6, 2 from epoch 11)" in md
+
+
+def test_clean_runs_leave_out_the_oracle():
+    assert bm.clean_method_specs(["baseline", "oracle", "qam"], None) == ["baseline", "qam"]
+    assert bm.clean_method_specs(["baseline", "oracle"], ["baseline"]) == ["baseline"]
+    with pytest.raises(ConfigError, match="oracle differs from the baseline only on noisy labels"):
+        bm.clean_method_specs(["baseline", "oracle"], ["oracle"])
+    with pytest.raises(ConfigError, match="clean methods qam are not among"):
+        bm.clean_method_specs(["baseline"], ["qam"])
 
 
 def test_oracle_row_is_never_the_best_of_its_condition():

@@ -484,7 +484,8 @@ def test_case_agreement_hard_and_soft_dice():
 
     label = torch.zeros(2, 8, 8, dtype=torch.uint8)
     label[0] = 1  # structure 0 fills the image, structure 1 is empty (e.g. eroded away)
-    cases = type("Cases", (), {"items": [{"image": torch.zeros(1, 8, 8), "label": label, "present": torch.tensor([True, True])}]})()
+    cases = type("Cases", (), {"items": [{"image": torch.zeros(1, 8, 8), "label": label, "present": torch.tensor([True, True]),
+                                          "spacing_mm": (1.0, 1.0)}]})()
     args = ({}, torch.device("cpu"), False)
     hard, present = case_agreement(ConstantLogits(0.0), cases, *args)  # p = 0.5: predicted everywhere
     assert present.tolist() == [[True, True]]
@@ -497,47 +498,15 @@ def test_case_agreement_hard_and_soft_dice():
     torch.testing.assert_close(hard, torch.tensor([[0.0, 1.0]], dtype=torch.float64))
     soft, _ = case_agreement(ConstantLogits(-1.0), cases, *args, "soft_dice")
     assert float(soft[0, 1]) == 0.0 and 0.4 < float(soft[0, 0]) < 0.45
-    with pytest.raises(ConfigError, match="surface_dice"):
+    with pytest.raises(ValueError, match="surface_dice"):
         case_agreement(ConstantLogits(0.0), cases, *args, "surface_dice")
 
 
-class DiscLogits(torch.nn.Module):
-    """A stand-in network that predicts a disc of ``radius`` pixels at the image centre (nothing if < 0)."""
-
-    def __init__(self, radius: float):
-        super().__init__()
-        self.radius = radius
-        self.spec = type("Spec", (), {"divisor": 1})()
-
-    def forward(self, x):
-        n = x.shape[-1]
-        yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-        inside = (((yy - n // 2) ** 2 + (xx - n // 2) ** 2) <= self.radius ** 2) & (self.radius >= 0)
-        return torch.where(inside, 10.0, -10.0)[None, None].expand(x.shape[0], 1, n, n).float()
-
-
-def test_case_agreement_surface_distance_rates_a_shift_alike_whatever_the_size():
-    """The surface score is -log(mean surface distance in mm + half a pixel): a label eroded by 3 px
-    scores the same on a small and a large disc (Dice would forgive the large one), and it scales
-    with the pixel size; an empty prediction scores as far as the grid's diagonal."""
-    from skimage.morphology import disk
-
+def test_case_agreement_passes_each_case_s_voxel_size_to_the_surface_measure():
     from delineo.training.loop import case_agreement
 
-    def disc(n, r):
-        m = np.zeros((n, n), np.uint8)
-        m[n // 2 - r: n // 2 + r + 1, n // 2 - r: n // 2 + r + 1] = disk(r)
-        return m
-
-    def score(pred_r, label_r, spacing=1.0, n=64):
-        item = {"image": torch.zeros(1, n, n), "label": torch.as_tensor(disc(n, label_r))[None], "present": torch.tensor([True]),
-                "spacing_mm": (spacing, spacing)}
-        s, _ = case_agreement(DiscLogits(pred_r), type("Cases", (), {"items": [item]})(), {}, torch.device("cpu"), False, "surface")
-        return float(s[0, 0])
-
-    exact, small, large = score(10, 10), score(8, 5), score(28, 25)
-    assert exact == pytest.approx(-np.log(0.5), abs=0.05)
-    assert small == pytest.approx(large, abs=0.15) and small < exact - 1.0
-    assert score(8, 5, spacing=2.0) == pytest.approx(small - np.log(2.0), abs=1e-6)  # distances in mm
-    empty = score(-1, 10)  # predicts nothing: the grid's diagonal
-    assert empty == pytest.approx(-np.log(np.hypot(64, 64) + 0.5))
+    label = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    label[0, 4:12, 4:12] = 1  # the network (p = 0.5 everywhere) predicts the whole image: 4 px beyond the label on average
+    items = [{"image": torch.zeros(1, 16, 16), "label": label, "present": torch.tensor([True]), "spacing_mm": (v, v)} for v in (1.0, 2.0)]
+    s, _ = case_agreement(ConstantLogits(0.0, n=1), type("Cases", (), {"items": items})(), {}, torch.device("cpu"), False, "surface")
+    assert float(s[0, 0]) - float(s[1, 0]) == pytest.approx(np.log(2.0))  # twice the distance in mm

@@ -17,7 +17,8 @@ _METHODS_HELP = (
     "nr_dice (noise-robust Dice), "
     "gce, dice_gce (Dice + generalised cross-entropy), small_loss (small-loss selection), "
     "loss_gmm (per-sample loss mixture, DivideMix's label division), "
-    "agreement (after a warm-up, train on the labels the network agrees with), "
+    "agreement (after a warm-up, train on the labels the network agrees with; agreement:score=surface measures "
+    "agreement by mean surface distance instead of Dice), "
     "oracle (a reference, not a method: the corrupted labels are known and ignored); "
     "weighting options as NAME:KEY=VALUE[+KEY=VALUE], e.g. qam:ocm_lambda=1"
 )
@@ -93,7 +94,8 @@ def audit(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: audit.csv, audit.json, worst/*.png."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A trained model (default: train one on --data)."),
     rank_by: str = typer.Option("agreement_z", "--rank-by", help="agreement (Dice of the model's prediction vs the given label; any model), agreement_z (the same, each structure "
-                           "standardised over the pairs first) or qam (a model trained with weighting: qam)."),
+                           "standardised over the pairs first), surface_z (log mean surface distance between prediction and label, standardised "
+                           "likewise) or qam (a model trained with weighting: qam)."),
     weighting: str = typer.Option("none", "--weighting", help="When training here: none (plain) or qam (QAM+OCM, gives the QAM score too)."),
     ocm_lambda: float = typer.Option(2.0, "--ocm-lambda", help="When training here with --weighting qam: the OCM bound lambda."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base training config when no --model is given (default: the seed's 2D U-Net)."),

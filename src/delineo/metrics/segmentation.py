@@ -111,3 +111,37 @@ def structure_metrics(pred, ref, spacing_mm: Sequence[float], tolerance_mm: floa
         "volume_ref_cc": v_ref,
         "volume_diff_cc": v_pred - v_ref,
     }
+
+
+AGREEMENT_MEASURES = ("dice", "soft_dice", "surface")
+
+
+def label_agreement(
+    probs: torch.Tensor, label: torch.Tensor, spacing_mm: Sequence[float], measure: str = "dice", threshold: float = 0.5,
+) -> torch.Tensor:
+    """How closely a network's prediction agrees with a (possibly wrong) label, per structure;
+    higher is closer for every measure. probs ``(C, *spatial)`` in [0, 1], label ``(C, *spatial)``
+    binary -> ``(C,)`` float64.
+
+    ``dice``: Dice of the thresholded prediction (1 when both are empty). ``soft_dice``: Dice of the
+    probabilities, ``2 sum(p g) / (sum p + sum g)`` (an empty label then scores 0, however little
+    the network predicts there). ``surface``: ``-log(d + h)``, with ``d`` the symmetric mean surface
+    distance in mm between the thresholded prediction and the label and ``h`` half the smallest
+    voxel size (``d`` = the grid's diagonal when exactly one of them is empty). A disc of radius r
+    moves a contour by r whatever the structure's size, so the distance rates erosion and dilation
+    of large and small structures alike, where Dice forgives a wide structure's shift.
+    """
+    if measure not in AGREEMENT_MEASURES:
+        raise ValueError(f"agreement measure must be one of {', '.join(AGREEMENT_MEASURES)}, got {measure!r}")
+    probs, label = probs.detach().cpu(), torch.as_tensor(label).cpu()
+    if measure == "soft_dice":
+        p, g = probs.double().flatten(1), label.double().flatten(1)
+        return 2 * (p * g).sum(1) / (p.sum(1) + g.sum(1)).clamp_min(1e-6)
+    pred = probs >= threshold
+    if measure == "dice":
+        return dice_per_structure(pred[None], label[None].bool())[0].double()
+    pred, ref = pred.numpy(), label.numpy().astype(bool)
+    spacing = [float(v) for v in spacing_mm]
+    diagonal = math.sqrt(sum((n * v) ** 2 for n, v in zip(ref.shape[1:], spacing)))
+    d = np.array([average_surface_distance(pred[c], ref[c], spacing) for c in range(ref.shape[0])])
+    return -torch.as_tensor(np.log(np.minimum(d, diagonal) + 0.5 * min(spacing)), dtype=torch.float64)

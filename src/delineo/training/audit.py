@@ -9,6 +9,10 @@ Two scores per pair, both on the model grid:
 - ``agreement_z``: the same per-structure Dice, each structure standardised over the audited
   pairs before averaging (:func:`delineo.training.robust_losses.agreement`), so that a structure
   every label agrees with less (small, thin) does not decide the ranking on its own.
+- ``surface_z``: the symmetric mean surface distance between the prediction and the given label
+  per structure, on a log scale (:func:`delineo.metrics.segmentation.label_agreement`), each
+  structure standardised as for ``agreement_z``: an eroded or dilated contour lies as far from
+  the prediction on a wide structure as on a thin one, where Dice forgives the wide one's shift.
 - ``qam``: the raw score of the quality-awareness module, for a model trained with
   ``weighting: {kind: qam}`` (its QAM is kept in ``quality.safetensors`` beside the weights).
 
@@ -39,7 +43,7 @@ from delineo.data.noise import corrupt_mask
 from delineo.data.transforms import preprocess, preprocess_labels
 from delineo.errors import ConfigError, InputError
 from delineo.inference.predictor import Predictor, resolve_device
-from delineo.metrics.segmentation import dice_per_structure
+from delineo.metrics.segmentation import label_agreement
 from delineo.models.registry import ModelBundle, load_model
 from delineo.training.loop import QUALITY_WEIGHTS
 from delineo.training.robust_losses import agreement
@@ -125,9 +129,9 @@ def train_audit_model(
     return train(TrainConfig.from_dict(d, where=str(base_config)), command=f"delineo audit --data {data} --config {base_config or '(default 2D U-Net)'}")
 
 
-SCORES = ("agreement", "agreement_z", "qam")
+SCORES = ("agreement", "agreement_z", "surface_z", "qam")
 #: audit.csv column of each score
-SCORE_COLUMNS = {"agreement": "agreement", "agreement_z": "agreement_z", "qam": "qam_score"}
+SCORE_COLUMNS = {"agreement": "agreement", "agreement_z": "agreement_z", "surface_z": "surface_z", "qam": "qam_score"}
 
 
 def audit(
@@ -138,10 +142,12 @@ def audit(
     """Score every image-label pair of ``data`` and rank them, most suspicious first.
 
     rank_by: ``agreement`` (Dice of the model's prediction vs the given label, any model),
-    ``agreement_z`` (the default: the same, each structure standardised over the pairs first) or
-    ``qam`` (the model's quality-awareness module). weighting: how to train a model when none
+    ``agreement_z`` (the default: the same, each structure standardised over the pairs first),
+    ``surface_z`` (the log mean surface distance, standardised likewise) or ``qam`` (the model's
+    quality-awareness module). weighting: how to train a model when none
     is given (``none`` or ``qam``, with the OCM bound ``ocm_lambda``). Writes ``OUT/audit.csv`` (rank, case, score = the ranking
-    score, agreement, per-structure agreement, qam_score where available, and for synthetic
+    score, agreement, agreement_z, surface_z, per-structure agreement (Dice) and mean surface
+    distance (``asd_mm_<structure>``), qam_score where available, and for synthetic
     noise: corrupted, label Dice vs clean), ``OUT/worst/<rank>_<case>.png`` overlays of the
     ``worst`` lowest-ranked pairs and ``OUT/audit.json`` (summary). Lower = less trusted.
     """
@@ -163,7 +169,7 @@ def audit(
     records = {r["case"]: r for r in (bundle.meta.get("training", {}).get("label_noise") or [])}
     train_root = Path(str(bundle.meta.get("training", {}).get("data", {}).get("train", ""))).resolve()
     same_data = Path(data).resolve() == train_root
-    rows, dice, contoured = [], [], []
+    rows, dice, surface, contoured = [], [], [], []
     for i in range(len(ds)):
         s = ds[i]
         label = s["label"]
@@ -173,15 +179,20 @@ def audit(
         present = np.asarray(s["present"], bool)
         x = preprocess(s["image"], s["spacing_mm"], bundle.preprocess)
         y = preprocess_labels(label * present.reshape(-1, *([1] * (label.ndim - 1))), s["spacing_mm"], bundle.preprocess)
+        spacing = [float(v) for v in (bundle.preprocess.get("spacing_mm") or s["spacing_mm"])]  # the model grid's
         with torch.no_grad():
-            pred = predictor.probabilities_on_model_grid(x) >= predictor.threshold
-            per = dice_per_structure(pred[None].cpu(), y[None].bool())[0].numpy()
+            probs = predictor.probabilities_on_model_grid(x)
+            per = label_agreement(probs, y, spacing, "dice", predictor.threshold).numpy()
+            near = label_agreement(probs, y, spacing, "surface", predictor.threshold).numpy()
             qam_score = float(qam.score(x[None].to(dev), y[None].to(dev))[0]) if qam is not None else None
         dice.append(per)
+        surface.append(near)
         contoured.append(present)
+        asd_mm = np.exp(-near) - 0.5 * min(spacing)  # back from -log(d + h)
         row: dict[str, Any] = {
             "case": s["case"], "structures_contoured": int(present.sum()),
             **{f"agreement_{n}": (float(d) if p else None) for n, d, p in zip(bundle.structures, per, present)},
+            **{f"asd_mm_{n}": (round(float(d), 3) if p else None) for n, d, p in zip(bundle.structures, asd_mm, present)},
         }
         if qam_score is not None:
             row["qam_score"] = qam_score
@@ -190,10 +201,10 @@ def audit(
             known = [d for d, p in zip(rec["dice_vs_clean"], present) if p]
             row["label_dice_vs_clean"] = float(np.mean(known)) if known else None
         rows.append(row)
-    # both agreement scores need every pair's Dice (agreement_z standardises each structure over them)
-    dice_t, contoured_t = torch.as_tensor(np.stack(dice)), torch.as_tensor(np.stack(contoured))
-    for name in ("agreement", "agreement_z"):
-        scores = agreement(dice_t, contoured_t, "mean" if name == "agreement" else "zscore").tolist()
+    # the agreement scores need every pair's (the z-scores standardise each structure over them)
+    contoured_t = torch.as_tensor(np.stack(contoured))
+    for name, per_structure, aggregate in (("agreement", dice, "mean"), ("agreement_z", dice, "zscore"), ("surface_z", surface, "zscore")):
+        scores = agreement(torch.as_tensor(np.stack(per_structure)), contoured_t, aggregate).tolist()
         for r, v in zip(rows, scores):
             r[name] = None if np.isnan(v) else float(v)
     for r in rows:
@@ -202,8 +213,8 @@ def audit(
     rows.sort(key=lambda r: (r["score"] is None, r["score"] if r["score"] is not None else 0.0))
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
-    fields = (["rank", "case", "score", "agreement", "agreement_z"] + (["qam_score"] if qam is not None else []) + ["structures_contoured"]
-              + [f"agreement_{n}" for n in bundle.structures]
+    fields = (["rank", "case", "score", "agreement", "agreement_z", "surface_z"] + (["qam_score"] if qam is not None else [])
+              + ["structures_contoured"] + [f"agreement_{n}" for n in bundle.structures] + [f"asd_mm_{n}" for n in bundle.structures]
               + (["corrupted", "label_dice_vs_clean"] if records and same_data else []))
     with open(out / "audit.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")

@@ -204,11 +204,27 @@ def _selection_record(record: dict[str, Any] | None, noise: list[dict[str, Any]]
     dropped = set(record["dropped_cases"])
     corrupted = {r["case"] for r in noise if r["corrupted"]}
     out = {"n_kept": record["n_kept"], "n_train": record["n_train"], "selected_before_epoch": record.get("selected_before_epoch")}
+    if record.get("history"):  # every selection: (epoch, labels kept)
+        out["history"] = record["history"]
     if noise:
         kept_cases = [r["case"] for r in noise if r["case"] not in dropped]
         out["corrupted_among_kept"] = sum(c in corrupted for c in kept_cases)
         out["corrupted_among_dropped"] = len(dropped & corrupted)
     return out
+
+
+def clean_method_specs(specs: Sequence[str], clean_methods: Iterable[str] | None) -> list[str]:
+    """The methods also trained on clean labels: ``clean_methods``, checked against ``specs``, or by
+    default every method but the reference rows (with nothing corrupted, the oracle trains the
+    baseline again)."""
+    chosen = [s for s in specs if not is_reference(s)] if clean_methods is None else list(clean_methods)
+    unknown = sorted(set(chosen) - set(specs))
+    if unknown:
+        raise ConfigError(f"clean methods {', '.join(unknown)} are not among the methods run ({', '.join(specs)})")
+    if any(is_reference(s) for s in chosen):
+        raise ConfigError(f"clean methods: {', '.join(s for s in chosen if is_reference(s))} differs from the baseline only "
+                          "on noisy labels (nothing is corrupted on clean ones)")
+    return chosen
 
 
 def _condition_key(row: dict[str, Any]) -> tuple:
@@ -275,10 +291,7 @@ def run_benchmark(
     if seed is not None:
         base["training"] = {**(base.get("training") or {}), "seed": int(seed)}
 
-    clean_specs = [m.spec for m in method_list] if clean_methods is None else list(clean_methods)
-    unknown = sorted(set(clean_specs) - {m.spec for m in method_list})
-    if unknown:
-        raise ConfigError(f"clean methods {', '.join(unknown)} are not among the methods run ({', '.join(m.spec for m in method_list)})")
+    clean_specs = clean_method_specs([m.spec for m in method_list], clean_methods)
     conditions = [(f, lv) for lv in level_list for f in fraction_list]
     grid = [(m, None, None) for m in method_list if clean and m.spec in clean_specs]
     grid += [(m, f, lv) for f, lv in conditions for m in method_list]  # condition-major: rows fill up together
@@ -484,7 +497,9 @@ def results_markdown(results: dict[str, Any]) -> str:
             cond = "clean labels" if r["fraction"] is None else f"{_noise_label(r['fraction'])}, {r['level']} px"
             known = (f": {sel['corrupted_among_kept']} of the kept and {sel['corrupted_among_dropped']} of the dropped were corrupted"
                      if "corrupted_among_kept" in sel else "")
-            lines.append(f"- {r['label']}, {cond}: kept {sel['n_kept']}/{sel['n_train']} from epoch {sel['selected_before_epoch']}{known}")
+            steps = (" (kept at each selection: " + ", ".join(f"{h['n_kept']} from epoch {h['selected_before_epoch']}" for h in sel["history"]) + ")"
+                     if len(sel.get("history") or ()) > 1 else "")
+            lines.append(f"- {r['label']}, {cond}: kept {sel['n_kept']}/{sel['n_train']} from epoch {sel['selected_before_epoch']}{known}{steps}")
     cost = results["cost_per_epoch"]
     if cost:
         lines += ["", "Training cost per epoch (mean over the method's runs; relative: mean ratio to the baseline's run "

@@ -30,7 +30,7 @@ from delineo.data.datasets import SegmentationDataset, open_dataset, split_cases
 from delineo.data.transforms import preprocess, preprocess_labels, training_augmentation
 from delineo.errors import ConfigError
 from delineo.inference.predictor import predict_probabilities, resolve_device
-from delineo.metrics.segmentation import average_surface_distance, dice_per_structure
+from delineo.metrics.segmentation import label_agreement
 from delineo.models.networks import NetworkSpec, build_network, count_parameters
 from delineo.models.registry import json_safe, save_model
 from delineo.training.config import TrainConfig
@@ -121,48 +121,24 @@ def _scheduler(cfg, optimizer, total_steps: int, steps_per_epoch: int):
     raise ConfigError(f"unknown schedule {t.schedule!r} (poly, cosine_restarts, cyclic, constant)")
 
 
-AGREEMENT_MEASURES = ("dice", "soft_dice", "surface")
-
-
 @torch.no_grad()
 def case_agreement(
     network, cases: PreparedCases, inference: dict[str, Any], device, amp: bool, measure: str = "dice",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Agreement of the network's prediction with each case's label on the model grid, per
     structure, without augmentation (the labels as the cases hold them: noisy ones for a noisy
-    training set). Higher is better for every measure.
-
-    ``dice``: Dice of the thresholded prediction (1 when both are empty). ``soft_dice``: Dice of the
-    probabilities, ``2 sum(p g) / (sum p + sum g)`` (an empty label then scores 0, however little
-    the network predicts there). ``surface``: ``-log(d + h)``, with ``d`` the symmetric mean surface
-    distance in mm between the thresholded prediction and the label and ``h`` half the smallest
-    voxel size (``d`` = the grid's diagonal when exactly one of them is empty). A disc of radius r
-    moves a contour by r whatever the structure's size, so the distance rates erosion and dilation
-    of large and small structures alike, where Dice forgives a wide structure's shift.
+    training set), by ``measure`` (:func:`delineo.metrics.segmentation.label_agreement`: ``dice``,
+    ``soft_dice``, ``surface``; higher is closer).
 
     Returns ``scores (N, C)`` (float64) and ``present (N, C)`` (bool: the structure is contoured).
     """
-    if measure not in AGREEMENT_MEASURES:
-        raise ConfigError(f"agreement measure must be one of {', '.join(AGREEMENT_MEASURES)}, got {measure!r}")
-    threshold = float(inference.get("threshold", 0.5))
     scores, present = [], []
     for item in cases.items:
         probs = predict_probabilities(
             network, item["image"][None].to(device), patch_size=inference.get("patch_size"),
             overlap=float(inference.get("overlap", 0.5)), amp=amp,
         )
-        if measure == "soft_dice":
-            p, g = probs.double().cpu().flatten(2)[0], item["label"].double().flatten(1)
-            scores.append(2 * (p * g).sum(1) / (p.sum(1) + g.sum(1)).clamp_min(1e-6))
-        elif measure == "dice":
-            scores.append(dice_per_structure((probs >= threshold).cpu(), item["label"][None].bool())[0].double())
-        else:
-            pred = (probs >= threshold)[0].cpu().numpy()
-            label = item["label"].numpy().astype(bool)
-            spacing = [float(s) for s in item["spacing_mm"]]
-            diagonal = float(np.sqrt(sum((n * s) ** 2 for n, s in zip(label.shape[1:], spacing))))
-            d = np.array([average_surface_distance(pred[c], label[c], spacing) for c in range(label.shape[0])])
-            scores.append(-torch.as_tensor(np.log(np.minimum(d, diagonal) + 0.5 * min(spacing)), dtype=torch.float64))
+        scores.append(label_agreement(probs[0], item["label"], item["spacing_mm"], measure, float(inference.get("threshold", 0.5))))
         present.append(item["present"].bool())
     return torch.stack(scores), torch.stack(present)
 

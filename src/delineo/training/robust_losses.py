@@ -222,7 +222,7 @@ class AgreementSelection(SampleWeighting):
     which early in training, while a structure's probabilities stay below the threshold, rates an
     empty (eroded-away) label as perfect and so keeps exactly the wrong ones. ``score: surface``
     measures it by the mean surface distance between the thresholded prediction and the label (on
-    a log scale; ``loop.case_agreement``): an eroded or dilated contour lies as far from the
+    a log scale; ``delineo.metrics.segmentation.label_agreement``): an eroded or dilated contour lies as far from the
     prediction on a wide lung as on a thin clavicle, where Dice forgives the lung's shift and
     punishes the clavicle's model error. A network fits the consensus shape
     before it memorises individual errors, so wrong labels disagree. A two-component Gaussian

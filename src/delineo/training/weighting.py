@@ -30,7 +30,7 @@ class SampleWeighting(nn.Module):
     min_batch_size = 1
     #: True: the loop calls :meth:`bind` and passes ``index=`` (the samples' positions in the training set)
     tracks_samples = False
-    #: for :meth:`set_scores`: the measure of agreement (``delineo.training.loop.AGREEMENT_MEASURES``:
+    #: for :meth:`set_scores`: the measure of agreement (``delineo.metrics.segmentation.AGREEMENT_MEASURES``:
     #: ``dice``, ``soft_dice``, ``surface``)
     agreement_measure = "dice"
 
