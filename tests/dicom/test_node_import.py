@@ -23,6 +23,8 @@ from delineo.dicom.series import read_series
 from delineo.errors import ConfigError
 from delineo.metrics.segmentation import dice
 
+from waits import HANG_S
+
 from .conftest import dcmtk, needs, phantom
 
 
@@ -73,7 +75,7 @@ def running_node(tmp_path, model, dest_port, **kw) -> Iterator[DicomNode]:
         node.stop()
 
 
-def wait_for(predicate, timeout=300.0):
+def wait_for(predicate, timeout=HANG_S):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
@@ -84,7 +86,7 @@ def wait_for(predicate, timeout=300.0):
 
 def storescu(port, files, aet="TESTSCU"):
     return subprocess.run([dcmtk("storescu"), "-aet", aet, "-aec", "DELINEO", "127.0.0.1", str(port), *map(str, files)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=HANG_S)
 
 
 def received(out: Path) -> dict[str, pydicom.Dataset]:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from delineo.cli import main
 
+from waits import HANG_S, LONG_HANG_S
+
 from .conftest import dcmtk, needs
 from .test_node_import import free_port
 
@@ -37,7 +39,7 @@ def test_serve_with_dicom_node_contours_a_stored_series(tmp_path, ct_dir, tiny_c
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + HANG_S
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/health", timeout=2) as r:
@@ -53,7 +55,7 @@ def test_serve_with_dicom_node_contours_a_stored_series(tmp_path, ct_dir, tiny_c
         store = subprocess.run([dcmtk("storescu"), "-aet", "CT1", "-aec", "DELINEO", "127.0.0.1", str(dicom_port), *files],
                                capture_output=True)
         assert store.returncode == 0, store.stderr
-        deadline = time.time() + 600
+        deadline = time.time() + LONG_HANG_S
         while not list((home / "dicom-node" / "done").rglob("rtstruct.dcm")):
             assert proc.poll() is None, log.read_text()
             assert time.time() < deadline, "no RT Structure Set under dicom-node/done"

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from waits import HANG_S
 
 ADMIN_PASSWORD = "admin-test-password"
 
@@ -82,7 +83,7 @@ def upload(c, files, **kw):
     return c.post("/api/studies", files=[("files", (n, d, "application/octet-stream")) for n, d in files], **kw)
 
 
-def wait_job(c, job_id: str, timeout: float = 300.0, headers=None) -> dict:
+def wait_job(c, job_id: str, timeout: float = HANG_S, headers=None) -> dict:
     """Poll a job until done or failed; ``timeout`` (s) only bounds a hang."""
     t0 = time.monotonic()
     seen = []

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.svc import ADMIN_PASSWORD, dicom_available, dicom_series_zip, nifti_bytes
+from waits import HANG_S
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -62,11 +63,11 @@ def _upload_and_contour(page, tmp_path, name: str, data: bytes, shot: str):
     page.wait_for_function(f"document.querySelector('#study-name').textContent.trim() === '{stem}'", timeout=30000)
     page.wait_for_function("document.querySelector('#contour-btn') && !document.querySelector('#contour-btn').disabled")
     page.click("#contour-btn")
-    page.wait_for_selector("#job-state .chip.done", timeout=60000)
+    page.wait_for_selector("#job-state .chip.done", timeout=HANG_S * 1000)
     # the viewer has the CT and one overlay per structure
     page.wait_for_function("Number(document.querySelector('#gl').dataset.loaded || 0) >= 3", timeout=30000)
     # (a second upload replaces the first study's view: wait for this study's table, do not read the old one)
-    page.wait_for_function("document.querySelectorAll('#structure-rows tr').length === 2", timeout=60000)
+    page.wait_for_function("document.querySelectorAll('#structure-rows tr').length === 2", timeout=HANG_S * 1000)
     page.wait_for_timeout(500)
     assert page.locator("#structure-rows tr").count() == 2
     assert "cc" in page.inner_text("#structure-rows")

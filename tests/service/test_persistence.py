@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.svc import ADMIN_PASSWORD, LiveServer, make_settings, nifti_bytes, upload, wait_job
+from waits import LONG_HANG_S
 
 
 def _login(c):
@@ -108,7 +109,7 @@ def test_redis_queue_with_worker_process(home, models_env, tmp_path):
             worker = subprocess.Popen([str(Path(sys.executable).parent / "delineo"), "worker"], env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             t0 = time.monotonic()
-            while c.get(f"/api/jobs/{job_id}").json()["state"] in ("queued", "running") and time.monotonic() - t0 < 600:
+            while c.get(f"/api/jobs/{job_id}").json()["state"] in ("queued", "running") and time.monotonic() - t0 < LONG_HANG_S:
                 assert worker.poll() is None, log.read_text(errors="replace")
                 time.sleep(0.2)
             job = c.get(f"/api/jobs/{job_id}").json()

@@ -243,7 +243,7 @@ def test_dicom_job_writes_rtstruct_and_seg(client):
     import pydicom
 
     sid = upload(client, [("series.zip", dicom_series_zip(32, 12))]).json()["id"]
-    job = wait_job(client, client.post(f"/api/studies/{sid}/jobs", json={"model": "tiny-ct"}).json()["id"], timeout=300)
+    job = wait_job(client, client.post(f"/api/studies/{sid}/jobs", json={"model": "tiny-ct"}).json()["id"])
     assert job["state"] == "done", job
     rt = client.get(f"/api/studies/{sid}/results/rtstruct")
     assert rt.status_code == 200
