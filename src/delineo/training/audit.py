@@ -147,7 +147,8 @@ def audit(
     quality-awareness module). weighting: how to train a model when none
     is given (``none`` or ``qam``, with the OCM bound ``ocm_lambda``). Writes ``OUT/audit.csv`` (rank, case, score = the ranking
     score, agreement, agreement_z, surface_z, per-structure agreement (Dice) and mean surface
-    distance (``asd_mm_<structure>``), qam_score where available, and for synthetic
+    distance (``asd_mm_<structure>``; the grid's diagonal when only one of prediction and label is
+    empty), qam_score where available, and for synthetic
     noise: corrupted, label Dice vs clean), ``OUT/worst/<rank>_<case>.png`` overlays of the
     ``worst`` lowest-ranked pairs and ``OUT/audit.json`` (summary). Lower = less trusted.
     """

@@ -221,10 +221,10 @@ class AgreementSelection(SampleWeighting):
     ``dice: soft`` (the default) of the probabilities, ``hard`` of the thresholded prediction,
     which early in training, while a structure's probabilities stay below the threshold, rates an
     empty (eroded-away) label as perfect and so keeps exactly the wrong ones. ``score: surface``
-    measures it by the mean surface distance between the thresholded prediction and the label (on
-    a log scale; ``delineo.metrics.segmentation.label_agreement``): an eroded or dilated contour lies as far from the
-    prediction on a wide lung as on a thin clavicle, where Dice forgives the lung's shift and
-    punishes the clavicle's model error. A network fits the consensus shape
+    measures it by the mean surface distance between the thresholded prediction and the label, on
+    a log scale (:func:`delineo.metrics.segmentation.label_agreement`): an eroded or dilated
+    contour lies as far from the prediction on a wide lung as on a thin clavicle, where Dice
+    forgives the lung's shift and punishes the clavicle's model error. A network fits the consensus shape
     before it memorises individual errors, so wrong labels disagree. A two-component Gaussian
     mixture on the agreements (scikit-learn) gives each label's probability of belonging to the
     high-agreement component; labels with probability >= ``threshold`` are kept (DivideMix's
