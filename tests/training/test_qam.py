@@ -322,6 +322,10 @@ def test_agreement_selection_trains_on_every_label_until_it_scores_them():
     again = selection(10)
     again.load_state_dict(w.state_dict())  # the selection is checkpointed
     assert again.kept.tolist() == w.kept.tolist() and int(again.selected_at_epoch) == 3
+    older = {k: v for k, v in w.state_dict().items() if k != "selections"}  # a checkpoint from before the history
+    again = selection(10)
+    again.load_state_dict(older)
+    assert again.kept.tolist() == w.kept.tolist() and again.record([str(i) for i in range(10)])["history"] == []
 
 
 def test_agreement_selection_keep_fraction_and_rescoring():

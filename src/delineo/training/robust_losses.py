@@ -283,6 +283,11 @@ class AgreementSelection(SampleWeighting):
         # (epoch before which it selected, labels kept) of the first MAX_SELECTIONS selections; -1: none
         self.register_buffer("selections", torch.full((self.MAX_SELECTIONS, 2), -1, dtype=torch.long))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the selection history existed: resume with an empty history
+        state_dict.setdefault(prefix + "selections", torch.full((self.MAX_SELECTIONS, 2), -1, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def wants_scores(self, epoch: int) -> bool:
         if epoch < self.warmup_epochs:
             return False
