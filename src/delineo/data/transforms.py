@@ -63,6 +63,11 @@ def resample(t: torch.Tensor, shape: Sequence[int], mode: str = "linear") -> tor
     return F.interpolate(x, size=shape, mode=interp, **kwargs)[0]
 
 
+def model_spacing_mm(spacing_mm: Sequence[float], spec: dict[str, Any]) -> tuple[float, ...]:
+    """Voxel size (mm) of the model grid that :func:`preprocess` resamples an image of ``spacing_mm`` to."""
+    return tuple(float(v) for v in (spec.get("spacing_mm") or spacing_mm))
+
+
 def preprocess(image: np.ndarray, spacing_mm: Sequence[float], spec: dict[str, Any]) -> torch.Tensor:
     """Raw ``(1, *spatial)`` image -> normalised float32 tensor on the model grid."""
     t = normalise_intensity(image, spec.get("intensity", {"kind": "window", "low": 0, "high": 255}))

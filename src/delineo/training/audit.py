@@ -40,7 +40,7 @@ import torch
 from delineo.data.datasets import open_dataset
 from delineo.data.io import Image
 from delineo.data.noise import corrupt_mask
-from delineo.data.transforms import preprocess, preprocess_labels
+from delineo.data.transforms import model_spacing_mm, preprocess, preprocess_labels
 from delineo.errors import ConfigError, InputError
 from delineo.inference.predictor import Predictor, resolve_device
 from delineo.metrics.segmentation import label_agreement
@@ -180,7 +180,7 @@ def audit(
         present = np.asarray(s["present"], bool)
         x = preprocess(s["image"], s["spacing_mm"], bundle.preprocess)
         y = preprocess_labels(label * present.reshape(-1, *([1] * (label.ndim - 1))), s["spacing_mm"], bundle.preprocess)
-        spacing = [float(v) for v in (bundle.preprocess.get("spacing_mm") or s["spacing_mm"])]  # the model grid's
+        spacing = model_spacing_mm(s["spacing_mm"], bundle.preprocess)
         with torch.no_grad():
             probs = predictor.probabilities_on_model_grid(x)
             per = label_agreement(probs, y, spacing, "dice", predictor.threshold).numpy()

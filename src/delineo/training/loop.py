@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from delineo.data.datasets import SegmentationDataset, open_dataset, split_cases
-from delineo.data.transforms import preprocess, preprocess_labels, training_augmentation
+from delineo.data.transforms import model_spacing_mm, preprocess, preprocess_labels, training_augmentation
 from delineo.errors import ConfigError
 from delineo.inference.predictor import predict_probabilities, resolve_device
 from delineo.metrics.segmentation import label_agreement
@@ -69,7 +69,7 @@ class PreparedCases(Dataset):
                     "label": preprocess_labels(s["label"], s["spacing_mm"], preprocess_spec),
                     "present": torch.as_tensor(s["present"]),
                     "case": s["case"],
-                    "spacing_mm": tuple(float(v) for v in (preprocess_spec.get("spacing_mm") or s["spacing_mm"])),
+                    "spacing_mm": model_spacing_mm(s["spacing_mm"], preprocess_spec),
                 }
             )
 
