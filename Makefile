@@ -1,12 +1,14 @@
 # All set-up happens here, on a fresh machine, with no other step.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 export DELINEO_DATA ?= $(abspath ../shared/data)
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install system-deps test run clean
+.PHONY: install system-deps check-system test docs cli-docs run clean
 
 install: $(STAMP)
 
@@ -15,21 +17,51 @@ $(STAMP): pyproject.toml Makefile package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,docs]'
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 # Debian packages the tests use as real peers: dcmtk (echoscu/storescu/storescp), dicom3tools
 # (dciodvfy), Chromium + ChromeDriver for the browser tests. Needs root; skipped when all are present.
 SYSTEM_TOOLS := storescu storescp echoscu dciodvfy chromium chromedriver
+IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then echo "installing Debian packages for:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools chromium chromium-driver; \
 	else echo "system tools present: $(SYSTEM_TOOLS)"; fi
 
-test: install
-	$(VENV)/bin/pytest -q
+# What the suite needs from outside the venv and could not get (not root: no apt-get). Loud, never silent:
+# the tests that need these are skipped, and this says which and how to install them.
+check-system:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	services=""; for svc in 5432:PostgreSQL 6379:Redis; do \
+		(exec 3<>/dev/tcp/127.0.0.1/$${svc%%:*}) 2>/dev/null || services="$$services $${svc#*:}"; done; \
+	if [ -n "$$missing$$services" ]; then \
+		echo ""; echo "################################################################################"; \
+		echo "#  WARNING: this was NOT the whole test suite."; \
+		[ -z "$$missing" ] || { echo "#  Not installed:$$missing"; \
+			echo "#  -> the DICOM node tests (dcmtk, dicom3tools) and the browser tests (Chromium) were skipped."; \
+			echo "#  Install them as root:  sudo make system-deps   (Debian/Ubuntu: dcmtk dicom3tools chromium chromium-driver)"; }; \
+		[ -z "$$services" ] || { echo "#  Not reachable on 127.0.0.1:$$services"; \
+			echo "#  -> the PostgreSQL / Redis deployment tests were skipped (start them on ports 5432 / 6379)."; }; \
+		echo "################################################################################"; fi
+
+# make test: install, the Debian test peers when running as root (apt-get; otherwise a warning at the
+# end), the whole suite, then the documentation built with --strict (a broken link or a renamed API fails).
+test: install $(if $(IS_ROOT),system-deps)
+	@rc=0; $(VENV)/bin/pytest -q || rc=$$?; \
+	$(MAKE) --no-print-directory docs || { [ $$rc -ne 0 ] || rc=1; }; \
+	$(MAKE) --no-print-directory check-system; exit $$rc
+
+# the documentation site under build/site (MkDocs, Material theme, mkdocstrings; no network at build or view)
+docs: install
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+	@echo "documentation: $(abspath build/site/index.html)"
+
+# re-write docs/cli.md from the command line's own --help (tests/cli/test_docs_cli.py fails when it differs)
+cli-docs: install
+	$(PY) -m delineo.cli.reference > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md
 
 # the web service (SQLite and the embedded queue under ./var, bundled models) and the DICOM node on
 # port 11112; prints the URL and, on the first start, the admin password

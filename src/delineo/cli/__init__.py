@@ -13,7 +13,10 @@ from delineo.cli import contours  # noqa: F401  (registers margin, boolean, ring
 from delineo.cli import noise  # noqa: F401  (registers noise-benchmark, audit, ablation)
 from delineo.cli import service  # noqa: F401  (registers serve, worker, stress)
 from delineo.cli import dicom  # noqa: F401  (registers dicom-node, import-dicom)
+from delineo.cli import guide
 from delineo.errors import DelineoError
+
+guide.apply(app)  # the order a new user needs the commands in, each with a one-line example
 
 
 def main(argv: list[str] | None = None) -> int:
