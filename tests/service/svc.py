@@ -188,3 +188,28 @@ def dicom_available() -> bool:
 
 
 needs_dicom = pytest.mark.skipif(not dicom_available(), reason="delineo.dicom (RTSTRUCT/SEG writing) has not landed yet")
+
+
+def reachable(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh database on the machine's PostgreSQL (127.0.0.1:5432, trust), dropped afterwards."""
+    if not reachable(5432):
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    import uuid
+
+    import psycopg
+
+    name = f"delineo_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

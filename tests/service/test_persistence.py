@@ -53,20 +53,6 @@ def test_restart_keeps_studies_and_requeues_running_jobs(home, models_env, capsy
         assert job["state"] == "done" and job["attempts"] == 1, job
 
 
-@pytest.fixture
-def pg_url():
-    if not _reachable(5432):
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    import psycopg
-
-    name = f"delineo_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def test_postgresql_database(home, models_env, pg_url):
     from sqlalchemy import inspect
 

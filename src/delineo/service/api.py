@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from delineo.service.config import Settings
 from delineo.service.core import ServiceContext
-from delineo.service.routes import auth, models, studies, users
+from delineo.service.routes import audit, auth, models, studies, users
 from delineo.settings import REPO_ROOT
 
 log = logging.getLogger("delineo.service")
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    for r in (auth.router, users.router, models.router, studies.router):
+    for r in (auth.router, users.router, models.router, studies.router, audit.router):
         app.include_router(r)
 
     @app.get("/api/health", tags=["meta"])

@@ -16,6 +16,18 @@
 ``DELINEO_UPLOAD_IDLE_S``      an upload that sends nothing for this long is dropped (default 60)
 ``DELINEO_SESSION_IDLE_MIN``   a browser session unused for this long expires (default 720)
 ``DELINEO_ADMIN_PASSWORD``     password of the first ``admin`` (default: random, printed once)
+``DELINEO_JOB_HEARTBEAT_S``    a running job marks itself alive this often (default 10)
+``DELINEO_JOB_STALE_S``        a running job silent for this long belonged to a worker that died:
+                               it is put back on the queue for another worker (default 90)
+``DELINEO_RETENTION_DAYS``     delete studies (images and results, also the DICOM node's finished
+                               series) older than this many days, each deletion in the access log;
+                               0 or unset: keep everything (default)
+``DELINEO_RETENTION_INTERVAL_S`` how often the server looks for expired studies (default 3600)
+``DELINEO_LOGIN_MAX_FAILURES`` failed sign-ins for one user name before further attempts for it are
+                               refused with 429 (default 5)
+``DELINEO_LOGIN_MAX_FAILURES_PER_ADDRESS`` the same for one client address, any user (default 20)
+``DELINEO_LOGIN_LOCKOUT_S``    the window the failures are counted in, and how long the refusal
+                               lasts after the last of them (default 300)
 """
 
 from __future__ import annotations
@@ -50,6 +62,13 @@ class Settings:
     upload_idle_s: float = 60.0
     session_idle_min: float = 720.0
     admin_password: str | None = None
+    job_heartbeat_s: float = 10.0
+    job_stale_s: float = 90.0
+    retention_days: float = 0.0
+    retention_interval_s: float = 3600.0
+    login_max_failures: int = 5
+    login_max_failures_per_address: int = 20
+    login_lockout_s: float = 300.0
     #: run the embedded queue's consumer threads inside the app (False: tests that drive jobs by hand)
     start_consumer: bool = True
 
@@ -59,6 +78,11 @@ class Settings:
             self.database_url = f"sqlite:///{self.home / 'delineo.db'}"
         if self.queue != "embedded" and not self.queue.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"DELINEO_QUEUE must be 'embedded' or a redis:// URL, got {self.queue!r}")
+        if self.job_heartbeat_s <= 0 or self.job_stale_s < 3 * self.job_heartbeat_s:
+            raise ValueError(f"DELINEO_JOB_STALE_S ({self.job_stale_s}) must be at least three heartbeats "
+                             f"(DELINEO_JOB_HEARTBEAT_S {self.job_heartbeat_s}), or live jobs would be taken away")
+        if self.retention_days < 0:
+            raise ValueError(f"DELINEO_RETENTION_DAYS must be 0 (off) or a number of days, got {self.retention_days}")
 
     @property
     def embedded_queue(self) -> bool:
@@ -89,6 +113,13 @@ class Settings:
             upload_idle_s=_float("DELINEO_UPLOAD_IDLE_S", 60.0),
             session_idle_min=_float("DELINEO_SESSION_IDLE_MIN", 720.0),
             admin_password=env.get("DELINEO_ADMIN_PASSWORD") or None,
+            job_heartbeat_s=_float("DELINEO_JOB_HEARTBEAT_S", 10.0),
+            job_stale_s=_float("DELINEO_JOB_STALE_S", 90.0),
+            retention_days=_float("DELINEO_RETENTION_DAYS", 0.0),
+            retention_interval_s=_float("DELINEO_RETENTION_INTERVAL_S", 3600.0),
+            login_max_failures=int(_float("DELINEO_LOGIN_MAX_FAILURES", 5)),
+            login_max_failures_per_address=int(_float("DELINEO_LOGIN_MAX_FAILURES_PER_ADDRESS", 20)),
+            login_lockout_s=_float("DELINEO_LOGIN_LOCKOUT_S", 300.0),
         )
         values.update(overrides)
         return cls(**values)

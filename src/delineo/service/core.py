@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
+import socket
 import threading
 import time
 import zipfile
@@ -23,8 +25,8 @@ from delineo.service.storage import Storage
 
 log = logging.getLogger("delineo.service")
 
-HEARTBEAT_S = 10.0
-STALE_AFTER_S = 90.0
+#: this process in ``jobs.worker`` (one ``delineo worker`` or server per host and pid)
+WORKER_ID = f"{socket.gethostname()[:100]}:{os.getpid()}"
 
 _current: "ServiceContext | None" = None
 _current_lock = threading.Lock()
@@ -51,12 +53,16 @@ class ServiceContext:
         self.queue = JobQueue(settings, _run_job_task)
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        self._retention: threading.Thread | None = None
         with _current_lock:
             _current = self
 
     # ---- life cycle ---------------------------------------------------------------------------
-    def start(self, *, consumer: bool, print_admin: bool = True, admin: bool = True, reaper: bool | None = None) -> str | None:
-        """Migrate, create the first admin, re-queue interrupted jobs, start consumers.
+    def start(self, *, consumer: bool, print_admin: bool = True, admin: bool = True, reaper: bool | None = None,
+              retention: bool | None = None) -> str | None:
+        """Migrate, create the first admin, re-queue interrupted jobs, start consumers, the reaper
+        (jobs of dead workers back to the queue) and the retention thread (``retention_days``;
+        default: in the process that creates the admin, i.e. the server, not ``delineo worker``).
         Returns the generated admin password (also printed once) when one was created."""
         from delineo.service.security import ensure_admin
 
@@ -69,12 +75,17 @@ class ServiceContext:
         if password and print_admin:
             print(f"delineo: created user 'admin' with password: {password}  (shown once; change it or create users in the web page)", flush=True)
         # in embedded mode every job marked running belonged to a process of this server that is gone
-        self.requeue_interrupted(stale_after_s=None if self.settings.embedded_queue else STALE_AFTER_S)
+        self.requeue_interrupted(stale_after_s=None if self.settings.embedded_queue else self.settings.job_stale_s)
         if consumer:
             self.queue.start_consumer()
         if consumer if reaper is None else reaper:
             self._reaper = threading.Thread(target=self._reap_loop, name="delineo-reaper", daemon=True)
             self._reaper.start()
+        if (admin if retention is None else retention) and self.settings.retention_days > 0:
+            from delineo.service.retention import retention_loop
+
+            self._retention = threading.Thread(target=retention_loop, args=(self, self._stop), name="delineo-retention", daemon=True)
+            self._retention.start()
         return password
 
     def stop(self) -> None:
@@ -87,66 +98,98 @@ class ServiceContext:
                 _current = None
 
     def _reap_loop(self) -> None:
-        while not self._stop.wait(30.0):
+        while not self._stop.wait(min(30.0, self.settings.job_stale_s / 3)):
             try:
-                self.requeue_interrupted(stale_after_s=STALE_AFTER_S)
+                self.requeue_interrupted(stale_after_s=self.settings.job_stale_s)
             except Exception:  # pragma: no cover - keep the loop alive
                 log.exception("re-queueing stale jobs failed")
 
     def requeue_interrupted(self, stale_after_s: float | None) -> list[str]:
-        """Put jobs left ``running`` (by a process that died) back on the queue; also re-send
-        ``queued`` jobs on start-up, in case the queue lost them (running one twice is prevented
-        by the claim in :meth:`run_job`)."""
+        """Put jobs left ``running`` by a process that died (no heartbeat for ``stale_after_s``;
+        None: every running job, at the start of the embedded server) back on the queue.
+
+        Also re-send ``queued`` jobs: all of them with ``stale_after_s=None``; otherwise those
+        untouched for ``stale_after_s`` while the queue holds fewer messages than there are queued
+        jobs (a worker killed between taking the message and claiming the job lost it). A job
+        sent twice runs once: :meth:`run_job` claims it in the database first."""
+        now = utcnow()
         ids: list[str] = []
         with self.db.session() as s:
-            q = select(Job).where(Job.state == "running")
+            q = select(Job.id).where(Job.state == "running")
             if stale_after_s is not None:
-                cutoff = utcnow() - timedelta(seconds=stale_after_s)
+                cutoff = now - timedelta(seconds=stale_after_s)
                 q = q.where(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
-            for job in s.scalars(q):
-                job.state, job.stage, job.progress = "queued", "re-queued after an interruption", 0.0
-                ids.append(job.id)
+            for job_id in list(s.scalars(q)):
+                # conditional, so that two reapers (or a reaper and a late heartbeat) cannot both act
+                cond = update(Job).where(Job.id == job_id, Job.state == "running")
+                if stale_after_s is not None:
+                    cond = cond.where(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+                if s.execute(cond.values(state="queued", stage="re-queued after an interruption", progress=0.0,
+                                         heartbeat_at=now)).rowcount == 1:
+                    ids.append(job_id)
+            if ids:
+                log.warning("re-queued %d job(s) of a process that stopped: %s", len(ids), ", ".join(ids))
             if stale_after_s is None:
                 ids += [j for j in s.scalars(select(Job.id).where(Job.state == "queued")) if j not in ids]
+            else:
+                waiting = list(s.scalars(select(Job.id).where(Job.state == "queued")))
+                if waiting and self.queue.pending() < len(waiting):
+                    lost = [j for j in s.scalars(select(Job.id).where(
+                        Job.state == "queued", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
+                        Job.created_at < cutoff)) if j not in ids]
+                    if lost:
+                        s.execute(update(Job).where(Job.id.in_(lost), Job.state == "queued").values(heartbeat_at=now))
+                        log.warning("re-sent %d queued job(s) missing from the queue", len(lost))
+                        ids += lost
         for job_id in ids:
             self.queue.enqueue(job_id)
-        if ids:
-            log.warning("re-queued %d interrupted job(s)", len(ids))
         return ids
 
     # ---- jobs ---------------------------------------------------------------------------------
-    def _set(self, job_id: str, only_running: bool = True, **values: Any) -> int:
+    def _set(self, job_id: str, attempt: int | None = None, **values: Any) -> int:
+        """Update a running job; with ``attempt`` only while that attempt still holds it (a worker
+        that was given up on and comes back changes nothing)."""
         with self.db.session() as s:
-            q = update(Job).where(Job.id == job_id)
-            if only_running:
-                q = q.where(Job.state == "running")
+            q = update(Job).where(Job.id == job_id, Job.state == "running")
+            if attempt is not None:
+                q = q.where(Job.attempts == attempt)
             return s.execute(q.values(**values)).rowcount
 
     def run_job(self, job_id: str) -> None:
+        """Claim the job (queued -> running, one more attempt), contour into a folder of this
+        attempt, and publish it as the job's results only while the attempt still holds the job.
+
+        At-least-once with a fence: a job whose worker died is re-queued by the reaper and run
+        again; every attempt writes its own folder, and only the attempt that sets ``done`` moves
+        its folder into place (in the same transaction), so delivered results are never
+        overwritten or deleted by an attempt that was given up on."""
         now = utcnow()
         with self.db.session() as s:
             claimed = s.execute(
                 update(Job).where(Job.id == job_id, Job.state == "queued").values(
                     state="running", stage="starting", progress=0.0, started_at=now, heartbeat_at=now,
-                    attempts=Job.attempts + 1, error=None, finished_at=None)
+                    attempts=Job.attempts + 1, error=None, finished_at=None, worker=WORKER_ID)
             ).rowcount
             if claimed != 1:
                 return  # done, failed, deleted, or claimed by another worker
             job = s.get(Job, job_id)
             study = job.study
+            attempt = job.attempts
             study_id, kind, rel, model, structures = study.id, study.kind, study.input_path, job.model, job.structures
         out = self.storage.results_dir(study_id, job_id)
-        shutil.rmtree(out, ignore_errors=True)
+        work = out.with_name(f".{job_id}.attempt{attempt}")
+        shutil.rmtree(work, ignore_errors=True)
         beat_stop = threading.Event()
 
         def heartbeat() -> None:
-            while not beat_stop.wait(HEARTBEAT_S):
-                self._set(job_id, heartbeat_at=utcnow())
+            while not beat_stop.wait(self.settings.job_heartbeat_s):
+                if self._set(job_id, attempt, heartbeat_at=utcnow()) == 0:
+                    return  # given up on, deleted, or finished
 
         threading.Thread(target=heartbeat, name=f"heartbeat-{job_id[:8]}", daemon=True).start()
 
         def progress(stage: str, fraction: float) -> None:
-            self._set(job_id, stage=stage, progress=float(max(0.0, min(1.0, fraction))), heartbeat_at=utcnow())
+            self._set(job_id, attempt, stage=stage, progress=float(max(0.0, min(1.0, fraction))), heartbeat_at=utcnow())
 
         from delineo import api
         from delineo.errors import DelineoError
@@ -156,24 +199,43 @@ class ServiceContext:
             if kind == "dicom":
                 source = self.dicom_input(study_id, source)
             t0 = time.perf_counter()
-            api.contour(source, out, model=model, structures=structures, device=self.settings.device, progress=progress)
-            summary_path = out / "summary.json"
+            api.contour(source, work, model=model, structures=structures, device=self.settings.device, progress=progress)
+            summary_path = work / "summary.json"
             if summary_path.is_file():
                 summary = json.loads(summary_path.read_text())
                 summary["service_seconds"] = round(time.perf_counter() - t0, 3)
                 summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-            if self._set(job_id, state="done", stage="done", progress=1.0, finished_at=utcnow()) == 0:
-                shutil.rmtree(out, ignore_errors=True)  # the study was deleted meanwhile
+            if not self._publish(job_id, attempt, work, out):
+                shutil.rmtree(work, ignore_errors=True)
+                with self.db.session() as s:
+                    if s.get(Job, job_id) is None:  # the study was deleted meanwhile: leave no folder behind
+                        self.storage.delete_study(study_id)
+                log.warning("job %s attempt %d finished after it was given up on or deleted; its output is discarded", job_id, attempt)
         except DelineoError as exc:
-            self._fail(job_id, self._clean_message(str(exc)))
+            self._fail(job_id, attempt, self._clean_message(str(exc)))
         except Exception as exc:  # noqa: BLE001 - reported on the job; the consumer keeps going
             log.exception("job %s failed", job_id)
-            self._fail(job_id, self._clean_message(f"contouring failed: {exc.__class__.__name__}: {exc}"))
+            self._fail(job_id, attempt, self._clean_message(f"contouring failed: {exc.__class__.__name__}: {exc}"))
         finally:
             beat_stop.set()
 
-    def _fail(self, job_id: str, message: str) -> None:
-        self._set(job_id, state="failed", stage="failed", error=message[:2000], finished_at=utcnow())
+    def _publish(self, job_id: str, attempt: int, work: Path, out: Path) -> bool:
+        """Set ``done`` and move ``work`` to ``out`` in one transaction, if ``attempt`` still holds
+        the job. Readers see ``done`` only once the files are in place."""
+        with self.db.session() as s:
+            done = s.execute(update(Job).where(Job.id == job_id, Job.state == "running", Job.attempts == attempt).values(
+                state="done", stage="done", progress=1.0, finished_at=utcnow(), heartbeat_at=utcnow())).rowcount
+            if done != 1:
+                return False
+            if out.exists():  # written by an attempt that never reached done: never delivered
+                shutil.rmtree(out)
+            work.replace(out)
+        for stale in out.parent.glob(f".{job_id}.attempt*"):  # folders of attempts given up on
+            shutil.rmtree(stale, ignore_errors=True)
+        return True
+
+    def _fail(self, job_id: str, attempt: int | None, message: str) -> None:
+        self._set(job_id, attempt, state="failed", stage="failed", error=message[:2000], finished_at=utcnow())
 
     def _clean_message(self, message: str) -> str:
         """Error text for the user, without the server's directory layout."""

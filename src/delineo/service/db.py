@@ -46,6 +46,10 @@ def migrate(engine: Engine) -> None:
 
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # a server and workers starting together migrate one at a time
+            from sqlalchemy import text
+
+            conn.execute(text("SELECT pg_advisory_xact_lock(7263541)"))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

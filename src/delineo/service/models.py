@@ -96,10 +96,44 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: last sign of life: of the worker running the job, or when the job was (re-)queued
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: ``host:pid`` of the process that claimed the latest attempt
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
 
     @property
     def structures(self) -> list[str] | None:
         return json.loads(self.structures_json or "null")
+
+
+class AccessEvent(Base):
+    """One line of the access log: who (a user, a DICOM AE title, or the system) did what to
+    which study, when and from where. Patients appear only as a pseudonym (a short SHA-256 of the
+    Patient ID, as in the logs); study names are not copied here (they can hold a patient's name)."""
+
+    __tablename__ = "access_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor_kind: Mapped[str] = mapped_column(String(8))  # user | ae | system
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    study_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    patient: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[str] = mapped_column(String(255), default="")
+
+
+class LoginFailure(Base):
+    """A failed sign-in (or one being checked), counted for throttling (per user name and per client address)."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    address: Mapped[str] = mapped_column(String(64), index=True)
+    #: False while the password is being checked (the attempt already counts for its user name)
+    confirmed: Mapped[bool] = mapped_column(Boolean, default=False)

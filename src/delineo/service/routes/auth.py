@@ -6,8 +6,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from delineo.service import throttle
+from delineo.service.audit import client_address
+from delineo.service.core import ServiceContext
 from delineo.service.models import ApiToken, User
-from delineo.service.routes.deps import current_user, get_db
+from delineo.service.routes.deps import current_user, get_ctx, get_db
 from delineo.service.schemas import LoginIn, PasswordIn, TokenIn, TokenOut, UserOut
 from delineo.service.security import SESSION_COOKIE, authenticate, check_new_user, hash_password, issue_token, revoke_token, verify_password
 
@@ -18,12 +21,21 @@ def user_out(u: User) -> UserOut:
     return UserOut(id=u.id, username=u.username, is_admin=u.is_admin, created_at=u.created_at)
 
 
-@router.post("/login", response_model=UserOut)
-def login(body: LoginIn, request: Request, response: Response, db: Session = Depends(get_db, scope="function")) -> UserOut:
-    """Check the password and set the session cookie."""
-    user = authenticate(db, body.username.strip(), body.password)
+@router.post("/login", response_model=UserOut, responses={429: {"description": "too many failed sign-ins: wait (Retry-After)"}})
+def login(body: LoginIn, request: Request, response: Response, db: Session = Depends(get_db, scope="function"),
+          ctx: ServiceContext = Depends(get_ctx)) -> UserOut:
+    """Check the password and set the session cookie. After repeated failures for the user name or
+    from the address, attempts are refused with 429 for a while (``Retry-After`` says how long)."""
+    username, address = body.username.strip(), client_address(request) or "unknown"
+    attempt, wait = throttle.begin(ctx.db, ctx.settings, username, address)
+    if wait is not None:
+        raise HTTPException(429, f"too many failed sign-ins for this user name or from this address: "
+                                 f"try again in {wait} s", headers={"Retry-After": str(wait)})
+    user = authenticate(db, username, body.password)
     if user is None:
+        throttle.failed(ctx.db, ctx.settings, attempt, username, address)
         raise HTTPException(401, "wrong user name or password")
+    throttle.succeeded(db, username)
     token, _ = issue_token(db, user, kind="session", name=request.headers.get("user-agent", "")[:120])
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", secure=request.url.scheme == "https", path="/")
     return user_out(user)

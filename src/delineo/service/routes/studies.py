@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 from delineo.contours.colors import structure_color
+from delineo.service import audit
 from delineo.service.core import ServiceContext, latest_done_job
 from delineo.service.models import Job, Study, User, new_id
 from delineo.service.routes.deps import current_user, get_ctx, get_db, visible_study
@@ -218,6 +219,8 @@ async def upload_study(request: Request, user: User = Depends(current_user), ctx
             db.add(study)
             db.flush()
             db.refresh(study)
+            audit.record(db, "upload", actor=user.username, study=study, address=audit.client_address(request),
+                         detail=f"{stored.kind}, {stored.size_bytes} bytes")
             return study_out(ctx, study)
 
     try:
@@ -248,9 +251,10 @@ def get_study(study_id: str, user: User = Depends(current_user), db: Session = D
 
 
 @router.delete("/api/studies/{study_id}", status_code=204)
-def delete_study(study_id: str, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> Response:
+def delete_study(study_id: str, request: Request, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> Response:
     """Delete a study, its jobs and all its files (a running job's output is discarded)."""
     study = visible_study(study_id, user, db)
+    audit.record(db, "delete", actor=user.username, study=study, address=audit.client_address(request))
     db.delete(study)
     db.flush()
     db.commit()
@@ -261,7 +265,7 @@ def delete_study(study_id: str, user: User = Depends(current_user), db: Session 
 # ---- jobs ------------------------------------------------------------------------------------
 
 @router.post("/api/studies/{study_id}/jobs", response_model=JobOut, status_code=202)
-def start_job(study_id: str, body: JobIn, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> JobOut:
+def start_job(study_id: str, body: JobIn, request: Request, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> JobOut:
     """Queue a contouring job on the study with a model (``GET /api/models``) and optionally a subset of its structures."""
     study = visible_study(study_id, user, db)
     if any(j.state in ("queued", "running") for j in study.jobs):
@@ -276,6 +280,7 @@ def start_job(study_id: str, body: JobIn, user: User = Depends(current_user), db
     job = Job(study_id=study.id, model=name, structures_json=json.dumps(body.structures or None))
     db.add(job)
     db.flush()
+    audit.record(db, "contour", actor=user.username, study=study, address=audit.client_address(request), detail=f"model {name}, job {job.id}")
     db.commit()
     ctx.queue.enqueue(job.id)
     return job_out(job)
@@ -314,7 +319,7 @@ def _download_name(study: Study, suffix: str) -> str:
 
 @router.get("/api/studies/{study_id}/results/{kind}",
             responses={200: {"content": {"application/dicom": {}, "application/zip": {}, "image/png": {}, "application/json": {}}}})
-def get_result(study_id: str, kind: str, job: str | None = Query(None, description="a job id (default: the latest done job)"),
+def get_result(study_id: str, kind: str, request: Request, job: str | None = Query(None, description="a job id (default: the latest done job)"),
                user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> Response:
     """Download a result: ``rtstruct`` (RT Structure Set), ``seg`` (DICOM SEG), ``nifti`` (zip of
     masks), ``overview`` (PNG), ``summary`` (JSON with volumes)."""
@@ -322,6 +327,7 @@ def get_result(study_id: str, kind: str, job: str | None = Query(None, descripti
         raise HTTPException(404, f"unknown result kind {kind!r} (one of {', '.join(RESULT_KINDS)})")
     study = visible_study(study_id, user, db)
     j = _result_job(ctx, study, job)
+    audit.record(db, "download", actor=user.username, study=study, address=audit.client_address(request), detail=f"{kind}, job {j.id}")
     out = ctx.storage.results_dir(study.id, j.id)
     if kind == "nifti":
         if not any((out / "segmentations").glob("*.nii.gz")):
@@ -358,9 +364,11 @@ NIFTI_HEADERS = {"Cache-Control": "private, max-age=60"}
 
 
 @router.get("/api/studies/{study_id}/volume/{filename}", responses={200: {"content": {"application/gzip": {}}}})
-def get_volume(study_id: str, filename: str, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> Response:
+def get_volume(study_id: str, filename: str, request: Request, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> Response:
     """The study's image as NIfTI for the viewer (``.../volume/ct.nii.gz``)."""
     study = visible_study(study_id, user, db)
+    audit.record(db, "view", actor=user.username, study=study, address=audit.client_address(request))
+    db.commit()
     src = ctx.storage.input_path(study.id, study.input_path)
     if study.kind == "nifti":
         media = "application/gzip" if src.name.endswith(".gz") else "application/octet-stream"
