@@ -112,7 +112,7 @@ def stress(
     from delineo.service.stress import run_stress, write_report
 
     report = run_stress(url, users=users, studies=studies, admin_user=admin_user, admin_password=admin_password,
-                        model=model, size=size, max_seconds=max_seconds)
+                        model=model, size=size, max_seconds=max_seconds, progress=True)
     typer.echo(report["text"])
     if out is not None:
         write_report(report, out)

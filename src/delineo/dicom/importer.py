@@ -43,8 +43,10 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
 
 
-def import_dicom(src: str | Path, dest: str | Path, *, roi_map: str | Path | dict | None = None) -> dict[str, Any]:
-    """Convert; returns ``{"cases": [{case, structures, source}], "skipped": [...], "unmapped_rois": [...]}``."""
+def import_dicom(src: str | Path, dest: str | Path, *, roi_map: str | Path | dict | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Convert; returns ``{"cases": [{case, structures, source}], "skipped": [...], "unmapped_rois": [...]}``.
+    ``progress``: a bar over the structure sets on a terminal, one line per structure set in a log."""
     src, dest = Path(src), Path(dest)
     if not src.is_dir():
         raise InputError(src, "source folder does not exist")
@@ -63,6 +65,9 @@ def import_dicom(src: str | Path, dest: str | Path, *, roi_map: str | Path | dic
     if not structure_sets:
         raise InputError(src, "no RT Structure Sets found")
     used: set[str] = set()
+    from delineo.progress import Steps
+
+    steps = Steps(len(structure_sets), "import-dicom", unit="structure set") if progress else None
     for rt_path in structure_sets:
         try:
             rt = pydicom.dcmread(rt_path, stop_before_pixels=True)
@@ -96,5 +101,9 @@ def import_dicom(src: str | Path, dest: str | Path, *, roi_map: str | Path | dic
             report["cases"].append({"case": case, "structures": sorted(named), "source": str(rt_path)})
         except DelineoError as exc:
             report["skipped"].append({"source": str(rt_path), "reason": str(exc)})
+        if steps is not None:
+            steps.step(report["cases"][-1]["case"] if report["cases"] and report["cases"][-1]["source"] == str(rt_path) else "skipped")
+    if steps is not None:
+        steps.close()
     report["unmapped_rois"] = sorted(report["unmapped_rois"])
     return report

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from delineo.data.datasets import open_dataset
 from delineo.data.io import Image
 from delineo.inference.predictor import Predictor
 from delineo.metrics.segmentation import structure_metrics
+from delineo.progress import Steps
 
 
 def _finite_mean(values: list[float]) -> float | None:
@@ -37,6 +37,7 @@ def evaluate(
     tolerance_mm: float = 2.0,
     predictor: Predictor | None = None,
     bf16: bool | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Contour every case of ``data`` with ``model`` and compare with its reference masks.
 
@@ -44,6 +45,7 @@ def evaluate(
     HD95/ASD are in mm; when prediction or reference is empty (but not both) the distance is
     undefined: it is written as null and counted in ``n_distance_undefined``.
     ``bf16``: run the network under bfloat16 autocast (default: on CUDA only).
+    ``progress``: a bar on a terminal, one line per case in a log (:mod:`delineo.progress`).
     Writes ``out`` (JSON) and a box plot ``<out stem>_dice.png`` beside it when ``out`` is given.
     """
     predictor = predictor or Predictor(str(model), device, amp=bf16)
@@ -58,7 +60,8 @@ def evaluate(
     per_case: list[dict[str, Any]] = []
     collected: dict[str, dict[str, list[float]]] = {s: {} for s in wanted}
     seconds = 0.0
-    for i in tqdm(range(len(dataset)), desc="evaluate", disable=None):
+    steps = Steps(len(dataset), "evaluate", unit="case") if progress else None
+    for i in range(len(dataset)):
         sample = dataset[i]
         image = Image(sample["image"][0], sample["affine"])
         t0 = time.perf_counter()
@@ -73,6 +76,10 @@ def evaluate(
             for k, v in m.items():
                 collected[name].setdefault(k, []).append(v)
         per_case.append(row)
+        if steps is not None:
+            steps.step(str(sample["case"]))
+    if steps is not None:
+        steps.close()
     structures: dict[str, Any] = {}
     for name in wanted:
         vals = collected[name]

@@ -60,7 +60,8 @@ def _png_bytes(size: int, seed: int) -> bytes:
 
 
 def run_stress(url: str, *, users: int = 20, studies: int = 2, admin_user: str = "admin", admin_password: str | None = None,
-               model: str | None = None, size: int = 32, max_seconds: float = 600.0, poll_s: float = 0.5) -> dict[str, Any]:
+               model: str | None = None, size: int = 32, max_seconds: float = 600.0, poll_s: float = 0.5,
+               progress: bool = False) -> dict[str, Any]:
     check_loopback(url)
     if not 1 <= users <= MAX_USERS:
         raise InputError(None, f"--users must be 1-{MAX_USERS}")
@@ -71,10 +72,17 @@ def run_stress(url: str, *, users: int = 20, studies: int = 2, admin_user: str =
     if not admin_password:
         raise InputError(None, "give the administrator's password (--admin-password or DELINEO_ADMIN_PASSWORD) to create the test users")
     max_seconds = min(max_seconds, 3600.0)
-    return asyncio.run(_run(url.rstrip("/"), users, studies, admin_user, admin_password, model, size, max_seconds, poll_s))
+    from delineo.progress import Steps
+
+    steps = Steps(users * studies, "stress", unit="study") if progress else None
+    try:
+        return asyncio.run(_run(url.rstrip("/"), users, studies, admin_user, admin_password, model, size, max_seconds, poll_s, steps))
+    finally:
+        if steps is not None:
+            steps.close()
 
 
-async def _run(url, n_users, n_studies, admin_user, admin_password, model, size, max_seconds, poll_s) -> dict[str, Any]:
+async def _run(url, n_users, n_studies, admin_user, admin_password, model, size, max_seconds, poll_s, steps=None) -> dict[str, Any]:
     import httpx
 
     from delineo.service.synthetic import synthetic_nifti_bytes
@@ -171,6 +179,9 @@ async def _run(url, n_users, n_studies, admin_user, admin_password, model, size,
                         expected[f"foreign/unknown study {r.status_code}"] += 1
                     except httpx.HTTPError as exc:
                         errors[f"http {exc.__class__.__name__}"] += 1
+                    finally:
+                        if steps is not None:  # one study finished, whichever way
+                            steps.step(f"{name} {rec['state']}")
             return mine
 
         t_start = time.monotonic()
