@@ -36,10 +36,17 @@ def page(tmp_path, live_server):
         pg = ctx.pages[0] if ctx.pages else ctx.new_page()
         errors: list[str] = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
+        # the page must work under the service's Content-Security-Policy (issue 18): a blocked
+        # script, worker, WebAssembly module, style or request shows up as a console error
+        # (third-party images, such as ReDoc's logo from its CDN, are meant to be blocked)
+        csp: list[str] = []
+        pg.on("console", lambda m: csp.append(m.text) if "Content Security Policy" in m.text
+              and not ("Loading the image 'http" in m.text and "img-src" in m.text) else None)
         pg.base_url = live_server.url
         pg.js_errors = errors
         yield pg
         ctx.close()
+        assert not csp, f"blocked by the Content-Security-Policy: {csp}"
 
 
 def _sign_in(page):
@@ -60,14 +67,14 @@ def _upload_and_contour(page, tmp_path, name: str, data: bytes, shot: str):
     page.wait_for_selector("#study-view:not(.hidden)", timeout=30000)
     # the view switches to the new study once uploaded (a second upload must not act on the first study)
     stem = name.split(".")[0]
-    page.wait_for_function(f"document.querySelector('#study-name').textContent.trim() === '{stem}'", timeout=30000)
-    page.wait_for_function("document.querySelector('#contour-btn') && !document.querySelector('#contour-btn').disabled")
+    page.wait_for_function(f"() => document.querySelector('#study-name').textContent.trim() === '{stem}'", timeout=30000)
+    page.wait_for_function("() => document.querySelector('#contour-btn') && !document.querySelector('#contour-btn').disabled")
     page.click("#contour-btn")
     page.wait_for_selector("#job-state .chip.done", timeout=HANG_S * 1000)
     # the viewer has the CT and one overlay per structure
-    page.wait_for_function("Number(document.querySelector('#gl').dataset.loaded || 0) >= 3", timeout=30000)
+    page.wait_for_function("() => Number(document.querySelector('#gl').dataset.loaded || 0) >= 3", timeout=30000)
     # (a second upload replaces the first study's view: wait for this study's table, do not read the old one)
-    page.wait_for_function("document.querySelectorAll('#structure-rows tr').length === 2", timeout=HANG_S * 1000)
+    page.wait_for_function("() => document.querySelectorAll('#structure-rows tr').length === 2", timeout=HANG_S * 1000)
     page.wait_for_timeout(500)
     assert page.locator("#structure-rows tr").count() == 2
     assert "cc" in page.inner_text("#structure-rows")
@@ -100,4 +107,188 @@ def test_login_upload_view_download(page, tmp_path):
         import pydicom
 
         assert pydicom.dcmread(rt).Modality == "RTSTRUCT"
+    assert not page.js_errors, page.js_errors
+
+
+# ---- the viewer as a dosimetrist uses it (issue 22) ----------------------------------------------
+
+def _lateral_ct(size: int = 32) -> tuple[bytes, "object"]:
+    """A synthetic CT (-100 HU body, air at -1000 HU outside) with a bright 1000 HU block only on
+    the patient's LEFT. RAS+ world: +x points to the patient's left->right? No guessing: the test
+    asks nibabel which way the first axis points and puts the block on the side named 'L'."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    ct = np.full((size, size, size), -1000, np.int16)
+    ct[3:-3, 3:-3, :] = -100
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    affine[:3, 3] = [-size, -size, -1.5 * size]
+    codes = nib.aff2axcodes(affine)
+    assert codes == ("R", "A", "S")  # axis 0 increases towards the patient's Right: the left is at low indices
+    left = slice(5, 11)  # the patient's left
+    ct[left, 10:22, 8:24] = 1000
+    return gzip.compress(nib.Nifti1Image(ct, affine).to_bytes(), compresslevel=1), codes
+
+
+def _canvas(page):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    page.wait_for_timeout(250)
+    return np.asarray(Image.open(io.BytesIO(page.locator("#gl").screenshot())).convert("RGB")).astype(np.int16)
+
+
+def _bright_columns(img, level=230):
+    """Mean column (0..1 across the canvas) of near-white pixels (the 1000 HU block), and their count."""
+    import numpy as np
+
+    bright = (img.min(axis=2) >= level)
+    ys, xs = np.nonzero(bright)
+    return (xs.mean() / img.shape[1] if len(xs) else float("nan")), int(bright.sum())
+
+
+def _upload(page, tmp_path, name, data):
+    f = tmp_path / name
+    f.write_bytes(data)
+    page.set_input_files("#file-input", str(f))
+    stem = name.split(".")[0]
+    page.wait_for_function(f"() => document.querySelector('#study-name').textContent.trim() === '{stem}'", timeout=30000)
+
+
+def _contour(page, n_structures=2):
+    page.wait_for_function("() => document.querySelector('#contour-btn') && !document.querySelector('#contour-btn').disabled")
+    page.click("#contour-btn")
+    page.wait_for_selector("#job-state .chip.done", timeout=HANG_S * 1000)
+    page.wait_for_function(f"() => Number(document.querySelector('#gl').dataset.loaded || 0) >= {1 + n_structures}", timeout=30000)
+    page.wait_for_timeout(300)
+
+
+def test_viewer_overlays_orientation_zoom_fit(page, tmp_path):
+    """Structures do not darken the CT outside them (outline and filled); the patient's left is on
+    the screen's right (radiological) and moves with the setting; zoom enlarges, reset restores; the
+    viewer fits 1366x768 without scrolling; the cursor shows HU."""
+    import numpy as np
+
+    page.set_viewport_size({"width": 1366, "height": 768})
+    _sign_in(page)
+    data, _ = _lateral_ct()
+    _upload(page, tmp_path, "lateral.nii.gz", data)
+    _contour(page)
+    # a structure with voxels, shown in the middle of its extent
+    name = page.evaluate("""() => { const v = window.delineoViewer; const L = v.layers.find((l) => l.mask.some((x) => x));
+                                    return L ? L.name : null; }""")
+    assert name, "the tiny model returned only empty structures"
+    assert page.evaluate(f"window.delineoViewer.goToStructure({name!r})")
+    page.wait_for_timeout(300)
+
+    # -- overlays keep the CT's brightness outside the structure
+    shown = _canvas(page)
+    assert page.evaluate("window.delineoViewer.prefs.mode") == "outline"
+    page.screenshot(path=str(ARTIFACTS / "viewer-outline.png"))
+    for cb in page.locator("#structure-rows .vis").all():
+        cb.uncheck()
+    hidden = _canvas(page)
+    diff = np.abs(shown - hidden).max(axis=2)
+    changed = float((diff > 8).mean())
+    assert 0.0005 < changed < 0.15, f"outline mode changed {changed:.1%} of the canvas"
+    assert np.median(diff) == 0
+    assert shown.mean() > 0.9 * hidden.mean(), (shown.mean(), hidden.mean())
+    for cb in page.locator("#structure-rows .vis").all():
+        cb.check()
+    page.click("#mode-buttons button[data-mode=filled]")
+    filled = _canvas(page)
+    page.screenshot(path=str(ARTIFACTS / "viewer-filled.png"))
+    diff = np.abs(filled - hidden).max(axis=2)
+    assert float((diff > 8).mean()) > 0.0005  # the filled structure shows
+    assert np.median(diff) == 0, "filled mode changes the CT outside the structures"
+    page.click("#mode-buttons button[data-mode=outline]")
+
+    # -- radiological convention: the block on the patient's left is on the screen's right
+    for cb in page.locator("#structure-rows .vis").all():
+        cb.uncheck()
+    page.evaluate("() => { const nv = window.delineoViewer.nv; nv.scene.crosshairPos = [0.5, 0.5, 0.5]; nv.drawScene(); }")
+    assert page.is_checked("#radiological")
+    col, n_bright = _bright_columns(_canvas(page))
+    assert n_bright > 100 and col > 0.55, f"radiological axial view: the patient's left at {col:.2f} of the width"
+    page.click("#view-buttons button[data-view=coronal]")
+    col_cor, _ = _bright_columns(_canvas(page))
+    assert col_cor > 0.55, f"radiological coronal view: the patient's left at {col_cor:.2f}"
+    page.click("#view-buttons button[data-view=axial]")
+    page.uncheck("#radiological")
+    col_neuro, _ = _bright_columns(_canvas(page))
+    assert col_neuro < 0.45, f"neurological axial view: the patient's left at {col_neuro:.2f}"
+    page.check("#radiological")
+    page.wait_for_timeout(200)
+
+    # -- zoom in enlarges the image, reset restores it
+    _, before = _bright_columns(_canvas(page))
+    page.click("#zoom-in")
+    page.click("#zoom-in")
+    _, zoomed = _bright_columns(_canvas(page))
+    assert zoomed > 1.3 * before, (before, zoomed)
+    page.click("#zoom-reset")
+    _, reset = _bright_columns(_canvas(page))
+    assert abs(reset - before) < 0.1 * before, (before, reset)
+
+    # -- HU under the cursor
+    box = page.locator("#gl").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    page.wait_for_function("() => /HU/.test(document.querySelector('#cursor-info').textContent)")
+
+    # -- fits the window: no page scrolling at 1366x768, the whole canvas on screen
+    assert page.evaluate("document.scrollingElement.scrollHeight <= window.innerHeight + 1")
+    assert box["y"] + box["height"] <= 768 and box["height"] >= 300, box
+    page.screenshot(path=str(ARTIFACTS / "viewer-1366x768.png"))
+    assert not page.js_errors, page.js_errors
+
+
+def test_contour_again_keeps_viewer_and_unknown_study(page, tmp_path):
+    """'Contour again' keeps the previous result on screen while the new job runs and then shows
+    the new one (it used to request masks with ?job=null); an unknown study id gets a message."""
+    _sign_in(page)
+    _upload(page, tmp_path, "again.nii.gz", nifti_bytes(24))
+    _contour(page)
+    first = page.get_attribute("#gl", "data-job")
+    assert first
+    messages = []
+    page.click("#contour-btn")
+    for _ in range(40):
+        messages.append(page.inner_text("#viewer-msg"))
+        if page.locator("#job-state .chip.done").count() and page.get_attribute("#gl", "data-job") not in ("", first):
+            break
+        page.wait_for_timeout(150)
+    page.wait_for_function(f"() => document.querySelector('#gl').dataset.job && document.querySelector('#gl').dataset.job !== '{first}'",
+                           timeout=HANG_S * 1000)
+    assert not any("could not load" in m for m in messages), messages
+    assert "could not load" not in page.inner_text("#viewer-msg")
+    page.wait_for_timeout(300)
+    assert "rtstruct" not in page.inner_text("#job-state")
+    # an unknown id in the address
+    page.goto(page.base_url + "/#0123456789abcdef0123456789abcdef")
+    page.wait_for_selector("#missing-study:not(.hidden)", timeout=15000)
+    assert "0123456789abcdef" in page.inner_text("#missing-text")
+    assert not page.js_errors, page.js_errors
+
+
+def test_api_docs_render_from_local_files(page):
+    """Swagger UI (/api/docs) and ReDoc (/api/redoc) render the API's operations with nothing
+    fetched from outside this server."""
+    from urllib.parse import urlparse
+
+    outside: list[str] = []
+    host = urlparse(page.base_url).netloc
+    page.on("request", lambda r: outside.append(r.url) if urlparse(r.url).netloc not in (host, "") and not r.url.startswith(("data:", "blob:")) else None)
+    page.goto(page.base_url + "/api/docs")
+    page.wait_for_selector(".opblock", timeout=30000)
+    assert page.locator(".opblock").count() >= 10
+    assert "/api/studies" in page.inner_text("#swagger-ui")
+    page.screenshot(path=str(ARTIFACTS / "api-docs.png"))
+    page.goto(page.base_url + "/api/redoc")
+    page.wait_for_selector("h2:has-text('Start Job')", timeout=30000)
+    page.screenshot(path=str(ARTIFACTS / "api-redoc.png"))
+    assert not outside, outside
     assert not page.js_errors, page.js_errors

@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # Swagger UI and ReDoc from local files: routes/docs.py
         redoc_url=None,
     )
     app.state.settings = settings
@@ -79,6 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def niivue_missing(path: str):
         return JSONResponse({"detail": "NiiVue is not installed on this server (run `npm ci`)"}, status_code=404)
 
+    from delineo.service.routes.docs import install_docs
+
+    install_docs(app)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -69,6 +69,7 @@ def study_out(ctx: ServiceContext, s: Study) -> StudyOut:
 class StudyDetail(StudyOut):
     jobs: list[JobOut]
     structures: list[StructureOut]
+    result_job: str | None = None
 
 
 def structures_of(ctx: ServiceContext, study: Study, job: Job | None) -> list[StructureOut]:
@@ -93,6 +94,35 @@ def structures_of(ctx: ServiceContext, study: Study, job: Job | None) -> list[St
 
 
 # ---- upload ----------------------------------------------------------------------------------
+
+def hounsfield_problem(path: Path) -> str | None:
+    """Why a 3D NIfTI is not a CT in Hounsfield units (a mask, a label map, a normalised or
+    offset image, an MR), or None. A CT has air around the patient (about -1000 HU), so values
+    below 0 and many distinct values."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    shape = img.shape[:3]
+    step = max(1, int(round((np.prod(shape) / 2e6) ** (1 / 3))))  # a 2 M-voxel sample is plenty
+    data = np.asarray(img.dataobj[::step, ::step, ::step], dtype=np.float32)
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        return "holds no finite values, not a CT in Hounsfield units"
+    lo, hi = float(finite.min()), float(finite.max())
+    values = np.unique(finite[: 2_000_000])
+    if values.size <= 2 and lo >= 0 and hi <= 1:
+        return "holds only the values 0 and 1: a mask, not a CT in Hounsfield units (upload the CT itself)"
+    if lo >= 0 and hi <= 1:
+        return f"values lie between {lo:g} and {hi:g}: a normalised image, not a CT in Hounsfield units"
+    if values.size <= 64 and lo >= 0 and np.allclose(values, np.round(values)):
+        return f"holds only {values.size} whole-number values from {lo:g} to {hi:g}: a label map, not a CT in Hounsfield units"
+    if lo >= 0:
+        return (f"no value below 0 (range {lo:g} to {hi:g}): not a CT in Hounsfield units, where air is about -1000 "
+                "(an MR image, or a CT without its rescale intercept?)")
+    if hi - lo < 50:
+        return f"nearly constant ({lo:g} to {hi:g}): not a CT in Hounsfield units"
+    return None
+
 
 async def receive_files(request: Request, dest: Path, max_bytes: int, max_files: int, idle_s: float) -> tuple[list[tuple[str, Path]], dict[str, str]]:
     """Stream a multipart body to files in ``dest`` (never whole in memory), counting bytes:
@@ -198,6 +228,11 @@ async def upload_study(request: Request, user: User = Depends(current_user), ctx
     try:
         files, fields = await receive_files(request, upload_dir, s.max_upload_bytes, s.max_files, s.upload_idle_s)
         stored = await run_in_threadpool(ctx.storage.accept, upload_dir, files, study_id)
+        if stored.kind == "nifti" and int(stored.info.get("dims", 3)) == 3:
+            problem = await run_in_threadpool(hounsfield_problem, ctx.storage.input_path(study_id, stored.path))
+            if problem:
+                shown = PurePosixPath(files[0][0]).name if len(files) == 1 else stored.name
+                raise UploadRejected(f"{shown}: {problem}", 422)
     except UploadRejected as exc:
         await run_in_threadpool(ctx.storage.delete_study, study_id)
         log.info("upload refused (%s): %s", exc.status, exc.message)
@@ -246,8 +281,9 @@ def list_studies(all: bool = Query(False, description="administrators: every use
 def get_study(study_id: str, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> StudyDetail:
     study = visible_study(study_id, user, db)
     base = study_out(ctx, study)
+    done = latest_done_job(study)
     return StudyDetail(**base.model_dump(), jobs=[job_out(j) for j in study.jobs],
-                       structures=structures_of(ctx, study, latest_done_job(study)))
+                       structures=structures_of(ctx, study, done), result_job=done.id if done else None)
 
 
 @router.delete("/api/studies/{study_id}", status_code=204)

@@ -1,7 +1,9 @@
 // delineo web front end: sign in, upload (drag and drop, progress), study list with live job
 // states, NiiVue viewer with coloured structure overlays, downloads. No framework.
+import { Viewer } from "/static/viewer.js";
+
 const $ = (id) => document.getElementById(id);
-const state = { user: null, studies: [], models: [], selected: null, detail: null, nv: null, nvLoadedFor: null, view: "axial", poll: null };
+const state = { user: null, studies: [], models: [], selected: null, detail: null, viewer: null, loadedFor: null, view: "axial", poll: null, missing: null };
 
 // ---- HTTP ------------------------------------------------------------------------------------
 async function api(path, opts = {}) {
@@ -20,8 +22,10 @@ function toast(msg, ms = 4000) { const t = $("toast"); t.textContent = msg; t.cl
 const fmtDate = (s) => new Date(s).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
 const fmtSize = (b) => b > 1 << 20 ? `${(b / 2 ** 20).toFixed(1)} MB` : `${Math.max(1, Math.round(b / 1024))} kB`;
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
-const STAGES = { queued: "Waiting in the queue", starting: "Starting", read: "Reading the image", model: "Running the model", write: "Writing the contours", done: "Done", failed: "Failed" };
-const stageText = (j) => STAGES[j.stage] || j.stage;
+const STAGES = { queued: "Waiting in the queue", starting: "Starting", read: "Reading the image", model: "Running the model",
+  write: "Writing the contours", rtstruct: "Writing the RT Structure Set", seg: "Writing the DICOM SEG", done: "Done", failed: "Failed",
+  "re-queued after an interruption": "Waiting in the queue again (the server was interrupted)" };
+const stageText = (j) => STAGES[j.stage] || (j.state === "queued" ? STAGES.queued : "Working");
 
 // ---- sign in -----------------------------------------------------------------------------------
 function showLogin() {
@@ -113,7 +117,16 @@ async function refreshStudies() {
     const s = state.studies.find((x) => x.id === state.selected);
     if (!s) { state.selected = null; renderStudy(null); }
     else if (JSON.stringify(s.latest_job) !== JSON.stringify(state.detail?.latest_job)) await loadDetail();
-  } else if (location.hash.length > 1 && state.studies.some((x) => x.id === location.hash.slice(1))) select(location.hash.slice(1));
+  } else if (location.hash.length > 1 && state.missing !== location.hash.slice(1)) {
+    select(location.hash.slice(1));  // not in the list: an administrator may still open it; otherwise a clear message
+  }
+}
+window.addEventListener("hashchange", () => { const id = location.hash.slice(1); if (id && id !== state.selected) { state.missing = null; select(id); } });
+function showMissing(id, message) {
+  state.missing = id; state.selected = null; state.detail = null;
+  $("study-view").classList.add("hidden"); $("no-study").classList.add("hidden");
+  $("missing-study").classList.remove("hidden");
+  $("missing-text").textContent = `There is no study “${id}” that you may open${message ? ` (${message})` : ""}. It may have been deleted, or it belongs to another user.`;
 }
 $("study-list").addEventListener("click", (e) => { const li = e.target.closest("li"); if (li) select(li.dataset.id); });
 async function select(id) {
@@ -123,13 +136,20 @@ async function select(id) {
 }
 async function loadDetail() {
   if (!state.selected) return;
-  try { state.detail = await api(`/api/studies/${state.selected}`); } catch (err) { toast(err.message); return; }
-  renderStudy(state.detail);
+  const id = state.selected;
+  let d;
+  try { d = await api(`/api/studies/${id}`); }
+  catch (err) { if (/^(404|403)|no such study/i.test(err.message)) showMissing(id, err.message); else toast(err.message); return; }
+  if (state.selected !== id) return;
+  $("missing-study").classList.add("hidden");
+  state.detail = d;
+  renderStudy(d);
 }
 
 // ---- study view --------------------------------------------------------------------------------
 function renderStudy(d) {
   $("no-study").classList.toggle("hidden", !!d); $("study-view").classList.toggle("hidden", !d);
+  if (d) $("missing-study").classList.add("hidden");
   if (!d) return;
   $("study-name").textContent = d.name;
   const i = d.info || {};
@@ -151,8 +171,14 @@ function renderStudy(d) {
   const noDicom = d.results.length && !d.results.includes("rtstruct");
   $("download-note").textContent = !d.results.length ? "Results appear here when contouring is done." :
     noDicom ? (d.kind === "dicom" ? "RT Structure Set and SEG need the DICOM writer on the server." : "RT Structure Set and SEG are made for DICOM uploads.") : "";
-  const key = `${d.id}:${d.structures.length ? d.latest_job?.id : "-"}`;
-  if (state.nvLoadedFor !== key) { state.nvLoadedFor = key; loadViewer(d).catch((err) => { $("viewer-msg").textContent = `The viewer could not load the images: ${err.message}`; }); }
+  // the viewer shows the latest finished job's result (kept while a new job runs) and reloads
+  // only when that changes
+  const job = d.structures.length ? d.result_job : null;
+  const key = `${d.id}:${job || "-"}:${d.edit_version || 0}`;
+  if (state.loadedFor !== key) {
+    state.loadedFor = key;
+    loadViewer(d, job).catch((err) => { state.loadedFor = null; $("viewer-msg").textContent = `The viewer could not load the images: ${err.message}`; });
+  }
 }
 function renderModels(d) {
   const dims = d.info?.dims || 3;
@@ -198,77 +224,102 @@ $("delete-btn").addEventListener("click", async () => {
 });
 
 // ---- structures table --------------------------------------------------------------------------
+function flagsOf(s) {
+  const f = [];
+  for (const c of s.checks || []) f.push(c);
+  if (s.quality && s.quality.flag) f.push(s.quality.message || s.quality.flag);
+  if (s.review && s.review.state === "needs_work") f.push("needs work" + (s.review.user ? ` (${s.review.user})` : ""));
+  return f;
+}
 function renderStructures(rows) {
   $("no-structures").classList.toggle("hidden", rows.length > 0);
-  $("structure-rows").innerHTML = rows.map((s, i) => `<tr data-i="${i}">
+  const sorted = rows.map((s, i) => ({ s, i, flags: flagsOf(s) })).sort((a, b) => (b.flags.length > 0) - (a.flags.length > 0) || a.i - b.i);
+  $("structure-rows").innerHTML = sorted.map(({ s, flags }) => `<tr data-name="${esc(s.name)}" class="${flags.length ? "flagged" : ""}">
     <td><input type="checkbox" class="vis" checked aria-label="show ${esc(s.name)}"></td>
-    <td class="name"><span class="swatch" style="background:rgb(${s.color})"></span>${esc(s.name)}</td>
-    <td class="num">${s.empty ? '<span class="muted">empty</span>' : `${s.volume.toFixed(s.volume < 10 ? 2 : 1)} ${esc(s.unit)}`}</td>
-    <td><input type="range" class="opa" min="0" max="1" step="0.05" value="0.5" aria-label="opacity of ${esc(s.name)}"></td></tr>`).join("");
+    <td class="name" title="Go to ${esc(s.name)}"><span class="swatch" style="background:rgb(${s.color})"></span><span>${esc(s.name)}</span>${flags.length ? `<span class="flag" title="${esc(flags.join("; "))}">⚠ ${esc(flags[0])}</span>` : ""}</td>
+    <td class="num">${s.empty ? '<span class="muted">empty</span>' : `${s.volume.toFixed(s.volume < 10 ? 2 : 1)} ${esc(s.unit)}`}</td></tr>`).join("");
 }
-$("structure-rows").addEventListener("input", (e) => {
-  const tr = e.target.closest("tr"); if (!tr || !state.nv) return;
-  const idx = 1 + Number(tr.dataset.i);
-  const on = tr.querySelector(".vis").checked;
-  tr.classList.toggle("off", !on);
-  if (idx < state.nv.volumes.length) state.nv.setOpacity(idx, on ? Number(tr.querySelector(".opa").value) : 0);
+$("structure-rows").addEventListener("click", (e) => {
+  const td = e.target.closest("td.name"); if (!td) return;
+  state.viewer?.goToStructure(td.closest("tr").dataset.name);
+});
+$("structure-rows").addEventListener("change", (e) => {
+  const tr = e.target.closest("tr"); if (!tr || !e.target.classList.contains("vis")) return;
+  tr.classList.toggle("off", !e.target.checked);
+  state.viewer?.setVisible(tr.dataset.name, e.target.checked);
 });
 
-// ---- viewer (NiiVue) ---------------------------------------------------------------------------
-let NV = null;
-async function niivue() {
-  if (NV) return NV;
-  try { NV = await import("/vendor/niivue/index.js"); }
-  catch (_) { throw new Error("NiiVue is not installed on the server (run `npm ci`)."); }
-  return NV;
-}
+// ---- viewer ------------------------------------------------------------------------------------
 function windowRange() {
   const v = $("window-select").value;
   if (v === "auto") return null;
   const [level, width] = v.split(",").map(Number);
   return [level - width / 2, level + width / 2];
 }
-async function loadViewer(d) {
-  const { Niivue } = await niivue();
-  $("viewer-msg").textContent = "Loading images…";
-  if (!state.nv) {
-    state.nv = new Niivue({ backColor: [0, 0, 0, 1], crosshairColor: [0.22, 0.74, 0.97, 0.45], crosshairWidth: 1, show3Dcrosshair: false,
-      isColorbar: false, dragAndDropEnabled: false, isOrientCube: false, multiplanarForceRender: false, loadingText: "" });
-    await state.nv.attachToCanvas($("gl"));
+function viewer() {
+  if (!state.viewer) {
+    state.viewer = new Viewer($("gl"), { onLocation: showLocation });
+    window.delineoViewer = state.viewer;  // for the browser tests and the console
   }
-  const nv = state.nv;
+  return state.viewer;
+}
+function showLocation(loc) {
+  const parts = [];
+  if (loc.value !== null && loc.value !== undefined && !(state.detail?.info?.dims === 2)) parts.push(`<strong>${Math.round(loc.value)} HU</strong>`);
+  if (loc.mm) parts.push(`${loc.mm.slice(0, 3).map((v) => v.toFixed(1)).join(", ")} mm`);
+  if (loc.slice) parts.push(`slice ${Math.round(loc.slice[0]) + 1} / ${loc.slice[1]}`);
+  if (loc.inside.length) parts.push(`in ${loc.inside.map(esc).join(", ")}`);
+  $("cursor-info").innerHTML = parts.join(" · ");
+}
+async function loadViewer(d, job) {
+  const v = viewer();
+  $("viewer-msg").textContent = "Loading images…";
   const is2d = (d.info?.dims || 3) === 2;
   const range = is2d ? null : windowRange();
-  const vols = [{ url: `/api/studies/${d.id}/volume/ct.nii.gz`, name: "ct.nii.gz", colormap: "gray", ...(range ? { cal_min: range[0], cal_max: range[1] } : {}) }];
-  const job = d.latest_job?.state === "done" ? d.latest_job.id : null;
-  for (const s of d.structures) {
-    const key = `delineo-${s.name}`;
-    nv.addColormap(key, { R: [0, s.color[0]], G: [0, s.color[1]], B: [0, s.color[2]], A: [255, 255], I: [0, 255] });
-    vols.push({ url: `/api/studies/${d.id}/masks/${encodeURIComponent(s.name)}.nii.gz?job=${job}`, name: `${s.name}.nii.gz`, colormap: key, opacity: 0.5, cal_min: 0.5, cal_max: 1 });
-  }
-  await nv.loadVolumes(vols);
-  if (range) { nv.volumes[0].cal_min = range[0]; nv.volumes[0].cal_max = range[1]; nv.updateGLVolume(); }
-  document.querySelectorAll("#structure-rows tr").forEach((tr) => tr.dispatchEvent(new Event("input", { bubbles: true })));
+  v.lastWindow = range;
+  const shown = job ? d.structures : [];
+  const n = await v.load({
+    ctUrl: `/api/studies/${d.id}/volume/ct.nii.gz`, window: range, is2d,
+    masks: shown.map((s) => ({ name: s.name, color: s.color, url: `/api/studies/${d.id}/masks/${encodeURIComponent(s.name)}.nii.gz?job=${job}` })),
+  });
+  if (state.detail?.id !== d.id) return;  // another study was chosen meanwhile
+  document.querySelectorAll("#structure-rows tr").forEach((tr) => v.setVisible(tr.dataset.name, tr.querySelector(".vis").checked));
   $("view-buttons").querySelectorAll("button").forEach((b) => { b.disabled = is2d && b.dataset.view !== "axial"; });
   $("window-select").disabled = is2d;
   setView(is2d ? "axial" : state.view);
   $("viewer-msg").textContent = "";
-  $("gl").dataset.loaded = String(vols.length);
+  $("gl").dataset.loaded = String(n);
+  $("gl").dataset.job = job || "";
 }
 function setView(view) {
   state.view = view;
-  const nv = state.nv; if (!nv) return;
-  const types = { axial: nv.sliceTypeAxial, coronal: nv.sliceTypeCoronal, sagittal: nv.sliceTypeSagittal, multi: nv.sliceTypeMultiplanar };
-  nv.setSliceType(types[view]);
+  if (state.viewer) state.viewer.setView(view);
   $("view-buttons").querySelectorAll("button").forEach((b) => b.classList.toggle("active", b.dataset.view === view));
 }
 $("view-buttons").addEventListener("click", (e) => { const b = e.target.closest("button"); if (b) setView(b.dataset.view); });
-$("window-select").addEventListener("change", () => {
-  const nv = state.nv; if (!nv || !nv.volumes.length) return;
-  const r = windowRange(); const v = nv.volumes[0];
-  if (r) { v.cal_min = r[0]; v.cal_max = r[1]; } else { v.cal_min = v.robust_min ?? v.global_min; v.cal_max = v.robust_max ?? v.global_max; }
-  nv.updateGLVolume();
+$("window-select").addEventListener("change", () => { const r = windowRange(); if (state.viewer) { state.viewer.lastWindow = r; state.viewer.setWindow(r); } });
+$("zoom-in").addEventListener("click", () => state.viewer?.zoom(1.25));
+$("zoom-out").addEventListener("click", () => state.viewer?.zoom(0.8));
+$("zoom-reset").addEventListener("click", () => { state.viewer?.resetView(); });
+$("pan-btn").addEventListener("click", () => {
+  const on = !$("pan-btn").classList.contains("active");
+  $("pan-btn").classList.toggle("active", on); $("pan-btn").setAttribute("aria-pressed", String(on));
+  state.viewer?.setDrag(on ? "pan" : "window");
 });
+$("mode-buttons").addEventListener("click", (e) => {
+  const b = e.target.closest("button"); if (!b) return;
+  viewer().setMode(b.dataset.mode); renderModeButtons();
+});
+$("fill-opacity").addEventListener("input", (e) => viewer().setFillOpacity(Number(e.target.value)));
+$("radiological").addEventListener("change", (e) => viewer().setRadiological(e.target.checked));
+function renderModeButtons() {
+  const p = viewer().prefs;
+  $("mode-buttons").querySelectorAll("button").forEach((b) => b.classList.toggle("active", b.dataset.mode === p.mode));
+  $("fill-opacity").disabled = p.mode !== "filled";
+  $("fill-opacity").value = String(p.opacity);
+  $("radiological").checked = p.radiological;
+}
+renderModeButtons();
 
 // ---- users (administrators) --------------------------------------------------------------------
 async function renderUsers() {

@@ -1,0 +1,264 @@
+// The image viewer: NiiVue with the CT and one overlay per structure, drawn as a planning system
+// draws them (outlines by default, or filled at an opacity; transparent where a structure is
+// absent; the CT's window untouched), radiological convention by default, zoom and pan, the value
+// under the cursor, and NiiVue's drawing tools to correct one structure at a time.
+let NV = null;
+async function niivue() {
+  if (NV) return NV;
+  try { NV = await import("/vendor/niivue/index.js"); }
+  catch (_) { throw new Error("NiiVue is not installed on the server (run `npm ci`)."); }
+  return NV;
+}
+
+const PREFS_KEY = "delineo.viewer";
+export function loadPrefs() {
+  let p = {};
+  try { p = JSON.parse(localStorage.getItem(PREFS_KEY) || "{}"); } catch (_) {}
+  return { radiological: p.radiological !== false, mode: p.mode === "filled" ? "filled" : "outline", opacity: Number.isFinite(p.opacity) ? p.opacity : 0.4 };
+}
+export function savePrefs(p) { try { localStorage.setItem(PREFS_KEY, JSON.stringify(p)); } catch (_) {} }
+
+/** Voxels of `mask` (native order, dims nx, ny, nz) on the edge of the structure: inside, with a
+ * neighbour outside in the plane that does not contain axis `skip` (0..2), or in 3D (skip = -1). */
+export function edgeOf(mask, nx, ny, nz, skip) {
+  const out = new Uint8Array(mask.length);
+  const sx = 1, sy = nx, sz = nx * ny;
+  const useX = skip !== 0, useY = skip !== 1, useZ = skip !== 2;
+  for (let z = 0; z < nz; z++) {
+    for (let y = 0; y < ny; y++) {
+      let i = z * sz + y * sy;
+      for (let x = 0; x < nx; x++, i++) {
+        if (!mask[i]) continue;
+        if ((useX && (x === 0 || !mask[i - sx] || x === nx - 1 || !mask[i + sx])) ||
+            (useY && (y === 0 || !mask[i - sy] || y === ny - 1 || !mask[i + sy])) ||
+            (useZ && (z === 0 || !mask[i - sz] || z === nz - 1 || !mask[i + sz]))) out[i] = 1;
+      }
+    }
+  }
+  return out;
+}
+
+/** World mm (RAS) -> voxel indices in the file's own order, from the NIfTI affine. */
+function mm2native(vol, mm) {
+  if (!vol._inv) {
+    const A = vol.hdr.affine;
+    const m = [[A[0][0], A[0][1], A[0][2]], [A[1][0], A[1][1], A[1][2]], [A[2][0], A[2][1], A[2][2]]];
+    const det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+    const inv = [
+      [(m[1][1] * m[2][2] - m[1][2] * m[2][1]) / det, (m[0][2] * m[2][1] - m[0][1] * m[2][2]) / det, (m[0][1] * m[1][2] - m[0][2] * m[1][1]) / det],
+      [(m[1][2] * m[2][0] - m[1][0] * m[2][2]) / det, (m[0][0] * m[2][2] - m[0][2] * m[2][0]) / det, (m[0][2] * m[1][0] - m[0][0] * m[1][2]) / det],
+      [(m[1][0] * m[2][1] - m[1][1] * m[2][0]) / det, (m[0][1] * m[2][0] - m[0][0] * m[2][1]) / det, (m[0][0] * m[1][1] - m[0][1] * m[1][0]) / det]];
+    vol._inv = { inv, t: [A[0][3], A[1][3], A[2][3]] };
+  }
+  const { inv, t } = vol._inv;
+  const p = [mm[0] - t[0], mm[1] - t[1], mm[2] - t[2]];
+  return [0, 1, 2].map((r) => inv[r][0] * p[0] + inv[r][1] * p[1] + inv[r][2] * p[2]);
+}
+
+export class Viewer {
+  constructor(canvas, { onLocation } = {}) {
+    this.canvas = canvas;
+    this.onLocation = onLocation || (() => {});
+    this.nv = null;
+    this.layers = [];        // [{name, color, vol, mask (0/1 native), visible}]
+    this.prefs = loadPrefs();
+    this.view = "axial";
+    this.editing = null;     // {name, layer}
+  }
+
+  async init() {
+    if (this.nv) return this.nv;
+    const { Niivue, DRAG_MODE } = await niivue();
+    this.DRAG_MODE = DRAG_MODE;
+    const nv = new Niivue({
+      backColor: [0, 0, 0, 1], crosshairColor: [0.22, 0.74, 0.97, 0.6], crosshairWidth: 0.3, crosshairWidthUnit: "percent", show3Dcrosshair: false,
+      isColorbar: false, dragAndDropEnabled: false, isOrientCube: false, multiplanarForceRender: false, loadingText: "",
+      isRadiologicalConvention: this.prefs.radiological, isOrientationTextVisible: true, showAllOrientationMarkers: true,
+      isNearestInterpolation: false, fontMinPx: 15, multiplanarPadPixels: 4,
+      dragMode: DRAG_MODE.contrast, logLevel: "error", maxDrawUndoBitmaps: 32,
+    });
+    await nv.attachToCanvas(this.canvas);
+    nv.onLocationChange = (loc) => this._location(loc);
+    this.nv = nv;
+    return nv;
+  }
+
+  /** Load the CT and the structures' masks. `masks`: [{name, url, color: [r, g, b]}]. */
+  async load({ ctUrl, masks, window: range, is2d }) {
+    const nv = await this.init();
+    this.cancelEdit();
+    const vols = [{ url: ctUrl, name: "ct.nii.gz", colormap: "gray", ...(range ? { cal_min: range[0], cal_max: range[1] } : {}) }];
+    for (const s of masks) {
+      const key = `delineo-${s.name}`;
+      // transparent below the mask's value (alpha 0 at index 0): the CT shows through
+      nv.addColormap(key, { R: [0, s.color[0]], G: [0, s.color[1]], B: [0, s.color[2]], A: [0, 255], I: [0, 255] });
+      vols.push({ url: s.url, name: `${s.name}.nii.gz`, colormap: key, opacity: 1, cal_min: 0.5, cal_max: 1 });
+    }
+    await nv.loadVolumes(vols);
+    if (range) this.setWindow(range);
+    this.is2d = !!is2d;
+    this.layers = masks.map((s, i) => {
+      const vol = nv.volumes[i + 1];
+      const mask = new Uint8Array(vol.img.length);
+      for (let k = 0; k < mask.length; k++) mask[k] = vol.img[k] > 0.5 ? 1 : 0;
+      return { name: s.name, color: s.color, vol, mask, visible: true, flagged: false };
+    });
+    this.refreshOverlays();
+    this.setView(this.is2d ? "axial" : this.view);
+    return vols.length;
+  }
+
+  get ct() { return this.nv?.volumes?.[0] || null; }
+
+  setWindow(range) {
+    const v = this.ct; if (!v) return;
+    if (range) { v.cal_min = range[0]; v.cal_max = range[1]; }
+    else { v.cal_min = v.robust_min ?? v.global_min; v.cal_max = v.robust_max ?? v.global_max; }
+    this.nv.updateGLVolume();
+  }
+
+  /** The axis (0..2, native order) across the current view's slices, or -1 for several views. */
+  _sliceAxis(vol) {
+    const ras = { axial: 2, coronal: 1, sagittal: 0 }[this.view];
+    if (ras === undefined || !vol.permRAS) return -1;
+    return Math.abs(vol.permRAS[ras]) - 1;
+  }
+
+  /** Write each overlay's voxels for the current mode, view, visibility and opacity. */
+  refreshOverlays() {
+    const nv = this.nv; if (!nv) return;
+    for (const L of this.layers) {
+      const v = L.vol;
+      const [nx, ny, nz] = [v.hdr.dims[1], v.hdr.dims[2], Math.max(1, v.hdr.dims[3])];
+      const src = this.prefs.mode === "outline" ? edgeOf(L.mask, nx, ny, nz, nz === 1 ? 2 : this._sliceAxis(v)) : L.mask;
+      const editingThis = this.editing && this.editing.layer === L;
+      v.img.set(src);
+      v.opacity = !L.visible || editingThis ? 0 : this.prefs.mode === "outline" ? 1 : this.prefs.opacity;
+    }
+    nv.updateGLVolume();
+  }
+
+  setMode(mode) { this.prefs.mode = mode; savePrefs(this.prefs); this.refreshOverlays(); }
+  setFillOpacity(x) { this.prefs.opacity = x; savePrefs(this.prefs); this.refreshOverlays(); }
+  setVisible(name, on) { const L = this.layers.find((l) => l.name === name); if (L) { L.visible = on; this.refreshOverlays(); } }
+  setRadiological(on) { this.prefs.radiological = on; savePrefs(this.prefs); this.nv?.setRadiologicalConvention(on); }
+
+  setView(view) {
+    this.view = view;
+    const nv = this.nv; if (!nv) return;
+    const types = { axial: nv.sliceTypeAxial, coronal: nv.sliceTypeCoronal, sagittal: nv.sliceTypeSagittal, multi: nv.sliceTypeMultiplanar };
+    nv.setSliceType(types[view]);
+    this.refreshOverlays();
+  }
+
+  /** Move the cross-hair to the middle of a structure (the centroid of its voxels, on a voxel of it). */
+  goToStructure(name) {
+    const nv = this.nv; const L = this.layers.find((l) => l.name === name);
+    if (!nv || !L) return false;
+    const d = L.vol.hdr.dims; const nx = d[1], ny = d[2];
+    let n = 0, sx = 0, sy = 0, sz = 0;
+    for (let i = 0; i < L.mask.length; i++) if (L.mask[i]) { n++; sx += i % nx; sy += Math.floor(i / nx) % ny; sz += Math.floor(i / (nx * ny)); }
+    if (!n) return false;
+    let c = [sx / n, sy / n, sz / n].map(Math.round);
+    if (!L.mask[c[0] + c[1] * nx + c[2] * nx * ny]) {  // a concave shape: the nearest voxel of it on the centroid's slice
+      let best = null, bd = Infinity;
+      for (let i = 0; i < L.mask.length; i++) if (L.mask[i]) {
+        const p = [i % nx, Math.floor(i / nx) % ny, Math.floor(i / (nx * ny))];
+        const dd = (p[0] - c[0]) ** 2 + (p[1] - c[1]) ** 2 + 4 * (p[2] - c[2]) ** 2;
+        if (dd < bd) { bd = dd; best = p; }
+      }
+      c = best;
+    }
+    // native voxel -> mm (the mask's affine) -> the scene's fraction
+    const A = L.vol.hdr.affine;
+    const mm = [0, 1, 2].map((r) => A[r][0] * c[0] + A[r][1] * c[1] + A[r][2] * c[2] + A[r][3]);
+    nv.scene.crosshairPos = nv.mm2frac(mm);
+    nv.drawScene();
+    nv.createOnLocationChange();
+    return true;
+  }
+
+  // ---- zoom and pan ---------------------------------------------------------------------------
+  get zoomFactor() { return this.nv ? this.nv.scene.pan2Dxyzmm[3] : 1; }
+  zoom(factor) {
+    const nv = this.nv; if (!nv) return;
+    const p = nv.scene.pan2Dxyzmm;
+    nv.setPan2Dxyzmm([p[0], p[1], p[2], Math.min(8, Math.max(0.5, p[3] * factor))]);
+  }
+  resetView() {
+    const nv = this.nv; if (!nv) return;
+    nv.setPan2Dxyzmm([0, 0, 0, 1]);
+    if (this.ct && !this.editing) this.setWindow(this.lastWindow ?? null);
+  }
+  /** Left-drag: "pan" moves the image, "window" (default) adjusts window/level as a right-drag does. */
+  setDrag(mode) {
+    const nv = this.nv; if (!nv) return;
+    nv.opts.dragMode = mode === "pan" ? this.DRAG_MODE.pan : this.DRAG_MODE.contrast;
+  }
+
+  _location(loc) {
+    const vals = loc.values || [];
+    const ct = vals[0];
+    const inside = this.layers.filter((L) => {
+      if (!loc.mm) return false;
+      const d = L.vol.hdr.dims;
+      const [x, y, z] = mm2native(L.vol, loc.mm).map((q) => Math.round(q));
+      if (x < 0 || y < 0 || z < 0 || x >= d[1] || y >= d[2] || z >= Math.max(1, d[3])) return false;
+      return L.mask[x + y * d[1] + z * d[1] * d[2]] > 0;
+    }).map((L) => L.name);
+    const back = this.nv.back;
+    const vox = loc.vox || [0, 0, 0];
+    const slice = back ? { axial: [vox[2], back.dimsRAS[3]], coronal: [vox[1], back.dimsRAS[2]], sagittal: [vox[0], back.dimsRAS[1]] }[this.view] : null;
+    this.onLocation({ value: ct ? ct.value : null, mm: loc.mm, vox, slice, inside });
+  }
+
+  // ---- editing (NiiVue's drawing layer) -------------------------------------------------------
+  startEdit(name) {
+    const nv = this.nv; const L = this.layers.find((l) => l.name === name);
+    if (!nv || !L) return false;
+    this.cancelEdit();
+    this.editing = { name, layer: L };
+    // the drawing layer starts as the structure's mask (value 1 = this structure's colour)
+    L.vol.img.set(L.mask);
+    nv.loadDrawing(L.vol);
+    const c = L.color;
+    nv.drawLut = nv.drawLut || {};
+    if (nv.drawLut.lut) { nv.drawLut.lut[4] = c[0]; nv.drawLut.lut[5] = c[1]; nv.drawLut.lut[6] = c[2]; nv.drawLut.lut[7] = 255; }
+    nv.setDrawOpacity(0.55);
+    this.refreshOverlays();
+    this.tool("brush");
+    nv.refreshDrawing(true);
+    return true;
+  }
+  tool(kind) {
+    const nv = this.nv; if (!nv || !this.editing) return;
+    if (kind === "none") { nv.setDrawingEnabled(false); return; }
+    nv.setDrawingEnabled(true);
+    nv.setPenValue(kind === "eraser" ? 0 : 1, false);
+  }
+  setPenSize(px) { if (this.nv) this.nv.opts.penSize = px; }
+  undo() { if (this.nv && this.editing) this.nv.drawUndo(); }
+  interpolate() {
+    const nv = this.nv; if (!nv || !this.editing) return;
+    const types = { axial: nv.sliceTypeAxial, coronal: nv.sliceTypeCoronal, sagittal: nv.sliceTypeSagittal };
+    nv.interpolateMaskSlices(undefined, undefined, { useIntensityGuided: false, sliceType: types[this.view] ?? nv.sliceTypeAxial });
+  }
+  /** NIfTI bytes (gzip) of the edited mask on the CT's grid; keeps the edit in the overlay. */
+  async finishEdit() {
+    const nv = this.nv; if (!nv || !this.editing) return null;
+    const bytes = await nv.saveImage({ filename: "", isSaveDrawing: true, volumeByIndex: 0 });
+    // back to the overlay: read the drawing into the native-order mask
+    const L = this.editing.layer;
+    const img = await NV.NVImage.loadFromUrl({ url: URL.createObjectURL(new Blob([bytes])), name: "edit.nii" }).catch(() => null);
+    if (img && img.img.length === L.mask.length) for (let k = 0; k < L.mask.length; k++) L.mask[k] = img.img[k] > 0 ? 1 : 0;
+    this.cancelEdit();
+    return bytes;
+  }
+  cancelEdit() {
+    const nv = this.nv; if (!nv || !this.editing) { this.editing = null; return; }
+    nv.setDrawingEnabled(false);
+    nv.closeDrawing();
+    this.editing = null;
+    this.refreshOverlays();
+  }
+}
