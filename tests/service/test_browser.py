@@ -107,6 +107,11 @@ def test_login_upload_view_download(page, tmp_path):
         import pydicom
 
         assert pydicom.dcmread(rt).Modality == "RTSTRUCT"
+        # the study list: the owner sees the Patient ID and the study date; search finds by either
+        assert "SYNTH001" in page.inner_text("#study-list") and "2026-01-01" in page.inner_text("#study-list")
+        page.fill("#study-search", "synth001")
+        page.wait_for_function("() => document.querySelectorAll('#study-list li[data-id]').length === 1")
+        page.fill("#study-search", "")
     assert not page.js_errors, page.js_errors
 
 
@@ -267,6 +272,16 @@ def test_contour_again_keeps_viewer_and_unknown_study(page, tmp_path):
     assert "could not load" not in page.inner_text("#viewer-msg")
     page.wait_for_timeout(300)
     assert "rtstruct" not in page.inner_text("#job-state")
+    # the study list: search and sort
+    _upload(page, tmp_path, "zeta.nii.gz", nifti_bytes(16, seed=1))
+    page.select_option("#study-sort", "name-asc")
+    page.wait_for_function("() => [...document.querySelectorAll('#study-list li[data-id] .name')].map((e) => e.firstChild.textContent).join() === 'again,zeta'")
+    page.select_option("#study-sort", "created-desc")
+    page.wait_for_function("() => [...document.querySelectorAll('#study-list li[data-id] .name')].map((e) => e.firstChild.textContent).join() === 'zeta,again'")
+    page.fill("#study-search", "zet")
+    page.wait_for_function("() => document.querySelectorAll('#study-list li[data-id]').length === 1")
+    assert "(1 of 2)" in page.inner_text("#study-count")
+    page.fill("#study-search", "")
     # an unknown id in the address
     page.goto(page.base_url + "/#0123456789abcdef0123456789abcdef")
     page.wait_for_selector("#missing-study:not(.hidden)", timeout=15000)

@@ -55,3 +55,25 @@ def test_api_docs_pages_are_local(client):
     bundle = client.get("/vendor/redoc/redoc.standalone.js")
     if bundle.status_code == 200:
         assert b"cdn.redoc.ly" not in bundle.content
+
+
+def test_study_list_patient_id_only_for_the_owner(client):
+    from fastapi.testclient import TestClient
+
+    from service.svc import dicom_available, dicom_series_zip
+
+    if not dicom_available():
+        pytest.skip("delineo.dicom is not importable")
+    assert client.post("/api/users", json={"username": "bob", "password": "bob-password"}).status_code == 201
+    bob = TestClient(client.app)
+    assert bob.post("/api/auth/login", json={"username": "bob", "password": "bob-password"}).status_code == 200
+    r = upload(bob, [("series.zip", dicom_series_zip(16, 4))])
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    mine = bob.get("/api/studies").json()[0]
+    assert mine["patient_id"] == "SYNTH001" and mine["study_date"] == "2026-01-01"
+    assert bob.get(f"/api/studies/{sid}").json()["patient_id"] == "SYNTH001"
+    # an administrator sees the study, not the patient's ID (nor in info)
+    theirs = client.get(f"/api/studies/{sid}").json()
+    assert theirs["patient_id"] is None and "SYNTH001" not in str(theirs)
+    assert all("SYNTH001" not in str(s) for s in client.get("/api/studies", params={"all": True}).json())

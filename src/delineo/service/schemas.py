@@ -80,6 +80,9 @@ class StudyOut(BaseModel):
     created_at: datetime
     latest_job: JobOut | None
     results: list[str] = Field(description="result kinds available for download")
+    patient_id: str | None = Field(None, description="the DICOM Patient ID, shown to the study's owner only (never logged in clear)")
+    study_date: str | None = Field(None, description="the DICOM Study Date (YYYY-MM-DD) when the upload had one")
+    model: str | None = Field(None, description="the model of the latest job")
 
 
 class StructureOut(BaseModel):

@@ -59,11 +59,20 @@ def available_results(ctx: ServiceContext, study: Study, job: Job | None) -> lis
     return [k for k in RESULT_KINDS if k in kinds]
 
 
-def study_out(ctx: ServiceContext, s: Study) -> StudyOut:
+PRIVATE_INFO = ("patient_id",)
+
+
+def study_out(ctx: ServiceContext, s: Study, viewer: User | None = None) -> StudyOut:
+    """A study as the API shows it; the Patient ID only to the study's owner (``viewer``)."""
     latest = s.jobs[-1] if s.jobs else None
-    return StudyOut(id=s.id, name=s.name, kind=s.kind, owner=s.owner.username, size_bytes=s.size_bytes, info=s.info,
+    info = s.info
+    owner = viewer is not None and viewer.id == s.owner_id
+    patient = (info.get("patient_id") or None) if owner else None
+    info = {k: v for k, v in info.items() if k not in PRIVATE_INFO and not k.startswith("_")}
+    return StudyOut(id=s.id, name=s.name, kind=s.kind, owner=s.owner.username, size_bytes=s.size_bytes, info=info,
                     created_at=s.created_at, latest_job=job_out(latest) if latest else None,
-                    results=available_results(ctx, s, latest_done_job(s)))
+                    results=available_results(ctx, s, latest_done_job(s)), patient_id=patient,
+                    study_date=info.get("study_date"), model=latest.model if latest else None)
 
 
 class StudyDetail(StudyOut):
@@ -94,6 +103,23 @@ def structures_of(ctx: ServiceContext, study: Study, job: Job | None) -> list[St
 
 
 # ---- upload ----------------------------------------------------------------------------------
+
+def _dicom_dates(folder: Path) -> dict[str, str]:
+    """The Study Date (and Patient ID, if the upload's info lacks it) of a stored DICOM series."""
+    import pydicom
+
+    for f in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["StudyDate", "PatientID"])
+        except Exception:  # noqa: BLE001 - the next file
+            continue
+        out = {}
+        d = str(ds.get("StudyDate", "") or "")
+        if re.fullmatch(r"\d{8}", d):
+            out["study_date"] = f"{d[:4]}-{d[4:6]}-{d[6:]}"
+        return out
+    return {}
+
 
 def hounsfield_problem(path: Path) -> str | None:
     """Why a 3D NIfTI is not a CT in Hounsfield units (a mask, a label map, a normalised or
@@ -246,6 +272,8 @@ async def upload_study(request: Request, user: User = Depends(current_user), ctx
     finally:
         await run_in_threadpool(ctx.storage.discard, upload_dir)
     name = (fields.get("name") or "").strip()[:255] or stored.name[:255]
+    if stored.kind == "dicom" and "study_date" not in stored.info:
+        stored.info.update(await run_in_threadpool(_dicom_dates, ctx.storage.input_path(study_id, stored.path)))
 
     def save() -> StudyOut:
         with ctx.db.session() as db:
@@ -256,7 +284,7 @@ async def upload_study(request: Request, user: User = Depends(current_user), ctx
             db.refresh(study)
             audit.record(db, "upload", actor=user.username, study=study, address=audit.client_address(request),
                          detail=f"{stored.kind}, {stored.size_bytes} bytes")
-            return study_out(ctx, study)
+            return study_out(ctx, study, user)
 
     try:
         return await run_in_threadpool(save)
@@ -274,13 +302,13 @@ def list_studies(all: bool = Query(False, description="administrators: every use
     q = select(Study).order_by(Study.created_at.desc())
     if not (user.is_admin and all):
         q = q.where(Study.owner_id == user.id)
-    return [study_out(ctx, s) for s in db.scalars(q)]
+    return [study_out(ctx, s, user) for s in db.scalars(q)]
 
 
 @router.get("/api/studies/{study_id}", response_model=StudyDetail)
 def get_study(study_id: str, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> StudyDetail:
     study = visible_study(study_id, user, db)
-    base = study_out(ctx, study)
+    base = study_out(ctx, study, user)
     done = latest_done_job(study)
     return StudyDetail(**base.model_dump(), jobs=[job_out(j) for j in study.jobs],
                        structures=structures_of(ctx, study, done), result_job=done.id if done else None)

@@ -101,21 +101,49 @@ $("file-input").addEventListener("change", (e) => { uploadFiles([...e.target.fil
 $("folder-input").addEventListener("change", (e) => { uploadFiles([...e.target.files].map((f) => ({ file: f, path: f.webkitRelativePath }))); e.target.value = ""; });
 
 // ---- study list --------------------------------------------------------------------------------
-async function refreshStudies() {
-  state.studies = await api("/api/studies");
+const STATE_ORDER = { running: 0, queued: 1, failed: 2, done: 3 };
+function studyMatches(s, q) {
+  if (!q) return true;
+  const hay = [s.name, s.patient_id, s.model, s.study_date, s.kind, s.owner, s.latest_job?.state].filter(Boolean).join(" ").toLowerCase();
+  return q.toLowerCase().split(/\s+/).every((w) => hay.includes(w));
+}
+function sortStudies(list, how) {
+  const by = {
+    "created-desc": (a, b) => b.created_at.localeCompare(a.created_at),
+    "created-asc": (a, b) => a.created_at.localeCompare(b.created_at),
+    "date-desc": (a, b) => (b.study_date || "").localeCompare(a.study_date || "") || b.created_at.localeCompare(a.created_at),
+    "date-asc": (a, b) => (a.study_date || "9999").localeCompare(b.study_date || "9999") || a.created_at.localeCompare(b.created_at),
+    "name-asc": (a, b) => a.name.localeCompare(b.name, undefined, { numeric: true, sensitivity: "base" }),
+    "patient-asc": (a, b) => (a.patient_id || "~").localeCompare(b.patient_id || "~", undefined, { numeric: true }) || a.name.localeCompare(b.name),
+    "state": (a, b) => (STATE_ORDER[a.latest_job?.state] ?? 4) - (STATE_ORDER[b.latest_job?.state] ?? 4) || b.created_at.localeCompare(a.created_at),
+  }[how] || (() => 0);
+  return [...list].sort(by);
+}
+function renderStudyList() {
   const ul = $("study-list");
-  $("study-count").textContent = state.studies.length ? `(${state.studies.length})` : "";
+  const q = $("study-search").value.trim();
+  const shown = sortStudies(state.studies.filter((s) => studyMatches(s, q)), $("study-sort").value);
+  $("study-count").textContent = state.studies.length ? (q ? `(${shown.length} of ${state.studies.length})` : `(${state.studies.length})`) : "";
   $("empty-list").classList.toggle("hidden", state.studies.length > 0);
-  ul.innerHTML = state.studies.map((s) => {
+  ul.innerHTML = shown.map((s) => {
     const j = s.latest_job;
     const chip = j ? `<span class="chip ${j.state}">${j.state === "running" ? `${Math.round(100 * j.progress)}%` : j.state}</span>` : `<span class="chip">not contoured</span>`;
     const bar = j && (j.state === "running" || j.state === "queued") ? `<div class="bar"><div style="width:${Math.round(100 * j.progress)}%"></div></div>` : "";
+    const meta = [s.patient_id ? `<span class="pid" title="Patient ID">${esc(s.patient_id)}</span>` : "", s.study_date ? `<span title="Study date">${esc(s.study_date)}</span>` : `<span title="Uploaded">${fmtDate(s.created_at)}</span>`,
+      s.model ? `<span class="model" title="Model">${esc(s.model)}</span>` : ""].filter(Boolean).join(" · ");
     return `<li data-id="${s.id}" class="${s.id === state.selected ? "selected" : ""}"><div class="name">${esc(s.name)}<span class="badge">${esc(s.kind)}</span></div>
-      <div class="sub"><span>${fmtDate(s.created_at)}</span>${chip}</div>${bar}</li>`;
-  }).join("");
+      <div class="sub"><span class="meta">${meta}</span>${chip}</div>${bar}</li>`;
+  }).join("") || (state.studies.length ? `<li class="none muted">No study matches “${esc(q)}”.</li>` : "");
+}
+$("study-search").addEventListener("input", renderStudyList);
+$("study-sort").addEventListener("change", () => { try { localStorage.setItem("delineo.sort", $("study-sort").value); } catch (_) {} renderStudyList(); });
+try { const v = localStorage.getItem("delineo.sort"); if (v) $("study-sort").value = v; } catch (_) {}
+async function refreshStudies() {
+  state.studies = await api("/api/studies");
+  renderStudyList();
   if (state.selected) {
     const s = state.studies.find((x) => x.id === state.selected);
-    if (!s) { state.selected = null; renderStudy(null); }
+    if (!s) await loadDetail();  // gone (a message), or another user's study an administrator opened
     else if (JSON.stringify(s.latest_job) !== JSON.stringify(state.detail?.latest_job)) await loadDetail();
   } else if (location.hash.length > 1 && state.missing !== location.hash.slice(1)) {
     select(location.hash.slice(1));  // not in the list: an administrator may still open it; otherwise a clear message
@@ -128,7 +156,7 @@ function showMissing(id, message) {
   $("missing-study").classList.remove("hidden");
   $("missing-text").textContent = `There is no study “${id}” that you may open${message ? ` (${message})` : ""}. It may have been deleted, or it belongs to another user.`;
 }
-$("study-list").addEventListener("click", (e) => { const li = e.target.closest("li"); if (li) select(li.dataset.id); });
+$("study-list").addEventListener("click", (e) => { const li = e.target.closest("li[data-id]"); if (li) select(li.dataset.id); });
 async function select(id) {
   state.selected = id; location.hash = id;
   document.querySelectorAll("#study-list li").forEach((li) => li.classList.toggle("selected", li.dataset.id === id));
@@ -156,6 +184,8 @@ function renderStudy(d) {
   const parts = [d.kind === "dicom" ? `DICOM ${i.modality || ""} series, ${i.slices} slices` : d.kind === "png" ? "X-ray image (PNG)" : "NIfTI volume"];
   if (i.shape) parts.push(i.shape.join(" × ") + " voxels");
   if (i.spacing_mm) parts.push(i.spacing_mm.map((v) => +v.toFixed(2)).join(" × ") + " mm");
+  if (d.patient_id) parts.unshift(`Patient ID ${d.patient_id}`);
+  if (d.study_date) parts.push(`study date ${d.study_date}`);
   parts.push(fmtSize(d.size_bytes), `uploaded ${fmtDate(d.created_at)}`);
   if (state.user.is_admin && d.owner !== state.user.username) parts.push(`owner ${d.owner}`);
   $("study-meta").textContent = parts.join(" · ");
