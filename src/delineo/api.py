@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from delineo.contours.checks import anatomy_checks, flagged_structures
 from delineo.contours.overview import write_overview
 from delineo.data.io import Image, read_image, write_mask
 from delineo.errors import InputError
@@ -23,6 +25,7 @@ from delineo.models.registry import available_models
 from delineo.training.loop import train
 
 DEFAULT_MODELS = {2: "cxr-jsrt", 3: "hn-ct"}
+log = logging.getLogger("delineo.contour")
 
 __all__ = ["contour", "contour_image", "default_model", "evaluate", "train"]
 
@@ -66,6 +69,11 @@ def contour_image(
     seg_dir.mkdir(parents=True, exist_ok=True)
     _report(progress, "model", 0.2)
     masks = predictor.predict(image, structures)
+    checks = anatomy_checks(masks, image.affine, image.array) if image.array.ndim == 3 else []
+    flags = flagged_structures(checks)
+    for check in checks:
+        if not check.passed:
+            log.warning("anatomy check failed for %s: %s", source or "image", check.message)
     _report(progress, "write", 0.7)
     t0 = time.perf_counter()
     files = {}
@@ -84,9 +92,12 @@ def contour_image(
                 "roi_type": predictor.bundle.meta.get("roi_types", {}).get(name, "ORGAN"),
                 "empty": not bool(mask.any()),
                 "file": files[name],
+                "flags": flags.get(name, []),
             }
             for name, mask in masks.items()
         },
+        "checks": [c.to_dict() for c in checks],
+        "checks_passed": all(c.passed for c in checks),
     }
     if overview:
         summary["overview"] = [str(p) for p in write_overview(image, masks, out_dir, title=f"{Path(source).name} — {predictor.bundle.name}")]
@@ -98,7 +109,9 @@ def contour_image(
         _report(progress, "rtstruct", 0.8)
         t1 = time.perf_counter()
         roi_types = predictor.bundle.meta.get("roi_types", {})
-        summary["rtstruct"] = str(write_rtstruct(series, masks, out_dir / "rtstruct.dcm", roi_types=roi_types, label=predictor.bundle.name))
+        descriptions = {n: "CHECK FAILED: " + "; ".join(m) for n, m in flags.items()}
+        summary["rtstruct"] = str(write_rtstruct(series, masks, out_dir / "rtstruct.dcm", roi_types=roi_types,
+                                                 label=predictor.bundle.name, roi_descriptions=descriptions))
         predictor.timings["rtstruct"] = time.perf_counter() - t1
         _report(progress, "seg", 0.9)
         t1 = time.perf_counter()

@@ -7,6 +7,10 @@ Two layouts, one sample format. Each sample is a dict:
 ``present`` bool ``(C,)``: the structure was contoured; False means *unknown*, not empty
 ``case``    case id (str); ``spacing_mm`` tuple; ``affine`` ``(4, 4)``; ``path`` image file
 
+3D datasets opened with ``orientation`` (axis codes, e.g. ``"LPI"``) give every case's image and
+masks in that array order, the affine adjusted (:mod:`delineo.data.orientation`); ``source_affine``
+is then the file's own affine.
+
 Case folders (3D CT)::
 
     DIR/<case>/ct.nii.gz
@@ -54,6 +58,7 @@ class SegmentationDataset(Dataset):
     """Common base: a list of cases, a fixed structure order, presence-aware loading."""
 
     kind = "base"
+    orientation: str | None = None  # 3D: axis codes every case is brought to (None: as stored)
 
     def __init__(self, root: str | Path, structures: Sequence[str] | None, cases: Sequence[str] | None):
         self.root = Path(root)
@@ -114,6 +119,12 @@ class SegmentationDataset(Dataset):
             _check_same_grid(image, mask, image_path, mask_path)
             labels[c] = as_binary_mask(mask, mask_path)
             present[c] = True
+        source_affine = image.affine
+        if self.orientation and image.array.ndim == 3:
+            from delineo.data.orientation import to_orientation
+
+            image, reo = to_orientation(image, self.orientation, image_path)
+            labels = reo.forward(labels)
         return {
             "image": image.array.astype(np.float32)[None],
             "label": labels,
@@ -121,6 +132,7 @@ class SegmentationDataset(Dataset):
             "case": case,
             "spacing_mm": image.spacing_mm,
             "affine": image.affine,
+            "source_affine": source_affine,
             "path": str(image_path),
         }
 
@@ -131,8 +143,12 @@ class CaseFolderDataset(SegmentationDataset):
     kind = "case_folder"
     layout_hint = "expected DIR/<case>/ct.nii.gz with DIR/<case>/segmentations/<ROI>.nii.gz"
 
-    def __init__(self, root: str | Path, structures: Sequence[str] | None = None, cases: Sequence[str] | None = None):
+    def __init__(
+        self, root: str | Path, structures: Sequence[str] | None = None, cases: Sequence[str] | None = None,
+        orientation: str | None = None,
+    ):
         super().__init__(root, structures, cases)
+        self.orientation = orientation
 
     def _discover_cases(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / CT_FILE).is_file())
@@ -202,14 +218,16 @@ def open_dataset(
     structures: Sequence[str] | None = None,
     cases: Sequence[str] | None = None,
     pixel_spacing_mm: float = 1.0,
+    orientation: str | None = None,
 ) -> SegmentationDataset:
-    """Open either layout, detected from what is in ``root``."""
+    """Open either layout, detected from what is in ``root``. ``orientation``: axis codes 3D cases
+    are brought to (2D image folders have no patient axes and ignore it)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "dataset folder does not exist")
     if (root / IMAGES_DIR).is_dir():
         return ImageFolderDataset(root, structures, cases, pixel_spacing_mm=pixel_spacing_mm)
-    return CaseFolderDataset(root, structures, cases)
+    return CaseFolderDataset(root, structures, cases, orientation=orientation)
 
 
 def split_cases(cases: Sequence[str], val_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:

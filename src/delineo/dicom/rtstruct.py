@@ -59,10 +59,13 @@ def write_rtstruct(
     roi_types: Mapping[str, str] | None = None,
     label: str = "delineo",
     description: str = "",
+    roi_descriptions: Mapping[str, str] | None = None,
 ) -> Path:
     """Write an RT Structure Set for ``masks`` (``{roi_name: bool (i, j, k)}`` on ``series.image``'s grid).
 
     roi_types: RT ROI Interpreted Type per ROI (``PTV``, ``CTV``, ``GTV``, ``ORGAN``; default ORGAN).
+    roi_descriptions: text per ROI for its ROI Description (planning systems show it), e.g. the
+    failed anatomy checks or the quality estimate.
     """
     ref = series.datasets[0]
     series.check_masks(masks)
@@ -114,6 +117,8 @@ def write_rtstruct(
         roi.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
         roi.ROIName = name
         roi.ROIGenerationAlgorithm = "AUTOMATIC"
+        if roi_descriptions and roi_descriptions.get(name):
+            roi.ROIDescription = str(roi_descriptions[name])[:1024]
         roi_seq.append(roi)
         rc = Dataset()
         rc.ROIDisplayColor = [int(v) for v in structure_color(name, number - 1)]

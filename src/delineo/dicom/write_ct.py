@@ -30,8 +30,13 @@ def write_ct_series(
     frame_of_reference_uid: str | None = None,
     series_description: str = "CT",
     transfer_syntax: str = ExplicitVRLittleEndian,
+    patient_position: str = "HFS",
 ) -> list[Path]:
-    """Write ``image`` (3D, HU) as ``out_dir/CT_<k>.dcm``; returns the paths in slice order."""
+    """Write ``image`` (3D, HU) as ``out_dir/CT_<k>.dcm``; returns the paths in slice order.
+
+    The geometry (Image Position/Orientation Patient) comes from the affine alone;
+    ``patient_position`` (``HFS``, ``FFS`` ...) is recorded as given: to write a feet-first series as a
+    scanner does, pass an image whose affine has the columns running to the patient's right."""
     if image.array.ndim != 3:
         raise InputError(None, f"a CT series needs a 3D image, got shape {image.shape}")
     out_dir = Path(out_dir)
@@ -60,7 +65,7 @@ def write_ct_series(
         ds.Manufacturer = "delineo"
         ds.ReferringPhysicianName = ""
         ds.SeriesDescription = series_description
-        ds.PatientPosition = "HFS"
+        ds.PatientPosition = patient_position
         ds.Laterality = ""
         ds.AcquisitionNumber = 1
         ds.PatientName, ds.PatientID = patient_name, patient_id

@@ -2,7 +2,8 @@
 
 Stages (timed separately, see :attr:`Predictor.timings`):
 
-1. ``preprocess``  intensity normalisation and resampling to the model's ``spacing_mm``
+1. ``preprocess``  3D: the array brought to the model's orientation (axis codes in model.json);
+                   intensity normalisation and resampling to the model's ``spacing_mm``
 2. ``model``       whole-volume or MONAI sliding-window inference, optional mirroring TTA
 3. ``postprocess`` probabilities resampled to the input grid, threshold, keep the N largest
                    connected components per structure (MONAI ``KeepLargestConnectedComponent``)
@@ -22,9 +23,30 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import KeepLargestConnectedComponent
 
 from delineo.data.io import Image, grid_affine, is_png
+from delineo.data.orientation import to_orientation
 from delineo.data.transforms import preprocess, resample
 from delineo.errors import InputError
 from delineo.models.registry import ModelBundle, load_model
+
+
+def bf16_available(device: torch.device | str) -> bool:
+    """bfloat16 autocast is fast here: any CUDA device, or a CPU whose oneDNN has native bf16
+    (AVX512-BF16 / AMX); on other CPUs bf16 is emulated and slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_context(device: torch.device | str, enabled: bool):
+    """bf16 autocast on ``device`` when ``enabled``, else a no-op context."""
+    device = torch.device(device)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -65,9 +87,7 @@ def predict_probabilities(
     """
     network.eval()
     divisor = network.spec.divisor
-    autocast = (
-        torch.autocast(device_type=image.device.type, dtype=torch.bfloat16) if amp else nullcontext()
-    )
+    autocast = autocast_context(image.device, amp)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with autocast:
@@ -156,7 +176,12 @@ class Predictor:
         )[0]
 
     def predict(self, image: Image, structures: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Masks on ``image``'s grid: ``{roi_name: bool array of image.shape}``."""
+        """Masks on ``image``'s grid: ``{roi_name: bool array of image.shape}``.
+
+        A 3D image is first brought to the model's orientation (:mod:`delineo.data.orientation`:
+        axis permutation and flips from its affine; oblique images are refused) and the masks are
+        put back in the input's own voxel order, so they land on the same patient voxels whatever
+        order the array arrived in."""
         spatial_dims = self.bundle.spec.spatial_dims
         if image.array.ndim != spatial_dims:
             raise InputError(None, f"model {self.bundle.name} expects {spatial_dims}D images, got shape {image.shape}")
@@ -165,6 +190,9 @@ class Predictor:
         if unknown:
             raise InputError(None, f"model {self.bundle.name} has no structure(s) {', '.join(unknown)}")
         t0 = time.perf_counter()
+        reo = None
+        if self.bundle.orientation:  # 3D: the array in the order the network was trained on
+            image, reo = to_orientation(image, self.bundle.orientation)
         x = preprocess(image.array[None], image.spacing_mm, self.bundle.preprocess)
         t1 = time.perf_counter()
         probs = self.probabilities_on_model_grid(x)
@@ -173,6 +201,8 @@ class Predictor:
         probs = resample(probs, image.shape, "linear")
         masks = (probs >= self.threshold).cpu().numpy()
         masks = keep_largest_components(masks, self.structures, self.bundle.postprocess.get("keep_largest", {}))
+        if reo is not None:  # back to the input's own voxel order: every voxel where it came from
+            masks = reo.backward(masks)
         t3 = time.perf_counter()
         self.timings = {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2}
         index = {name: i for i, name in enumerate(self.structures)}

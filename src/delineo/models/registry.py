@@ -50,6 +50,17 @@ class ModelBundle:
         return self.meta.get("preprocess", {})
 
     @property
+    def orientation(self) -> str | None:
+        """Axis codes of the training arrays (``"LPI"``), for 3D models; None for 2D ones. A bundle
+        built in memory without one is canonical (as :func:`save_model` records it); a folder on
+        disk without one is refused by :func:`load_model`."""
+        if self.spec.spatial_dims != 3:
+            return None
+        from delineo.data.orientation import CANONICAL
+
+        return self.preprocess.get("orientation") or CANONICAL
+
+    @property
     def inference(self) -> dict[str, Any]:
         return self.meta.get("inference", {})
 
@@ -91,6 +102,11 @@ def save_model(folder: str | Path, network: SegUNet, meta: dict[str, Any]) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     meta = dict(meta)
     meta["network"] = network.spec.to_dict()
+    if network.spec.spatial_dims == 3 and not meta.get("preprocess", {}).get("orientation"):
+        from delineo.data.orientation import CANONICAL
+
+        # a 3D model made here without a recorded orientation was made on canonical arrays
+        meta["preprocess"] = {**meta.get("preprocess", {}), "orientation": CANONICAL}
     state = {k: v.detach().float().cpu().contiguous() for k, v in network.state_dict().items()}
     tmp = folder / (WEIGHTS + ".tmp")
     save_file(state, str(tmp))
@@ -132,4 +148,19 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     except Exception as exc:
         raise InputError(weights, f"weights do not fit the network in model.json ({exc})") from exc
     network.eval()
+    if network.spec.spatial_dims == 3:
+        from delineo.data.orientation import normalise_codes
+
+        codes = meta.get("preprocess", {}).get("orientation")
+        if not codes:
+            raise InputError(
+                folder / MODEL_JSON,
+                "a 3D model must record the orientation of its training arrays as preprocess.orientation "
+                "(axis codes such as 'LPI', from the training images' affine); without it images cannot be "
+                "brought to the order the network was trained on",
+            )
+        try:
+            normalise_codes(codes)
+        except ValueError as exc:
+            raise InputError(folder / MODEL_JSON, f"preprocess.orientation: {exc}") from exc
     return ModelBundle(folder, meta, network).to(device)

@@ -164,7 +164,7 @@ def audit(
     bundle = load_model(model, dev)
     qam = load_quality_module(bundle, dev) if rank_by == "qam" or has_quality_module(bundle) else None
     predictor = Predictor(bundle, device=str(dev), amp=False)
-    ds = open_dataset(data, bundle.structures, None, bundle.pixel_spacing_mm)
+    ds = open_dataset(data, bundle.structures, None, bundle.pixel_spacing_mm, bundle.orientation)
     if len(ds) == 0:
         raise InputError(data, "no cases to audit")
     records = {r["case"]: r for r in (bundle.meta.get("training", {}).get("label_noise") or [])}

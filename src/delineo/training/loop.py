@@ -15,7 +15,6 @@ import platform
 import random
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 from delineo.data.datasets import SegmentationDataset, open_dataset, split_cases
 from delineo.data.transforms import model_spacing_mm, preprocess, preprocess_labels, training_augmentation
 from delineo.errors import ConfigError
-from delineo.inference.predictor import predict_probabilities, resolve_device
+from delineo.inference.predictor import autocast_context, bf16_available, predict_probabilities, resolve_device
 from delineo.metrics.segmentation import label_agreement
 from delineo.models.networks import NetworkSpec, build_network, count_parameters
 from delineo.models.registry import json_safe, save_model
@@ -83,13 +82,21 @@ class PreparedCases(Dataset):
         out = self.transform({"image": item["image"], "label": item["label"]})
         if isinstance(out, list):  # crop-by-label transforms return a list of samples
             out = out[0]
+        # plain tensors: a MONAI MetaTensor would route every op of the step through __torch_function__
         return {
-            "image": torch.as_tensor(out["image"]).float(),
-            "label": torch.as_tensor(out["label"]).to(torch.uint8),
+            "image": _plain(out["image"]).float(),
+            "label": _plain(out["label"]).to(torch.uint8),
             "present": item["present"],
             "case": item["case"],
             "index": i,
         }
+
+
+def _plain(x) -> torch.Tensor:
+    """A torch.Tensor without MONAI's metadata subclass."""
+    from monai.data import MetaTensor
+
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
 def _optimizer(cfg, params) -> torch.optim.Optimizer:
@@ -181,6 +188,39 @@ def plot_curves(history: list[dict[str, Any]], structures: list[str], path: Path
     plt.close(fig)
 
 
+def write_learning_curve(history: list[dict[str, Any]], structures: list[str], folder: Path, hardware: str) -> None:
+    """``learning_curve.json`` + ``.png``: validation Dice per structure against hours of training
+    (wall clock on ``hardware``, validation excluded), so anyone can see whether a run still climbs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    val = [h for h in history if h.get("val_dice") is not None and h.get("train_seconds") is not None]
+    if not val:
+        return
+    hours = [h["train_seconds"] / 3600 for h in val]
+    curve = {
+        "hardware": hardware,
+        "x": "hours of training, wall clock (validation excluded)",
+        "points": [
+            {"epoch": h["epoch"], "hours": round(x, 4), "mean_dice": h["val_mean_dice"], "dice": dict(zip(structures, h["val_dice"]))}
+            for h, x in zip(val, hours)
+        ],
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "learning_curve.json").write_text(json.dumps(json_safe(curve), indent=1) + "\n")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for c, name in enumerate(structures):
+        ax.plot(hours, [h["val_dice"][c] for h in val], label=name, alpha=0.6)
+    ax.plot(hours, [h["val_mean_dice"] for h in val], "k-", lw=2.5, label="mean")
+    ax.set_xlabel(f"hours of training ({hardware})"), ax.set_ylabel("validation Dice (model grid)")
+    ax.set_ylim(0, 1), ax.grid(alpha=0.3), ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(folder / "learning_curve.png", dpi=100)
+    plt.close(fig)
+
+
 def build_training_parts(
     cfg: TrainConfig, spec: NetworkSpec, device, n_samples: int | None = None,
 ) -> tuple[Any, Any, SegmentationLoss, torch.optim.Optimizer]:
@@ -266,28 +306,35 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     if t.threads:
         torch.set_num_threads(int(t.threads))
     seed_everything(t.seed)
-    amp = bool(t.amp and device.type == "cuda")
+    amp = bool(t.amp and bf16_available(device))  # bf16 autocast: CUDA, or a CPU with native bf16
 
     # ---- data -----------------------------------------------------------------------------
-    full = open_dataset(cfg.data.train, cfg.data.structures, cfg.data.train_cases, cfg.data.pixel_spacing_mm)
+    # 3D cases are brought to the model's orientation (the canonical one unless the config names one)
+    from delineo.data.orientation import CANONICAL, normalise_codes
+
+    try:
+        orientation = normalise_codes(cfg.preprocess.get("orientation") or CANONICAL)
+    except ValueError as exc:
+        raise ConfigError(f"preprocess.orientation: {exc}") from exc
+    full = open_dataset(cfg.data.train, cfg.data.structures, cfg.data.train_cases, cfg.data.pixel_spacing_mm, orientation)
     structures = full.structures
     if cfg.data.val:
         train_ids = list(full.cases)
-        val_ds = open_dataset(cfg.data.val, structures, None, cfg.data.pixel_spacing_mm)
+        val_ds = open_dataset(cfg.data.val, structures, None, cfg.data.pixel_spacing_mm, orientation)
         val_ids = list(val_ds.cases)
     else:
         train_ids, val_ids = split_cases(full.cases, cfg.data.val_fraction, cfg.data.split_seed)
-        val_ds = open_dataset(cfg.data.train, structures, val_ids, cfg.data.pixel_spacing_mm)
+        val_ds = open_dataset(cfg.data.train, structures, val_ids, cfg.data.pixel_spacing_mm, orientation)
     if cfg.data.max_cases:
         train_ids = train_ids[: cfg.data.max_cases]
     if cfg.data.max_val_cases:
         val_ids = val_ids[: cfg.data.max_val_cases]
-        val_ds = open_dataset(val_ds.root, structures, val_ids, cfg.data.pixel_spacing_mm)
+        val_ds = open_dataset(val_ds.root, structures, val_ids, cfg.data.pixel_spacing_mm, orientation)
     if not train_ids:
         raise ConfigError(f"{cfg.data.train}: no training cases left after holding out validation cases ({len(val_ids)})")
     if not val_ds.presence_matrix().any():
         raise ConfigError(f"{val_ds.root}: no validation case has any of the structures {', '.join(structures)} contoured")
-    train_ds = open_dataset(cfg.data.train, structures, train_ids, cfg.data.pixel_spacing_mm)
+    train_ds = open_dataset(cfg.data.train, structures, train_ids, cfg.data.pixel_spacing_mm, orientation)
     train_cases = PreparedCases(train_ds, cfg.preprocess, "loading training cases")
     val_cases = PreparedCases(val_ds, cfg.preprocess, "loading validation cases")
 
@@ -368,7 +415,7 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
         "description": cfg.description,
         "structures": structures,
         "roi_types": cfg.roi_types,
-        "preprocess": cfg.preprocess,
+        "preprocess": {**cfg.preprocess, "orientation": orientation} if spatial_dims == 3 else cfg.preprocess,
         "inference": {"patch_size": None, "overlap": 0.5, "mirror": False, "threshold": 0.5, **cfg.inference},
         "postprocess": cfg.postprocess,
         "training": {
@@ -386,7 +433,8 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     }
 
     # ---- loop ------------------------------------------------------------------------------
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp else nullcontext()
+    autocast = autocast_context(device, amp)
+    patch_voxels = int(np.prod(patch)) * t.batch_size
     bar = tqdm(range(state["epoch"], t.epochs), desc=f"train {cfg.name}", initial=state["epoch"], total=t.epochs, disable=None)
     for epoch in bar:
         t_start = time.perf_counter()  # the epoch's time includes scoring the training labels, if any
@@ -407,7 +455,11 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
                 batch = next(it)
             losses.append(training_step(network, weighting, loss_fn, optimizer, batch, device, autocast))
             scheduler.step()
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
+        step_s = (time.perf_counter() - t_start) / steps_per_epoch
+        record: dict[str, Any] = {
+            "epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
+            "steps_per_s": round(1.0 / step_s, 4), "voxels_per_s": round(patch_voxels / step_s),
+        }
         if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
             v = validate(network, val_cases, meta["inference"], device, amp)
             record["val_dice"] = v["per_structure"]
@@ -423,13 +475,17 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
                 save_model(output, network, meta)
                 save_quality_module(output, weighting)
         state["seconds"] += time.perf_counter() - t_start
+        record["train_seconds"] = round(state["seconds"], 1)  # cumulative wall time, for the learning curve
         state["history"].append(record)
         state["epoch"] = epoch + 1
+        if "val_dice" in record:
+            write_learning_curve(state["history"], structures, output, meta["training"]["hardware"])
         bar.set_postfix(loss=f"{record['loss']:.4f}", val_dice=f"{record.get('val_mean_dice', float('nan')):.3f}")
         if bar.disable:  # not a terminal (log file, CI): one line per epoch instead of a bar
             print(
                 f"{cfg.name} epoch {epoch + 1}/{t.epochs} loss {record['loss']:.4f} "
-                f"val Dice {record.get('val_mean_dice', float('nan')):.4f} ({time.perf_counter() - t_start:.1f} s)",
+                f"val Dice {record.get('val_mean_dice', float('nan')):.4f} ({time.perf_counter() - t_start:.1f} s, "
+                f"{record['steps_per_s']:.2f} steps/s, {record['voxels_per_s'] / 1e6:.2f} Mvoxel/s, {'bf16' if amp else 'fp32'})",
                 file=sys.stderr, flush=True,
             )
         torch.save(
@@ -447,6 +503,13 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     final = json.loads((output / "model.json").read_text())
     final["training"]["epochs"] = t.epochs
     final["training"]["seconds"] = round(state["seconds"], 1)
+    rates = [h["steps_per_s"] for h in state["history"] if h.get("steps_per_s")]
+    final["training"]["throughput"] = {
+        "steps_per_s_median": float(np.median(rates)) if rates else None,
+        "voxels_per_s_median": float(np.median([h["voxels_per_s"] for h in state["history"] if h.get("voxels_per_s")])) if rates else None,
+        "bf16_autocast": amp, "threads": torch.get_num_threads(), "patch_size": list(patch), "batch_size": t.batch_size,
+        "note": "per epoch: training steps only (augmentation included, validation excluded)",
+    }
     final["training"]["weighting_record"] = weighting.record([it["case"] for it in train_cases.items])
     (output / "model.json").write_text(json.dumps(json_safe(final), indent=2) + "\n")
     (output / "history.json").write_text(json.dumps(json_safe(state["history"]), indent=1) + "\n")
