@@ -307,3 +307,60 @@ def test_api_docs_render_from_local_files(page):
     page.screenshot(path=str(ARTIFACTS / "api-redoc.png"))
     assert not outside, outside
     assert not page.js_errors, page.js_errors
+
+
+def test_edit_with_brush_shows_in_rt_structure_set(page, tmp_path):
+    """Brush strokes on a structure, saved as a new version, are in the downloaded RT Structure
+    Set (the model's original is kept); approving every structure marks the set APPROVED."""
+    import io
+
+    import pydicom
+
+    from service.svc import dicom_available, dicom_series_zip
+
+    if not dicom_available():
+        pytest.skip("delineo.dicom is not importable")
+    _sign_in(page)
+    _upload(page, tmp_path, "series.zip", dicom_series_zip(32, 12))
+    _contour(page)
+    name = page.locator("#structure-rows tr").first.get_attribute("data-name")
+    page.click(f"#structure-rows tr[data-name='{name}'] button[data-edit]")
+    page.wait_for_selector("#edit-bar:not(.hidden)")
+    page.fill("#pen-size", "6")
+    page.dispatch_event("#pen-size", "input")
+    box = page.locator("#gl").bounding_box()
+    # a stroke across the upper left of the image, away from the middle
+    x0, y0 = box["x"] + box["width"] * 0.38, box["y"] + box["height"] * 0.2
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for k in range(1, 12):
+        page.mouse.move(x0 + k * box["width"] * 0.01, y0 + k * box["height"] * 0.008)
+    page.mouse.up()
+    page.wait_for_timeout(200)
+    page.screenshot(path=str(ARTIFACTS / "viewer-edit.png"))
+    page.click("#edit-save")
+    page.wait_for_selector("#edit-bar.hidden", state="attached", timeout=30000)
+    page.wait_for_selector(f"#structure-rows tr[data-name='{name}'] .chip.edited", timeout=30000)
+    sid = page.evaluate("() => location.hash.slice(1)")
+
+    def rtstruct(original=False):
+        r = page.request.get(f"{page.base_url}/api/studies/{sid}/results/rtstruct" + ("?original=true" if original else ""))
+        assert r.ok, r.text()
+        return pydicom.dcmread(io.BytesIO(r.body()))
+
+    def points(ds):
+        number = {str(r.ROIName): int(r.ROINumber) for r in ds.StructureSetROISequence}[name]
+        rc = next(c for c in ds.ROIContourSequence if int(c.ReferencedROINumber) == number)
+        return sum(len(c.ContourData) for c in rc.get("ContourSequence", []))
+
+    edited, original = rtstruct(), rtstruct(original=True)
+    assert points(edited) != points(original), "the brush stroke is not in the RT Structure Set"
+    # approve every structure from the table
+    for tr in page.locator("#structure-rows tr").all():
+        n = tr.get_attribute("data-name")
+        page.click(f"#structure-rows tr[data-name='{n}'] button[data-review=approved]")
+        page.wait_for_selector(f"#structure-rows tr[data-name='{n}'] button[data-review=approved].active", timeout=30000)
+    page.wait_for_function("() => /approved/.test(document.querySelector('#review-note').textContent)")
+    assert rtstruct().ApprovalStatus == "APPROVED"
+    page.screenshot(path=str(ARTIFACTS / "viewer-approved.png"))
+    assert not page.js_errors, page.js_errors

@@ -77,3 +77,95 @@ def test_study_list_patient_id_only_for_the_owner(client):
     theirs = client.get(f"/api/studies/{sid}").json()
     assert theirs["patient_id"] is None and "SYNTH001" not in str(theirs)
     assert all("SYNTH001" not in str(s) for s in client.get("/api/studies", params={"all": True}).json())
+
+
+def _masks_zip(content: bytes) -> dict[str, np.ndarray]:
+    import io
+    import zipfile
+
+    out = {}
+    with zipfile.ZipFile(io.BytesIO(content)) as zf:
+        for n in zf.namelist():
+            if n.endswith(".nii.gz"):
+                out[n.split("/")[-1][: -len(".nii.gz")]] = np.asanyarray(nib.Nifti1Image.from_bytes(gzip.decompress(zf.read(n))).dataobj)
+    return out
+
+
+def test_edit_and_review_make_a_new_version(client):
+    """A corrected mask (as the viewer PUTs it) becomes the result: NIfTI zip, summary, viewer
+    mask; the model's original stays at ?original=true; reviews carry user and time; both go
+    into the access log."""
+    sid = upload(client, [("ct.nii.gz", nifti_bytes(16))]).json()["id"]
+    job = client.post(f"/api/studies/{sid}/jobs", json={}).json()["id"]
+    assert wait_job(client, job)["state"] == "done"
+    d = client.get(f"/api/studies/{sid}").json()
+    name = d["structures"][0]["name"]
+    original = _masks_zip(client.get(f"/api/studies/{sid}/results/nifti").content)[name]
+    edited = np.zeros_like(original)
+    edited[2:6, 2:6, 2:6] = 1
+    # what NiiVue sends: an uncompressed NIfTI with the CT's header
+    body = nib.Nifti1Image(edited.astype(np.uint8), np.diag([2.0, 2.0, 3.0, 1.0])).to_bytes()
+    r = client.put(f"/api/studies/{sid}/masks/{name}.nii", params={"job": job}, content=body,
+                   headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == 1 and r.json()["edited"] == [name]
+    now = _masks_zip(client.get(f"/api/studies/{sid}/results/nifti").content)[name]
+    assert (now > 0).sum() == 64 and ((now > 0) == (edited > 0)).all()
+    again = _masks_zip(client.get(f"/api/studies/{sid}/results/nifti", params={"original": True}).content)[name]
+    assert (again == original).all()
+    d = client.get(f"/api/studies/{sid}").json()
+    row = next(s for s in d["structures"] if s["name"] == name)
+    assert row["edited"] and d["edit_version"] == 1
+    assert abs(row["volume"] - 64 * 12 / 1000) < 1e-6
+    # wrong grid: refused, named
+    bad = nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)).to_bytes()
+    r = client.put(f"/api/studies/{sid}/masks/{name}.nii", content=bad)
+    assert r.status_code == 422 and name in r.json()["detail"]
+    # reviews
+    r = client.put(f"/api/studies/{sid}/reviews/{name}", json={"state": "approved"})
+    assert r.status_code == 200 and r.json()["reviews"][name]["user"] == "admin"
+    row = next(s for s in client.get(f"/api/studies/{sid}").json()["structures"] if s["name"] == name)
+    assert row["review"]["state"] == "approved" and row["review"]["at"]
+    assert client.put(f"/api/studies/{sid}/reviews/{name}", json={"state": "maybe"}).status_code == 422
+    summary = client.get(f"/api/studies/{sid}/results/summary").json()
+    assert summary["structures"][name]["review"]["state"] == "approved"
+    ctx = client.app.state.ctx
+    from sqlalchemy import select
+
+    from delineo.service.models import AccessEvent
+
+    with ctx.db.session() as s:
+        actions = [a for a, in s.execute(select(AccessEvent.action).where(AccessEvent.study_id == sid))]
+    assert "edit" in actions and "review" in actions
+
+
+def test_edit_and_approval_in_the_rt_structure_set(client):
+    import io
+
+    import pydicom
+
+    from service.svc import dicom_available, dicom_series_zip
+
+    if not dicom_available():
+        pytest.skip("delineo.dicom is not importable")
+    sid = upload(client, [("series.zip", dicom_series_zip(16, 6))]).json()["id"]
+    job = client.post(f"/api/studies/{sid}/jobs", json={}).json()["id"]
+    assert wait_job(client, job)["state"] == "done"
+    names = [s["name"] for s in client.get(f"/api/studies/{sid}").json()["structures"]]
+    masks = _masks_zip(client.get(f"/api/studies/{sid}/results/nifti").content)
+    m = np.zeros_like(masks[names[0]])
+    m[4:10, 4:10, 1:5] = 1
+    body = gzip.compress(nib.Nifti1Image(m.astype(np.uint8), np.eye(4)).to_bytes())
+    assert client.put(f"/api/studies/{sid}/masks/{names[0]}.nii.gz", content=body).status_code == 200
+    for n in names:
+        assert client.put(f"/api/studies/{sid}/reviews/{n}", json={"state": "approved", "note": "checked"}).status_code == 200
+    rt = pydicom.dcmread(io.BytesIO(client.get(f"/api/studies/{sid}/results/rtstruct").content))
+    orig = pydicom.dcmread(io.BytesIO(client.get(f"/api/studies/{sid}/results/rtstruct", params={"original": True}).content))
+    assert rt.ApprovalStatus == "APPROVED" and rt.ReviewerName == "admin" and orig.ApprovalStatus == "UNAPPROVED"
+    number = {str(r.ROIName): int(r.ROINumber) for r in rt.StructureSetROISequence}[names[0]]
+    roi = next(r for r in rt.StructureSetROISequence if int(r.ROINumber) == number)
+    assert "approved by admin" in roi.ROIDescription and "edited" in roi.ROIDescription
+    obs = next(o for o in rt.RTROIObservationsSequence if int(o.ReferencedROINumber) == number)
+    assert obs.ROIInterpreter == "admin"
+    contours = next(c for c in rt.ROIContourSequence if int(c.ReferencedROINumber) == number).ContourSequence
+    assert len(contours) == 4  # the edited block spans 4 slices

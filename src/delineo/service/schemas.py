@@ -92,6 +92,21 @@ class StructureOut(BaseModel):
     volume: float | None = None
     unit: str | None = None
     empty: bool | None = None
+    flags: list[str] = Field(default_factory=list, description="failed anatomy checks naming this structure")
+    quality: dict[str, Any] | None = None
+    review: dict[str, Any] | None = Field(None, description="approved | needs_work, by whom and when")
+    edited: bool = False
+
+
+class ReviewIn(BaseModel):
+    state: str | None = Field(description="approved | needs_work | null (clear)")
+    note: str | None = None
+
+
+class ReviewOut(BaseModel):
+    version: int = Field(description="the edited result's version (0: the model's)")
+    reviews: dict[str, dict[str, Any]]
+    edited: list[str]
 
 
 class ModelOut(BaseModel):

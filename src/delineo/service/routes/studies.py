@@ -8,6 +8,7 @@ import json
 import logging
 import re
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import anyio
 import numpy as np
@@ -25,7 +26,8 @@ from delineo.service.core import ServiceContext, latest_done_job
 from delineo.service.models import Job, Study, User, new_id
 from delineo.service.routes.deps import current_user, get_ctx, get_db, visible_study
 from delineo.service.routes.models import model_info, pick_model
-from delineo.service.schemas import JobIn, JobOut, StructureOut, StudyOut
+from delineo.service.schemas import JobIn, JobOut, ReviewIn, ReviewOut, StructureOut, StudyOut
+from delineo.service import review
 from delineo.service.storage import UploadRejected, dir_size
 
 log = logging.getLogger("delineo.service.upload")
@@ -49,10 +51,17 @@ def job_out(j: Job) -> JobOut:
                   started_at=j.started_at, finished_at=j.finished_at)
 
 
+def current_results(ctx: ServiceContext, study: Study, job: Job, original: bool = False) -> Path:
+    """The folder of a job's result as the study has it now: the reviewed and edited copy
+    (``edits/<job>/``, see :mod:`delineo.service.review`) or, without one or with ``original``,
+    the model's."""
+    return review.result_dir(ctx.storage.study_dir(study.id), ctx.storage.results_dir(study.id, job.id), job.id, original)
+
+
 def available_results(ctx: ServiceContext, study: Study, job: Job | None) -> list[str]:
     if job is None:
         return []
-    out = ctx.storage.results_dir(study.id, job.id)
+    out = current_results(ctx, study, job)
     kinds = [k for k, (f, _) in RESULT_FILES.items() if (out / f).is_file()]
     if any((out / "segmentations").glob("*.nii.gz")):
         kinds.append("nifti")
@@ -79,12 +88,14 @@ class StudyDetail(StudyOut):
     jobs: list[JobOut]
     structures: list[StructureOut]
     result_job: str | None = None
+    edit_version: int = 0
+    checks: list[dict[str, Any]] = []
 
 
 def structures_of(ctx: ServiceContext, study: Study, job: Job | None) -> list[StructureOut]:
     if job is None:
         return []
-    out = ctx.storage.results_dir(study.id, job.id)
+    out = current_results(ctx, study, job)
     try:
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
@@ -97,8 +108,10 @@ def structures_of(ctx: ServiceContext, study: Study, job: Job | None) -> list[St
     for name, s in summary.get("structures", {}).items():
         i = order.index(name) if name in order else 0
         unit = "cc" if "volume_cc" in s else "cm²"
+        flags = [str(f) for f in s.get("flags", []) or []]
         rows.append(StructureOut(name=name, color=list(structure_color(name, i)), roi_type=s.get("roi_type"),
-                                 volume=s.get("volume_cc", s.get("volume_cm2")), unit=unit, empty=s.get("empty")))
+                                 volume=s.get("volume_cc", s.get("volume_cm2")), unit=unit, empty=s.get("empty"),
+                                 flags=flags, quality=s.get("quality"), review=s.get("review"), edited=bool(s.get("edited"))))
     return rows
 
 
@@ -310,8 +323,16 @@ def get_study(study_id: str, user: User = Depends(current_user), db: Session = D
     study = visible_study(study_id, user, db)
     base = study_out(ctx, study, user)
     done = latest_done_job(study)
+    version, checks = 0, []
+    if done is not None:
+        version = int(review.read_state(ctx.storage.study_dir(study.id), done.id).get("version", 0))
+        try:
+            checks = [c for c in json.loads((current_results(ctx, study, done) / "summary.json").read_text()).get("checks", []) if isinstance(c, dict)]
+        except (OSError, ValueError):
+            checks = []
     return StudyDetail(**base.model_dump(), jobs=[job_out(j) for j in study.jobs],
-                       structures=structures_of(ctx, study, done), result_job=done.id if done else None)
+                       structures=structures_of(ctx, study, done), result_job=done.id if done else None,
+                       edit_version=version, checks=checks)
 
 
 @router.delete("/api/studies/{study_id}", status_code=204)
@@ -384,15 +405,18 @@ def _download_name(study: Study, suffix: str) -> str:
 @router.get("/api/studies/{study_id}/results/{kind}",
             responses={200: {"content": {"application/dicom": {}, "application/zip": {}, "image/png": {}, "application/json": {}}}})
 def get_result(study_id: str, kind: str, request: Request, job: str | None = Query(None, description="a job id (default: the latest done job)"),
+               original: bool = Query(False, description="the model's result, without the corrections and reviews made since"),
                user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> Response:
     """Download a result: ``rtstruct`` (RT Structure Set), ``seg`` (DICOM SEG), ``nifti`` (zip of
-    masks), ``overview`` (PNG), ``summary`` (JSON with volumes)."""
+    masks), ``overview`` (PNG), ``summary`` (JSON with volumes). After corrections or reviews in the
+    viewer these are the edited version (``?original=true``: the model's)."""
     if kind not in RESULT_KINDS:
         raise HTTPException(404, f"unknown result kind {kind!r} (one of {', '.join(RESULT_KINDS)})")
     study = visible_study(study_id, user, db)
     j = _result_job(ctx, study, job)
     audit.record(db, "download", actor=user.username, study=study, address=audit.client_address(request), detail=f"{kind}, job {j.id}")
     out = ctx.storage.results_dir(study.id, j.id)
+    out = current_results(ctx, study, j, original)
     if kind == "nifti":
         if not any((out / "segmentations").glob("*.nii.gz")):
             raise HTTPException(404, "this job wrote no masks")
@@ -460,13 +484,14 @@ def get_volume(study_id: str, filename: str, request: Request, user: User = Depe
 
 
 @router.get("/api/studies/{study_id}/masks/{filename}", responses={200: {"content": {"application/gzip": {}}}})
-def get_mask(study_id: str, filename: str, job: str | None = Query(None), user: User = Depends(current_user),
-             db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> Response:
-    """One structure's mask as NIfTI for the viewer (``.../masks/<structure>.nii.gz``)."""
+def get_mask(study_id: str, filename: str, job: str | None = Query(None), original: bool = Query(False),
+             user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> Response:
+    """One structure's mask as NIfTI for the viewer (``.../masks/<structure>.nii.gz``; the edited
+    version when there is one, ``?original=true`` for the model's)."""
     study = visible_study(study_id, user, db)
     j = _result_job(ctx, study, job)
     name = filename[: -len(".nii.gz")] if filename.endswith(".nii.gz") else filename
-    seg = ctx.storage.results_dir(study.id, j.id) / "segmentations"
+    seg = current_results(ctx, study, j, original) / "segmentations"
     path = seg / f"{name}.nii.gz"
     if PurePosixPath(name).name != name or not path.is_file():
         raise HTTPException(404, f"no mask {name!r} in this study's results")
@@ -477,3 +502,69 @@ def get_mask(study_id: str, filename: str, job: str | None = Query(None), user: 
         array = np.asanyarray(img.dataobj).astype(np.uint8)
         return Response(_nifti_bytes(array, _display_affine_2d(img.affine)), media_type="application/gzip", headers=NIFTI_HEADERS)
     return FileResponse(path, media_type="application/gzip", headers=NIFTI_HEADERS)
+
+
+# ---- corrections and reviews -----------------------------------------------------------------
+
+def _review_args(ctx: ServiceContext, study: Study, j: Job) -> dict:
+    dicom = ctx.storage.input_path(study.id, study.input_path) if study.kind == "dicom" else None
+    return {"dicom_input": dicom, "model": j.model}
+
+
+@router.put("/api/studies/{study_id}/masks/{filename}", response_model=ReviewOut,
+            openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                                           "required": True, "description": "the corrected mask: a NIfTI (.nii or .nii.gz) on the CT's grid"}})
+async def put_mask(study_id: str, filename: str, request: Request, job: str | None = Query(None),
+                   user: User = Depends(current_user), ctx: ServiceContext = Depends(get_ctx)) -> ReviewOut:
+    """Store a corrected mask of one structure (from the viewer's brush, eraser, interpolation)
+    as a new version of the result; the model's original is kept (``?original=true``). The RT
+    Structure Set, SEG, NIfTI and summary downloads then carry it."""
+    data = await request.body()
+    if len(data) > ctx.settings.max_upload_bytes:
+        raise HTTPException(413, "the mask is larger than an upload may be")
+    name = filename[: -len(".nii.gz")] if filename.endswith(".nii.gz") else filename[: -len(".nii")] if filename.endswith(".nii") else filename
+
+    def work() -> ReviewOut:
+        with ctx.db.session() as db:
+            study = visible_study(study_id, user, db)
+            j = _result_job(ctx, study, job)
+            current = current_results(ctx, study, j) / "segmentations" / f"{name}.nii.gz"
+            if PurePosixPath(name).name != name or not current.is_file():
+                raise HTTPException(404, f"no structure {name!r} in this study's results")
+            try:
+                mask = review.read_mask_upload(data, current)
+            except ValueError as exc:
+                raise HTTPException(422, f"{name}: {exc}") from None
+            try:
+                state = review.save_mask(ctx.storage.study_dir(study.id), ctx.storage.results_dir(study.id, j.id), j.id, name, mask,
+                                         user=user.username, **_review_args(ctx, study, j))
+            except Exception as exc:  # noqa: BLE001 - e.g. the DICOM writer refusing the masks
+                log.exception("saving an edit of %s failed", name)
+                raise HTTPException(422, f"{name}: the edit could not be saved ({exc.__class__.__name__}: {exc})") from None
+            audit.record(db, "edit", actor=user.username, study=study, address=audit.client_address(request),
+                         detail=f"{name}: {int(mask.sum())} voxels, version {state['version']}, job {j.id}")
+            db.commit()
+            return ReviewOut(version=state["version"], reviews=state["reviews"], edited=state["edited"])
+
+    return await run_in_threadpool(work)
+
+
+@router.put("/api/studies/{study_id}/reviews/{structure}", response_model=ReviewOut)
+def put_review(study_id: str, structure: str, body: ReviewIn, request: Request, job: str | None = Query(None),
+               user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> ReviewOut:
+    """Mark a structure ``approved`` or ``needs_work`` (``null`` clears it); the user and time are
+    stored, go into the RT Structure Set (ROI observation and description; the set is APPROVED
+    once every structure is) and into the access log."""
+    study = visible_study(study_id, user, db)
+    j = _result_job(ctx, study, job)
+    if not (current_results(ctx, study, j) / "segmentations" / f"{structure}.nii.gz").is_file() or PurePosixPath(structure).name != structure:
+        raise HTTPException(404, f"no structure {structure!r} in this study's results")
+    try:
+        state = review.set_review(ctx.storage.study_dir(study.id), ctx.storage.results_dir(study.id, j.id), j.id, structure, body.state,
+                                  user=user.username, note=body.note or "", **_review_args(ctx, study, j))
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    audit.record(db, "review", actor=user.username, study=study, address=audit.client_address(request),
+                 detail=f"{structure}: {body.state or 'cleared'}, version {state['version']}, job {j.id}")
+    db.commit()
+    return ReviewOut(version=state["version"], reviews=state["reviews"], edited=state["edited"])

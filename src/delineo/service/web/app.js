@@ -204,7 +204,7 @@ function renderStudy(d) {
   // the viewer shows the latest finished job's result (kept while a new job runs) and reloads
   // only when that changes
   const job = d.structures.length ? d.result_job : null;
-  const key = `${d.id}:${job || "-"}:${d.edit_version || 0}`;
+  const key = `${d.id}:${job || "-"}`;
   if (state.loadedFor !== key) {
     state.loadedFor = key;
     loadViewer(d, job).catch((err) => { state.loadedFor = null; $("viewer-msg").textContent = `The viewer could not load the images: ${err.message}`; });
@@ -255,28 +255,89 @@ $("delete-btn").addEventListener("click", async () => {
 
 // ---- structures table --------------------------------------------------------------------------
 function flagsOf(s) {
-  const f = [];
-  for (const c of s.checks || []) f.push(c);
-  if (s.quality && s.quality.flag) f.push(s.quality.message || s.quality.flag);
-  if (s.review && s.review.state === "needs_work") f.push("needs work" + (s.review.user ? ` (${s.review.user})` : ""));
+  const f = [...(s.flags || [])];
+  if (s.quality && (s.quality.flag || s.quality.flagged)) f.push(s.quality.message || s.quality.flag || "low quality estimate");
+  if (s.review && s.review.state === "needs_work") f.push(`needs work (${s.review.user})`);
   return f;
 }
+const fmtShort = (s) => new Date(s).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
 function renderStructures(rows) {
   $("no-structures").classList.toggle("hidden", rows.length > 0);
+  const editable = (state.detail?.info?.dims || 3) === 3;
   const sorted = rows.map((s, i) => ({ s, i, flags: flagsOf(s) })).sort((a, b) => (b.flags.length > 0) - (a.flags.length > 0) || a.i - b.i);
-  $("structure-rows").innerHTML = sorted.map(({ s, flags }) => `<tr data-name="${esc(s.name)}" class="${flags.length ? "flagged" : ""}">
+  $("structure-rows").innerHTML = sorted.map(({ s, flags }) => {
+    const r = s.review;
+    const who = r ? ` title="${esc(`${r.state === "approved" ? "Approved" : "Needs work"}: ${r.user}, ${fmtShort(r.at)}${r.note ? ` (${r.note})` : ""}`)}"` : "";
+    return `<tr data-name="${esc(s.name)}" class="${flags.length ? "flagged" : ""}">
     <td><input type="checkbox" class="vis" checked aria-label="show ${esc(s.name)}"></td>
-    <td class="name" title="Go to ${esc(s.name)}"><span class="swatch" style="background:rgb(${s.color})"></span><span>${esc(s.name)}</span>${flags.length ? `<span class="flag" title="${esc(flags.join("; "))}">⚠ ${esc(flags[0])}</span>` : ""}</td>
-    <td class="num">${s.empty ? '<span class="muted">empty</span>' : `${s.volume.toFixed(s.volume < 10 ? 2 : 1)} ${esc(s.unit)}`}</td></tr>`).join("");
+    <td class="name" title="Go to ${esc(s.name)}"><span class="swatch" style="background:rgb(${s.color})"></span><span>${esc(s.name)}</span>${s.edited ? '<span class="chip edited" title="corrected in delineo">edited</span>' : ""}${flags.length ? `<span class="flag" title="${esc(flags.join("; "))}">⚠ ${esc(flags[0])}</span>` : ""}</td>
+    <td class="num">${s.empty ? '<span class="muted">empty</span>' : `${s.volume.toFixed(s.volume < 10 ? 2 : 1)} ${esc(s.unit)}`}</td>
+    <td class="review"${who}>
+      <button type="button" class="mini ok ${r?.state === "approved" ? "active" : ""}" data-review="approved" aria-label="approve ${esc(s.name)}" title="Approved">✓</button><button type="button" class="mini bad ${r?.state === "needs_work" ? "active" : ""}" data-review="needs_work" aria-label="${esc(s.name)} needs work" title="Needs work">✗</button>${editable ? `<button type="button" class="mini" data-edit aria-label="correct ${esc(s.name)}" title="Correct with brush and eraser">✎</button>` : ""}
+    </td></tr>`;
+  }).join("");
+  const reviewed = rows.filter((s) => s.review);
+  const note = $("review-note");
+  note.classList.toggle("hidden", !rows.length);
+  note.textContent = !rows.length ? "" : reviewed.length === rows.length && rows.every((s) => s.review.state === "approved")
+    ? `All ${rows.length} structures approved; the RT Structure Set is marked APPROVED.`
+    : `${rows.filter((s) => s.review?.state === "approved").length} of ${rows.length} approved` + (state.detail?.edit_version ? ` · version ${state.detail.edit_version} (the model's original: ?original=true)` : "");
 }
-$("structure-rows").addEventListener("click", (e) => {
-  const td = e.target.closest("td.name"); if (!td) return;
-  state.viewer?.goToStructure(td.closest("tr").dataset.name);
+$("structure-rows").addEventListener("click", async (e) => {
+  const tr = e.target.closest("tr"); if (!tr) return;
+  const name = tr.dataset.name; const d = state.detail;
+  const rb = e.target.closest("button[data-review]");
+  if (rb && d) {
+    const current = d.structures.find((s) => s.name === name)?.review?.state;
+    const next = current === rb.dataset.review ? null : rb.dataset.review;
+    try { await api(`/api/studies/${d.id}/reviews/${encodeURIComponent(name)}?job=${d.result_job}`, { method: "PUT", json: { state: next } }); await loadDetail(); }
+    catch (err) { toast(err.message); }
+    return;
+  }
+  if (e.target.closest("button[data-edit]")) { startEdit(name); return; }
+  if (e.target.closest("td.name")) state.viewer?.goToStructure(name);
 });
 $("structure-rows").addEventListener("change", (e) => {
   const tr = e.target.closest("tr"); if (!tr || !e.target.classList.contains("vis")) return;
   tr.classList.toggle("off", !e.target.checked);
   state.viewer?.setVisible(tr.dataset.name, e.target.checked);
+});
+
+// ---- corrections (NiiVue's drawing tools) ------------------------------------------------------
+function startEdit(name) {
+  const v = state.viewer; if (!v || !v.startEdit(name)) { toast("The viewer is not ready."); return; }
+  state.editing = name;
+  $("edit-name").textContent = name; $("edit-bar").classList.remove("hidden");
+  if (state.view === "multi") setView("axial");
+  v.setPenSize(Number($("pen-size").value));
+  setTool("brush");
+  state.viewer.goToStructure(name);
+}
+function setTool(tool) {
+  state.viewer?.tool(tool);
+  $("edit-tools").querySelectorAll("button").forEach((b) => b.classList.toggle("active", b.dataset.tool === tool));
+}
+function endEdit() { state.editing = null; $("edit-bar").classList.add("hidden"); }
+$("edit-tools").addEventListener("click", (e) => { const b = e.target.closest("button"); if (b) setTool(b.dataset.tool); });
+$("pen-size").addEventListener("input", (e) => state.viewer?.setPenSize(Number(e.target.value)));
+$("edit-undo").addEventListener("click", () => state.viewer?.undo());
+$("edit-interp").addEventListener("click", () => { try { state.viewer?.interpolate(); } catch (err) { toast(`Interpolation: ${err.message}`); } });
+$("edit-cancel").addEventListener("click", () => { state.viewer?.cancelEdit(); endEdit(); });
+$("edit-save").addEventListener("click", async () => {
+  const d = state.detail; const name = state.editing; if (!d || !name) return;
+  $("edit-save").disabled = true;
+  try {
+    const bytes = await state.viewer.finishEdit();
+    if (!bytes) throw new Error("nothing to save");
+    const res = await fetch(`/api/studies/${d.id}/masks/${encodeURIComponent(name)}.nii?job=${d.result_job}`, {
+      method: "PUT", credentials: "same-origin", headers: { "Content-Type": "application/octet-stream" }, body: bytes });
+    if (!res.ok) { let m = `${res.status}`; try { m = (await res.json()).detail || m; } catch (_) {} throw new Error(m); }
+    const out = await res.json();
+    toast(`Saved ${name} as version ${out.version}`);
+    endEdit();
+    await loadDetail();
+  } catch (err) { toast(`The correction was not saved: ${err.message}`); }
+  finally { $("edit-save").disabled = false; }
 });
 
 // ---- viewer ------------------------------------------------------------------------------------
@@ -296,7 +357,7 @@ function viewer() {
 function showLocation(loc) {
   const parts = [];
   if (loc.value !== null && loc.value !== undefined && !(state.detail?.info?.dims === 2)) parts.push(`<strong>${Math.round(loc.value)} HU</strong>`);
-  if (loc.mm) parts.push(`${loc.mm.slice(0, 3).map((v) => v.toFixed(1)).join(", ")} mm`);
+  if (loc.mm) parts.push(`${Array.from(loc.mm).slice(0, 3).map((v) => v.toFixed(1)).join(", ")} mm`);
   if (loc.slice) parts.push(`slice ${Math.round(loc.slice[0]) + 1} / ${loc.slice[1]}`);
   if (loc.inside.length) parts.push(`in ${loc.inside.map(esc).join(", ")}`);
   $("cursor-info").innerHTML = parts.join(" · ");
@@ -320,6 +381,7 @@ async function loadViewer(d, job) {
   $("viewer-msg").textContent = "";
   $("gl").dataset.loaded = String(n);
   $("gl").dataset.job = job || "";
+  if (state.editing) endEdit();
 }
 function setView(view) {
   state.view = view;

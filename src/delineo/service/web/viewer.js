@@ -246,11 +246,13 @@ export class Viewer {
   /** NIfTI bytes (gzip) of the edited mask on the CT's grid; keeps the edit in the overlay. */
   async finishEdit() {
     const nv = this.nv; if (!nv || !this.editing) return null;
+    // an uncompressed NIfTI of the drawing, in the CT's own voxel order (NiiVue reorients it back)
     const bytes = await nv.saveImage({ filename: "", isSaveDrawing: true, volumeByIndex: 0 });
-    // back to the overlay: read the drawing into the native-order mask
+    if (!(bytes instanceof Uint8Array)) return null;
     const L = this.editing.layer;
-    const img = await NV.NVImage.loadFromUrl({ url: URL.createObjectURL(new Blob([bytes])), name: "edit.nii" }).catch(() => null);
-    if (img && img.img.length === L.mask.length) for (let k = 0; k < L.mask.length; k++) L.mask[k] = img.img[k] > 0 ? 1 : 0;
+    const offset = Math.round(new DataView(bytes.buffer, bytes.byteOffset).getFloat32(108, true));
+    const voxels = bytes.subarray(offset);
+    if (voxels.length === L.mask.length) for (let k = 0; k < L.mask.length; k++) L.mask[k] = voxels[k] > 0 ? 1 : 0;
     this.cancelEdit();
     return bytes;
   }
