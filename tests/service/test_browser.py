@@ -363,4 +363,15 @@ def test_edit_with_brush_shows_in_rt_structure_set(page, tmp_path):
     page.wait_for_function("() => /approved/.test(document.querySelector('#review-note').textContent)")
     assert rtstruct().ApprovalStatus == "APPROVED"
     page.screenshot(path=str(ARTIFACTS / "viewer-approved.png"))
+    # compare with a reference: the model's original RT Structure Set, uploaded from the page
+    ref = tmp_path / "clinician.dcm"
+    ref.write_bytes(page.request.get(f"{page.base_url}/api/studies/{sid}/results/rtstruct?original=true").body())
+    page.set_input_files("#reference-input", str(ref))
+    page.wait_for_selector("#reference-table:not(.hidden)", timeout=60000)
+    assert "clinician.dcm" in page.inner_text("#reference-info")
+    # the viewer shows the reference too (CT + 2 structures + 2 reference structures)
+    page.wait_for_function("() => Number(document.querySelector('#gl').dataset.loaded || 0) >= 5", timeout=30000)
+    table = page.inner_text("#reference-rows")
+    assert name in table and ("1.000" in table or "0.9" in table), table
+    page.screenshot(path=str(ARTIFACTS / "viewer-reference.png"))
     assert not page.js_errors, page.js_errors

@@ -169,3 +169,49 @@ def test_edit_and_approval_in_the_rt_structure_set(client):
     assert obs.ROIInterpreter == "admin"
     contours = next(c for c in rt.ROIContourSequence if int(c.ReferencedROINumber) == number).ContourSequence
     assert len(contours) == 4  # the edited block spans 4 slices
+
+
+def test_reference_nifti_and_rtstruct_metrics(client):
+    """Reference contours: NIfTI masks (a zip) for a NIfTI study, an RT Structure Set for a DICOM
+    study; Dice, HD95 and surface Dice per structure; wrong grids refused with the file named."""
+    sid = upload(client, [("ct.nii.gz", nifti_bytes(16))]).json()["id"]
+    assert client.get(f"/api/studies/{sid}/reference").json()["present"] is False
+    r = client.post(f"/api/studies/{sid}/reference", files=[("files", ("Ball.nii.gz", b"x", "application/octet-stream"))])
+    assert r.status_code == 422 and "contour the study first" in r.json()["detail"]
+    job = client.post(f"/api/studies/{sid}/jobs", json={}).json()["id"]
+    assert wait_job(client, job)["state"] == "done"
+    zipped = client.get(f"/api/studies/{sid}/results/nifti").content
+    r = client.post(f"/api/studies/{sid}/reference", files=[("files", ("reference.zip", zipped, "application/zip"))])
+    assert r.status_code == 201, r.text
+    ref = r.json()
+    assert ref["present"] and ref["source"] == "reference.zip" and ref["user"] == "admin"
+    rows = {m["structure"]: m for m in ref["metrics"]}
+    for name, m in rows.items():
+        masks = _masks_zip(zipped)
+        if masks[name].any():
+            assert m["dice"] == 1.0 and m["hd95_mm"] == 0.0 and m["surface_dice"] == 1.0, m
+    # a shifted reference for one structure (named differently in case): lower agreement
+    name = next(n for n, a in _masks_zip(zipped).items() if a.any())
+    shifted = np.roll(_masks_zip(zipped)[name], 3, axis=0).astype(np.uint8)
+    r = client.post(f"/api/studies/{sid}/reference", files=[("files", (f"{name.lower()}.nii.gz", _nii(shifted), "application/gzip"))])
+    assert r.status_code == 201, r.text
+    m = next(x for x in r.json()["metrics"] if x["structure"] == name)
+    assert m["reference"] == name.lower() and m["dice"] < 1.0 and m["hd95_mm"] > 0
+    assert client.get(f"/api/studies/{sid}/reference/masks/{name.lower()}.nii.gz").status_code == 200
+    r = client.post(f"/api/studies/{sid}/reference", files=[("files", ("small.nii.gz", _nii(np.zeros((4, 4, 4), np.uint8)), "application/gzip"))])
+    assert r.status_code == 422 and "small.nii.gz" in r.json()["detail"] and "grid" in r.json()["detail"]
+
+
+def test_reference_rt_structure_set(client):
+    from service.svc import dicom_available, dicom_series_zip
+
+    if not dicom_available():
+        pytest.skip("delineo.dicom is not importable")
+    sid = upload(client, [("series.zip", dicom_series_zip(16, 6))]).json()["id"]
+    job = client.post(f"/api/studies/{sid}/jobs", json={}).json()["id"]
+    assert wait_job(client, job)["state"] == "done"
+    rt = client.get(f"/api/studies/{sid}/results/rtstruct").content
+    r = client.post(f"/api/studies/{sid}/reference", files=[("files", ("clinician.dcm", rt, "application/dicom"))])
+    assert r.status_code == 201, r.text
+    rows = [m for m in r.json()["metrics"] if m.get("reference") and m.get("volume_cc")]
+    assert rows and all(m["dice"] > 0.8 for m in rows), rows

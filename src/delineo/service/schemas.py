@@ -114,3 +114,13 @@ class ModelOut(BaseModel):
     spatial_dims: int
     structures: list[StructureOut]
     description: str = ""
+
+
+class ReferenceOut(BaseModel):
+    present: bool
+    source: str | None = Field(None, description="the uploaded file's name")
+    user: str | None = None
+    at: str | None = None
+    structures: list[str] = []
+    job: str | None = Field(None, description="the job whose result the metrics compare")
+    metrics: list[dict[str, Any]] = Field(default_factory=list, description="per structure: dice, hd95_mm, surface_dice (2 mm), volumes")

@@ -26,8 +26,8 @@ from delineo.service.core import ServiceContext, latest_done_job
 from delineo.service.models import Job, Study, User, new_id
 from delineo.service.routes.deps import current_user, get_ctx, get_db, visible_study
 from delineo.service.routes.models import model_info, pick_model
-from delineo.service.schemas import JobIn, JobOut, ReviewIn, ReviewOut, StructureOut, StudyOut
-from delineo.service import review
+from delineo.service.schemas import JobIn, JobOut, ReferenceOut, ReviewIn, ReviewOut, StructureOut, StudyOut
+from delineo.service import reference, review
 from delineo.service.storage import UploadRejected, dir_size
 
 log = logging.getLogger("delineo.service.upload")
@@ -568,3 +568,90 @@ def put_review(study_id: str, structure: str, body: ReviewIn, request: Request, 
                  detail=f"{structure}: {body.state or 'cleared'}, version {state['version']}, job {j.id}")
     db.commit()
     return ReviewOut(version=state["version"], reviews=state["reviews"], edited=state["edited"])
+
+
+# ---- reference contours ----------------------------------------------------------------------
+
+def _reference_out(ctx: ServiceContext, study: Study) -> ReferenceOut:
+    sd = ctx.storage.study_dir(study.id)
+    meta = reference.info(sd)
+    if meta is None:
+        return ReferenceOut(present=False)
+    job = latest_done_job(study)
+    rows: list[dict[str, Any]] = []
+    if job is not None:
+        version = int(review.read_state(sd, job.id).get("version", 0))
+        rows = reference.compare(sd, current_results(ctx, study, job), f"{job.id}-{version}")
+    return ReferenceOut(present=True, source=meta.get("source"), user=meta.get("user"), at=meta.get("at"),
+                        structures=reference.structure_names(sd), metrics=rows, job=job.id if job else None)
+
+
+@router.post("/api/studies/{study_id}/reference", response_model=ReferenceOut, status_code=201,
+             openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
+                 "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                                            "description": "an RT Structure Set (.dcm), NIfTI masks named by structure, or a zip"}},
+                 "required": ["files"]}}}, "required": True}})
+async def upload_reference(study_id: str, request: Request, user: User = Depends(current_user), ctx: ServiceContext = Depends(get_ctx)) -> ReferenceOut:
+    """Upload reference contours for a study (a clinician's RT Structure Set for a DICOM study, or
+    NIfTI masks on the CT's grid, one per structure); replaces an earlier reference. The answer
+    holds Dice, HD95 and surface Dice of the study's result against it."""
+    s = ctx.settings
+    with ctx.db.session() as db:
+        study = visible_study(study_id, user, db)
+        job = latest_done_job(study)
+        grid = None
+        if job is not None:
+            grid = next(iter(sorted((current_results(ctx, study, job) / "segmentations").glob("*.nii.gz"))), None)
+        dicom = ctx.storage.input_path(study.id, study.input_path) if study.kind == "dicom" else None
+    upload_dir = await run_in_threadpool(ctx.storage.new_upload_dir)
+    try:
+        files, _ = await receive_files(request, upload_dir, s.max_upload_bytes, s.max_files, s.upload_idle_s)
+        if not files:
+            raise HTTPException(400, "no file was uploaded")
+        await run_in_threadpool(lambda: reference.store(ctx.storage.study_dir(study_id), files, grid_mask=grid, dicom_input=dicom, user=user.username))
+    except UploadRejected as exc:
+        raise HTTPException(exc.status, exc.message) from None
+    except reference.ReferenceError_ as exc:
+        raise HTTPException(422, str(exc)) from None
+    finally:
+        await run_in_threadpool(ctx.storage.discard, upload_dir)
+
+    def answer() -> ReferenceOut:
+        with ctx.db.session() as db:
+            study = visible_study(study_id, user, db)
+            audit.record(db, "reference", actor=user.username, study=study, address=audit.client_address(request),
+                         detail=f"{len(reference.structure_names(ctx.storage.study_dir(study.id)))} structures")
+            db.commit()
+            return _reference_out(ctx, study)
+
+    return await run_in_threadpool(answer)
+
+
+@router.get("/api/studies/{study_id}/reference", response_model=ReferenceOut)
+def get_reference(study_id: str, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"),
+                  ctx: ServiceContext = Depends(get_ctx)) -> ReferenceOut:
+    """The study's reference contours and their agreement with the current result (Dice, HD95 in
+    mm, surface Dice at 2 mm), per structure; matched by name (case, spaces, '_' and '-' ignored)."""
+    return _reference_out(ctx, visible_study(study_id, user, db))
+
+
+@router.delete("/api/studies/{study_id}/reference", status_code=204)
+def delete_reference(study_id: str, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"),
+                     ctx: ServiceContext = Depends(get_ctx)) -> Response:
+    study = visible_study(study_id, user, db)
+    import shutil
+
+    shutil.rmtree(reference.ref_dir(ctx.storage.study_dir(study.id)), ignore_errors=True)
+    return Response(status_code=204)
+
+
+@router.get("/api/studies/{study_id}/reference/masks/{filename}", responses={200: {"content": {"application/gzip": {}}}})
+def get_reference_mask(study_id: str, filename: str, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"),
+                       ctx: ServiceContext = Depends(get_ctx)) -> Response:
+    """One reference structure as NIfTI for the viewer."""
+    study = visible_study(study_id, user, db)
+    name = filename[: -len(".nii.gz")] if filename.endswith(".nii.gz") else filename
+    path = reference.ref_dir(ctx.storage.study_dir(study.id)) / "segmentations" / f"{name}.nii.gz"
+    if PurePosixPath(name).name != name or not path.is_file():
+        raise HTTPException(404, f"no reference structure {name!r}")
+    return FileResponse(path, media_type="application/gzip", headers=NIFTI_HEADERS)

@@ -20,6 +20,7 @@ async function api(path, opts = {}) {
 }
 function toast(msg, ms = 4000) { const t = $("toast"); t.textContent = msg; t.classList.remove("hidden"); clearTimeout(toast.t); toast.t = setTimeout(() => t.classList.add("hidden"), ms); }
 const fmtDate = (s) => new Date(s).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+const fmtShort = (s) => new Date(s).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
 const fmtSize = (b) => b > 1 << 20 ? `${(b / 2 ** 20).toFixed(1)} MB` : `${Math.max(1, Math.round(b / 1024))} kB`;
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const STAGES = { queued: "Waiting in the queue", starting: "Starting", read: "Reading the image", model: "Running the model",
@@ -171,8 +172,41 @@ async function loadDetail() {
   if (state.selected !== id) return;
   $("missing-study").classList.add("hidden");
   state.detail = d;
+  state.reference = d.result_job ? await api(`/api/studies/${id}/reference`).catch(() => null) : null;
+  if (state.selected !== id) return;
   renderStudy(d);
+  renderReference(state.reference);
 }
+
+// ---- reference contours ------------------------------------------------------------------------
+const REF_COLOR = [255, 230, 0];
+const fmtNum = (v, digits) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+function renderReference(ref) {
+  const has = !!(ref && ref.present);
+  $("reference-table").classList.toggle("hidden", !has);
+  $("reference-info").innerHTML = has
+    ? `<span class="swatch" style="background:rgb(${REF_COLOR})"></span> ${esc(ref.source)} · ${ref.structures.length} structures · ${esc(ref.user)}, ${fmtShort(ref.at)}`
+    : "Compare with a clinician's contours: upload an RT Structure Set or NIfTI masks (one per structure).";
+  $("reference-rows").innerHTML = has ? ref.metrics.map((m) => m.structure && m.reference
+    ? `<tr><td>${esc(m.structure)}</td><td class="num">${fmtNum(m.dice, 3)}</td><td class="num">${fmtNum(m.hd95_mm, 1)}</td><td class="num">${fmtNum(m.surface_dice, 3)}</td></tr>`
+    : `<tr class="muted"><td>${esc(m.structure || m.reference)}</td><td colspan="3">${m.structure ? "not in the reference" : "only in the reference"}</td></tr>`).join("") : "";
+}
+$("reference-input").addEventListener("change", async (e) => {
+  const d = state.detail; const files = [...e.target.files]; e.target.value = "";
+  if (!d || !files.length) return;
+  $("reference-error").textContent = "";
+  const form = new FormData();
+  for (const f of files) form.append("files", f, f.name);
+  try {
+    $("reference-info").textContent = "Reading the reference and comparing…";
+    state.reference = await api(`/api/studies/${d.id}/reference`, { method: "POST", body: form });
+    renderReference(state.reference);
+    state.loadedFor = null; renderStudy(d);  // load the reference into the viewer
+  } catch (err) { $("reference-error").textContent = `Reference refused: ${err.message}`; renderReference(state.reference); }
+});
+$("reference-show").addEventListener("change", (e) => {
+  for (const L of state.viewer?.layers || []) if (L.reference) state.viewer.setVisible(L.name, e.target.checked);
+});
 
 // ---- study view --------------------------------------------------------------------------------
 function renderStudy(d) {
@@ -204,7 +238,7 @@ function renderStudy(d) {
   // the viewer shows the latest finished job's result (kept while a new job runs) and reloads
   // only when that changes
   const job = d.structures.length ? d.result_job : null;
-  const key = `${d.id}:${job || "-"}`;
+  const key = `${d.id}:${job || "-"}:${state.reference?.at || ""}`;
   if (state.loadedFor !== key) {
     state.loadedFor = key;
     loadViewer(d, job).catch((err) => { state.loadedFor = null; $("viewer-msg").textContent = `The viewer could not load the images: ${err.message}`; });
@@ -260,7 +294,6 @@ function flagsOf(s) {
   if (s.review && s.review.state === "needs_work") f.push(`needs work (${s.review.user})`);
   return f;
 }
-const fmtShort = (s) => new Date(s).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
 function renderStructures(rows) {
   $("no-structures").classList.toggle("hidden", rows.length > 0);
   const editable = (state.detail?.info?.dims || 3) === 3;
@@ -369,10 +402,13 @@ async function loadViewer(d, job) {
   const range = is2d ? null : windowRange();
   v.lastWindow = range;
   const shown = job ? d.structures : [];
+  const ref = job && state.reference?.present ? state.reference.structures : [];
   const n = await v.load({
     ctUrl: `/api/studies/${d.id}/volume/ct.nii.gz`, window: range, is2d,
-    masks: shown.map((s) => ({ name: s.name, color: s.color, url: `/api/studies/${d.id}/masks/${encodeURIComponent(s.name)}.nii.gz?job=${job}` })),
+    masks: [...shown.map((s) => ({ name: s.name, color: s.color, url: `/api/studies/${d.id}/masks/${encodeURIComponent(s.name)}.nii.gz?job=${job}` })),
+      ...ref.map((r) => ({ name: `${r} (reference)`, color: REF_COLOR, reference: true, url: `/api/studies/${d.id}/reference/masks/${encodeURIComponent(r)}.nii.gz` }))],
   });
+  if (!$("reference-show").checked) for (const L of v.layers) if (L.reference) v.setVisible(L.name, false);
   if (state.detail?.id !== d.id) return;  // another study was chosen meanwhile
   document.querySelectorAll("#structure-rows tr").forEach((tr) => v.setVisible(tr.dataset.name, tr.querySelector(".vis").checked));
   $("view-buttons").querySelectorAll("button").forEach((b) => { b.disabled = is2d && b.dataset.view !== "axial"; });

@@ -101,7 +101,7 @@ export class Viewer {
       const vol = nv.volumes[i + 1];
       const mask = new Uint8Array(vol.img.length);
       for (let k = 0; k < mask.length; k++) mask[k] = vol.img[k] > 0.5 ? 1 : 0;
-      return { name: s.name, color: s.color, vol, mask, visible: true, flagged: false };
+      return { name: s.name, color: s.color, vol, mask, visible: true, reference: !!s.reference };
     });
     this.refreshOverlays();
     this.setView(this.is2d ? "axial" : this.view);
