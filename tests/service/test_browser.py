@@ -374,4 +374,39 @@ def test_edit_with_brush_shows_in_rt_structure_set(page, tmp_path):
     table = page.inner_text("#reference-rows")
     assert name in table and ("1.000" in table or "0.9" in table), table
     page.screenshot(path=str(ARTIFACTS / "viewer-reference.png"))
+    # send to the planning system: an administrator adds the destination, the state shows "sent"
+    tps = _storage_scp()
+    try:
+        page.click("#dest-admin summary")
+        page.fill("#dest-name", "TPS")
+        page.fill("#dest-address", tps["address"])
+        page.click("#dest-form button[type=submit]")
+        page.wait_for_function("() => document.querySelector('#send-dest').value === 'TPS'")
+        page.click("#send-btn")
+        page.wait_for_selector("#send-list li.sent", timeout=60000)
+        assert sorted(str(ds.Modality) for ds in tps["received"]) == ["RTSTRUCT", "SEG"]
+        assert tps["received"][0].get("ApprovalStatus", "APPROVED") == "APPROVED"
+    finally:
+        tps["server"].shutdown()
+    page.screenshot(path=str(ARTIFACTS / "viewer-sent.png"))
     assert not page.js_errors, page.js_errors
+
+
+def _storage_scp() -> dict:
+    """A planning system stand-in (pynetdicom Storage SCP on a free loopback port)."""
+    import socket
+
+    pytest.importorskip("pynetdicom")
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import RTStructureSetStorage, SegmentationStorage
+
+    received: list = []
+    ae = AE(ae_title="TPS")
+    ae.add_supported_context(RTStructureSetStorage)
+    ae.add_supported_context(SegmentationStorage)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, lambda e: (received.append(e.dataset), 0x0000)[1])])
+    return {"address": f"TPS@127.0.0.1:{port}", "received": received, "server": server}

@@ -215,3 +215,80 @@ def test_reference_rt_structure_set(client):
     assert r.status_code == 201, r.text
     rows = [m for m in r.json()["metrics"] if m.get("reference") and m.get("volume_cc")]
     assert rows and all(m["dice"] > 0.8 for m in rows), rows
+
+
+@pytest.fixture
+def tps():
+    """A planning system stand-in: a pynetdicom Storage SCP on a free loopback port that keeps
+    what it receives."""
+    pytest.importorskip("pynetdicom")
+    import socket
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import RTStructureSetStorage, SegmentationStorage
+
+    received = []
+
+    def on_store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="TPS")
+    ae.add_supported_context(RTStructureSetStorage)
+    ae.add_supported_context(SegmentationStorage)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    yield {"address": f"TPS@127.0.0.1:{port}", "received": received}
+    server.shutdown()
+
+
+def test_send_to_a_destination(client, tps):
+    import time
+
+    from service.svc import dicom_available, dicom_series_zip
+
+    if not dicom_available():
+        pytest.skip("delineo.dicom is not importable")
+    assert client.get("/api/send/destinations").json() == []
+    assert client.put("/api/send/destinations/TPS", json={"address": "nonsense"}).status_code == 422
+    r = client.put("/api/send/destinations/TPS", json={"address": tps["address"]})
+    assert r.status_code == 200 and r.json()[0]["target"] == tps["address"]
+    sid = upload(client, [("series.zip", dicom_series_zip(16, 6))]).json()["id"]
+    job = client.post(f"/api/studies/{sid}/jobs", json={}).json()["id"]
+    assert wait_job(client, job)["state"] == "done"
+    name = client.get(f"/api/studies/{sid}").json()["structures"][0]["name"]
+    assert client.put(f"/api/studies/{sid}/reviews/{name}", json={"state": "approved"}).status_code == 200
+    assert client.post(f"/api/studies/{sid}/send", json={"destination": "nowhere"}).status_code == 404
+    r = client.post(f"/api/studies/{sid}/send", json={"destination": "TPS"})
+    assert r.status_code == 202, r.text
+    for _ in range(100):
+        sends = client.get(f"/api/studies/{sid}/sends").json()
+        if sends[0]["state"] in ("sent", "failed"):
+            break
+        time.sleep(0.1)
+    assert sends[0]["state"] == "sent", sends
+    modalities = sorted(str(ds.Modality) for ds in tps["received"])
+    assert modalities == ["RTSTRUCT", "SEG"]
+    rt = next(ds for ds in tps["received"] if ds.Modality == "RTSTRUCT")
+    assert any("approved by admin" in str(r.get("ROIDescription", "")) for r in rt.StructureSetROISequence)
+    # a destination that does not answer: failed, with the reason, after its retries
+    import delineo.service.send as send_mod
+
+    send_mod.RETRY_S = (0.01,)
+    client.put("/api/send/destinations/Down", json={"address": "DOWN@127.0.0.1:9"})
+    client.post(f"/api/studies/{sid}/send", json={"destination": "Down"})
+    for _ in range(300):
+        down = [s for s in client.get(f"/api/studies/{sid}/sends").json() if s["destination"] == "Down"]
+        if down and down[0]["state"] == "failed":
+            break
+        time.sleep(0.1)
+    assert down[0]["state"] == "failed" and "no association" in down[0]["error"], down
+    # a user who is not an administrator cannot add destinations
+    from fastapi.testclient import TestClient
+
+    assert client.post("/api/users", json={"username": "carol", "password": "carol-password"}).status_code == 201
+    carol = TestClient(client.app)
+    carol.post("/api/auth/login", json={"username": "carol", "password": "carol-password"})
+    assert carol.put("/api/send/destinations/X", json={"address": tps["address"]}).status_code == 403

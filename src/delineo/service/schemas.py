@@ -124,3 +124,34 @@ class ReferenceOut(BaseModel):
     structures: list[str] = []
     job: str | None = Field(None, description="the job whose result the metrics compare")
     metrics: list[dict[str, Any]] = Field(default_factory=list, description="per structure: dice, hd95_mm, surface_dice (2 mm), volumes")
+
+
+class DestinationIn(BaseModel):
+    address: str = Field(description="AE@HOST:PORT")
+
+
+class DestinationOut(BaseModel):
+    name: str
+    target: str = Field(description="AE@HOST:PORT")
+    source: str = Field(description="env (DELINEO_SEND_DESTINATIONS) | admin (set in the page)")
+
+
+class SendIn(BaseModel):
+    destination: str
+    seg: bool = Field(True, description="also send the DICOM SEG")
+
+
+class SendOut(BaseModel):
+    id: str
+    study: str
+    job: str
+    version: int
+    destination: str
+    target: str
+    files: list[str]
+    user: str
+    state: str = Field(description="queued | sending | retrying | sent | failed")
+    attempts: int
+    error: str | None
+    created_at: str
+    finished_at: str | None

@@ -40,6 +40,7 @@ async function showApp(user) {
   $("users-btn").classList.toggle("hidden", !user.is_admin);
   $("login-view").classList.add("hidden"); $("userbox").classList.remove("hidden"); $("app-view").classList.remove("hidden");
   state.models = await api("/api/models");
+  await loadDestinations();
   await refreshStudies();
   clearInterval(state.poll);
   state.poll = setInterval(() => refreshStudies().catch(() => {}), 1500);
@@ -176,7 +177,47 @@ async function loadDetail() {
   if (state.selected !== id) return;
   renderStudy(d);
   renderReference(state.reference);
+  refreshSends();
 }
+
+// ---- sending to a planning system ---------------------------------------------------------------
+const SEND_STATES = { queued: "waiting", sending: "sending…", retrying: "retrying", sent: "sent", failed: "failed" };
+async function refreshSends() {
+  const d = state.detail; if (!d) return;
+  const canSend = d.results.includes("rtstruct");
+  $("send-btn").disabled = !canSend || !state.destinations?.length;
+  $("send-note").textContent = !state.destinations?.length ? "No destination is set up: an administrator adds the planning system (AE@HOST:PORT)."
+    : !canSend ? (d.kind === "dicom" ? "Contour the study first." : "Sending needs a DICOM study (an RT Structure Set is made for DICOM uploads).") : "Sends the RT Structure Set and SEG as they are now (corrections and reviews included).";
+  let sends = [];
+  try { sends = await api(`/api/studies/${d.id}/sends`); } catch (_) { return; }
+  if (state.detail?.id !== d.id) return;
+  $("send-list").innerHTML = sends.slice(0, 5).map((r) => `<li class="send ${r.state}" title="${esc(r.target)} · ${esc(r.files.join(", "))}">
+    <span class="chip ${r.state === "sent" ? "done" : r.state === "failed" ? "failed" : "running"}">${SEND_STATES[r.state] || esc(r.state)}</span>
+    <span>${esc(r.destination)}</span> <span class="muted">${fmtShort(r.created_at)} · ${esc(r.user)}${r.version ? ` · version ${r.version}` : ""}${r.attempts > 1 ? ` · ${r.attempts} attempts` : ""}</span>
+    ${r.error && r.state !== "sent" ? `<div class="err small">${esc(r.error)}</div>` : ""}</li>`).join("");
+  clearTimeout(state.sendPoll);
+  if (sends.some((r) => ["queued", "sending", "retrying"].includes(r.state))) state.sendPoll = setTimeout(refreshSends, 1000);
+}
+async function loadDestinations() {
+  state.destinations = await api("/api/send/destinations").catch(() => []);
+  $("send-dest").innerHTML = state.destinations.map((x) => `<option value="${esc(x.name)}">${esc(x.name)} (${esc(x.target)})</option>`).join("") || `<option value="">no destination</option>`;
+  $("dest-admin").classList.toggle("hidden", !state.user?.is_admin);
+}
+$("send-btn").addEventListener("click", async () => {
+  const d = state.detail; const dest = $("send-dest").value; if (!d || !dest) return;
+  $("send-btn").disabled = true;
+  try { await api(`/api/studies/${d.id}/send?job=${d.result_job}`, { method: "POST", json: { destination: dest } }); }
+  catch (err) { toast(err.message); }
+  finally { await refreshSends(); }
+});
+$("dest-form").addEventListener("submit", async (e) => {
+  e.preventDefault(); $("dest-error").textContent = "";
+  try {
+    await api(`/api/send/destinations/${encodeURIComponent($("dest-name").value.trim())}`, { method: "PUT", json: { address: $("dest-address").value.trim() } });
+    $("dest-name").value = ""; $("dest-address").value = "";
+    await loadDestinations(); await refreshSends();
+  } catch (err) { $("dest-error").textContent = err.message; }
+});
 
 // ---- reference contours ------------------------------------------------------------------------
 const REF_COLOR = [255, 230, 0];
