@@ -65,9 +65,10 @@ def storescp(tmp_path):
 @contextmanager
 def running_node(tmp_path, model, dest_port, **kw) -> Iterator[DicomNode]:
     """A node accepting TESTSCU and forwarding to TPS on ``dest_port``; stopped on leaving."""
-    cfg = NodeConfig(storage=tmp_path / "node", port=free_port(), host="127.0.0.1", allowed_ae=["TESTSCU"],
-                     forward=("TPS", "127.0.0.1", dest_port), idle_seconds=1.0, model=str(model), device="cpu",
-                     retry_initial_s=0.5, poll_s=0.2, **kw)
+    values = dict(storage=tmp_path / "node", port=free_port(), host="127.0.0.1", allowed_ae=["TESTSCU"],
+                  forward=("TPS", "127.0.0.1", dest_port), idle_seconds=1.0, model=str(model), device="cpu",
+                  retry_initial_s=0.5, poll_s=0.2)
+    cfg = NodeConfig(**{**values, **kw})
     node = DicomNode(cfg).start()
     try:
         yield node

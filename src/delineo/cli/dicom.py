@@ -23,11 +23,17 @@ def dicom_node(
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),
     no_seg: bool = typer.Option(False, "--no-seg", help="Send only the RT Structure Set, not the DICOM SEG."),
+    status: bool = typer.Option(False, "--status", help="Print what the node's storage holds (results waiting or undeliverable, "
+                                "incomplete and failed series) and exit; exit status 1 when results are undeliverable."),
 ) -> None:
     """Receive CT series by C-STORE, contour each one, send the RT Structure Set (and SEG) on."""
-    from delineo.dicom.node import DicomNode, NodeConfig, parse_destination
+    from delineo.dicom.node import DicomNode, NodeConfig, format_status, node_status, parse_destination
     from delineo.errors import ConfigError
 
+    if status:
+        report = node_status(storage)
+        typer.echo(format_status(report))
+        raise typer.Exit(1 if report.get("undeliverable") else 0)
     if not allowed_ae:
         raise ConfigError("give the calling AE titles allowed to send CT: --allowed-ae SCANNER [--allowed-ae TPS ...] ('*' for any)")
     destination = parse_destination(forward) if forward else None

@@ -147,13 +147,20 @@ class _opened:
             return self.path
         if self.path.is_file() and zipfile.is_zipfile(self.path):
             self._tmp = tempfile.TemporaryDirectory(prefix="delineo-dicom-")
-            with zipfile.ZipFile(self.path) as z:
-                root = Path(self._tmp.name).resolve()
-                for info in z.infolist():
-                    target = (root / info.filename).resolve()
-                    if not str(target).startswith(str(root)):
-                        raise InputError(self.path, f"zip entry {info.filename!r} points outside the archive")
-                z.extractall(root)
+            try:
+                with zipfile.ZipFile(self.path) as z:
+                    root = Path(self._tmp.name).resolve()
+                    for info in z.infolist():
+                        target = (root / info.filename).resolve()
+                        if target != root and not target.is_relative_to(root):
+                            raise InputError(self.path, f"zip entry {info.filename!r} points outside the archive")
+                    z.extractall(root)
+            except (zipfile.BadZipFile, NotImplementedError, EOFError, RuntimeError, ValueError) as exc:
+                self._tmp.cleanup()
+                raise InputError(self.path, f"damaged or unsupported zip ({type(exc).__name__}: {exc})") from None
+            except InputError:
+                self._tmp.cleanup()
+                raise
             return Path(self._tmp.name)
         if not self.path.exists():
             raise InputError(self.path, "no such file or folder")
@@ -267,3 +274,61 @@ def _assemble(path: Path, files: list[Path], datasets: list[Dataset]) -> CTSerie
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         volume[:, :, k] = (ds.pixel_array.astype(np.float32) * slope + intercept).T
     return CTSeries(Image(volume, LPS_TO_RAS @ lps), datasets, lps, path, files)
+
+
+# ---- checks of single received instances (the DICOM node refuses these at C-STORE time) ------
+
+_UID_CHARS = frozenset("0123456789.")
+
+
+def is_valid_uid(value) -> bool:
+    """A DICOM UID: digits and dots, at most 64 characters, no empty component. Anything else
+    (``../x``, ``/etc``, spaces, a NUL) is refused before it can name a file or folder."""
+    s = str(value) if value is not None else ""
+    return 0 < len(s) <= 64 and set(s) <= _UID_CHARS and all(s.split("."))
+
+
+_REQUIRED_CT = ("Rows", "Columns", "BitsAllocated", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient")
+
+
+def instance_problem(ds: Dataset, affected_sop_uid: str | None = None) -> str | None:
+    """Why a received CT Image Storage instance cannot be used, for the sender (short), or None.
+
+    Checks: the UIDs that name files are valid UIDs (and the SOP Instance UID is the one the
+    C-STORE request announced), the geometry attributes are present and well-formed, and the
+    pixel data is all there and decodes (a truncated instance is refused here, not at contouring).
+    """
+    for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        if not is_valid_uid(ds.get(key)):
+            return f"invalid or missing {key}"
+    if "FrameOfReferenceUID" in ds and not is_valid_uid(ds.FrameOfReferenceUID):
+        return "invalid FrameOfReferenceUID"
+    if affected_sop_uid is not None and str(ds.SOPInstanceUID) != str(affected_sop_uid):
+        return "SOPInstanceUID differs from the C-STORE request"
+    for key in _REQUIRED_CT:
+        if key not in ds or ds[key].value in (None, "", b""):
+            return f"missing {key}"
+    try:
+        if len(ds.ImagePositionPatient) != 3 or len(ds.ImageOrientationPatient) != 6 or len(ds.PixelSpacing) != 2:
+            return "malformed geometry (position, orientation or pixel spacing)"
+        values = [float(v) for v in (*ds.ImagePositionPatient, *ds.ImageOrientationPatient, *ds.PixelSpacing)]
+        if not np.all(np.isfinite(values)) or min(float(v) for v in ds.PixelSpacing) <= 0:
+            return "malformed geometry (position, orientation or pixel spacing)"
+        rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+    except (TypeError, ValueError):
+        return "malformed geometry (position, orientation or pixel spacing)"
+    if rows < 1 or cols < 1:
+        return f"empty image ({rows}x{cols})"
+    if "PixelData" not in ds:
+        return "no pixel data (truncated?)"
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and not ts.is_compressed:
+        expected = rows * cols * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.get("NumberOfFrames", 1) or 1) * bits // 8
+        got = len(ds.PixelData or b"")
+        if got < expected:
+            return f"truncated: {got} of {expected} pixel bytes"
+    try:
+        ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: the sender must resend
+        return f"pixel data does not decode ({type(exc).__name__})"
+    return None

@@ -15,6 +15,8 @@ from fastapi.staticfiles import StaticFiles
 
 from delineo.service.config import Settings
 from delineo.service.core import ServiceContext
+from delineo.service.headers import SECURITY_HEADERS, SecurityHeadersMiddleware
+from delineo.service.routes import dicom_node
 from delineo.service.routes import audit, auth, models, studies, users
 from delineo.settings import REPO_ROOT
 
@@ -56,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.add_middleware(SecurityHeadersMiddleware)  # CSP, nosniff, no framing, HSTS on HTTPS (headers.py)
+    app.include_router(dicom_node.router)
     for r in (auth.router, users.router, models.router, studies.router, audit.router):
         app.include_router(r)
 
@@ -67,7 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):  # pragma: no cover - last resort
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal error ({exc.__class__.__name__}); the server log has the details"}, status_code=500)
+        return JSONResponse({"detail": f"internal error ({exc.__class__.__name__}); the server log has the details"}, status_code=500,
+                            headers=SECURITY_HEADERS)  # answered outside the middleware: add them here
 
     dist = niivue_dist()
     if dist is not None:

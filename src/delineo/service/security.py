@@ -85,6 +85,17 @@ def revoke_token(db: Session, token: str) -> None:
         db.delete(row)
 
 
+def revoke_user_tokens(db: Session, user_id: int, keep: str | None = None) -> int:
+    """Delete every session and API token of a user except the one whose token is ``keep``;
+    returns how many were revoked (after a password change, or by an administrator)."""
+    keep_hash = token_hash(keep) if keep else None
+    rows = [r for r in db.scalars(select(ApiToken).where(ApiToken.user_id == user_id)) if r.token_hash != keep_hash]
+    for r in rows:
+        db.delete(r)
+    db.flush()
+    return len(rows)
+
+
 def check_new_user(username: str, password: str) -> str | None:
     """A message for a person when the user name or password is not acceptable, else None."""
     if not USERNAME_RE.match(username or ""):

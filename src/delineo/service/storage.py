@@ -7,8 +7,10 @@
 
 Uploaded content is checked before it is kept: a NIfTI or PNG must be readable by the engine,
 a zip must hold no absolute or ``..`` paths, links, or more uncompressed data than allowed
-(total size and compression ratio, so zip bombs are refused), and every DICOM file must be
-readable by pydicom and belong to one image series.
+(total size and compression ratio, so zip bombs are refused), no damaged entries (bad CRC, cut
+short) and no compression method Python cannot read (refused with 422 naming the entry), and
+every DICOM file must be readable by pydicom and belong to one image series. Stored file names
+are made here (``00001_<safe name>``), never taken as paths from the client.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import shutil
 import stat
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -35,6 +38,8 @@ class UploadRejected(Exception):
         self.status = status
 
 
+#: compression methods Python's zipfile reads: stored, deflate, bzip2, lzma
+ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "dicomdir"}
 NIFTI_EXT = (".nii.gz", ".nii")
 
@@ -182,6 +187,9 @@ class Storage:
                     raise UploadRejected(f"{name}: refused, the zip holds a symbolic link ({info.filename!r})", 422)
                 if info.flag_bits & 0x1:
                     raise UploadRejected(f"{name}: the zip is password-protected; upload an unencrypted zip", 422)
+                if info.compress_type not in ZIP_METHODS:
+                    raise UploadRejected(f"{name}: {info.filename!r} is compressed with method {info.compress_type}, which this "
+                                         "server cannot read; zip it again with the usual method (deflate)", 422)
                 total += info.file_size
                 compressed += info.compress_size
                 if info.file_size > 1024 * 1024 and info.file_size > s.max_zip_ratio * max(info.compress_size, 1):
@@ -198,13 +206,18 @@ class Storage:
                 if base.lower() in IGNORED_NAMES or base.startswith(".") or info.filename.startswith("__MACOSX/"):
                     continue
                 dest = out / f"{i:05d}_{safe_name(base)}"
-                # copy in chunks and count: the sizes in the zip's directory may lie
-                with zf.open(info) as src, open(dest, "wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > s.max_unzipped_bytes or written > s.max_zip_ratio * max(compressed, 1) + 1024 * 1024:
-                            raise UploadRejected(f"{name}: refused as a zip bomb (expands beyond what its directory declares)", 413)
-                        dst.write(chunk)
+                # copy in chunks and count: the sizes in the zip's directory may lie; a damaged
+                # entry (bad CRC, cut short, undecodable) is refused by name, not a server error
+                try:
+                    with zf.open(info) as src, open(dest, "wb") as dst:
+                        while chunk := src.read(1 << 20):
+                            written += len(chunk)
+                            if written > s.max_unzipped_bytes or written > s.max_zip_ratio * max(compressed, 1) + 1024 * 1024:
+                                raise UploadRejected(f"{name}: refused as a zip bomb (expands beyond what its directory declares)", 413)
+                            dst.write(chunk)
+                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError) as exc:
+                    why = "its checksum (CRC) does not match" if "CRC" in str(exc) else f"{exc.__class__.__name__}: {exc}"
+                    raise UploadRejected(f"{name}: the zip is damaged, {info.filename!r} cannot be read ({why})", 422) from None
                 members.append((info.filename, dest))
         if not members:
             raise UploadRejected(f"{name}: the zip is empty", 422)

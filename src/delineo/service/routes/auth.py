@@ -10,9 +10,10 @@ from delineo.service import throttle
 from delineo.service.audit import client_address
 from delineo.service.core import ServiceContext
 from delineo.service.models import ApiToken, User
-from delineo.service.routes.deps import current_user, get_ctx, get_db
+from delineo.service.routes.deps import bearer_token, current_user, get_ctx, get_db
 from delineo.service.schemas import LoginIn, PasswordIn, TokenIn, TokenOut, UserOut
-from delineo.service.security import SESSION_COOKIE, authenticate, check_new_user, hash_password, issue_token, revoke_token, verify_password
+from delineo.service.security import (SESSION_COOKIE, authenticate, check_new_user, hash_password, issue_token, revoke_token,
+                                      revoke_user_tokens, verify_password)
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
@@ -57,13 +58,16 @@ def me(user: User = Depends(current_user)) -> UserOut:
 
 
 @router.post("/password", status_code=204)
-def change_password(body: PasswordIn, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function")) -> Response:
+def change_password(body: PasswordIn, request: Request, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function")) -> Response:
+    """Change your password. Every other session of yours and every API token you made are
+    revoked (a stolen cookie or token stops working); the session or token of this request stays."""
     if not verify_password(user.password_hash, body.old_password):
         raise HTTPException(400, "the current password is wrong")
     problem = check_new_user(user.username, body.new_password)
     if problem:
         raise HTTPException(422, problem)
     db.get(User, user.id).password_hash = hash_password(body.new_password)
+    revoke_user_tokens(db, user.id, keep=bearer_token(request) or request.cookies.get(SESSION_COOKIE))
     return Response(status_code=204)
 
 

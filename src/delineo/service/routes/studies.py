@@ -450,11 +450,15 @@ def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
 
 
 NIFTI_HEADERS = {"Cache-Control": "private, max-age=60"}
+VOLUME_NAMES = ("ct.nii.gz", "ct.nii")
 
 
 @router.get("/api/studies/{study_id}/volume/{filename}", responses={200: {"content": {"application/gzip": {}}}})
 def get_volume(study_id: str, filename: str, request: Request, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> Response:
-    """The study's image as NIfTI for the viewer (``.../volume/ct.nii.gz``)."""
+    """The study's image as NIfTI for the viewer (``.../volume/ct.nii.gz``; ``ct.nii`` is the same
+    volume). Any other name is refused with 404: a study has no other volume."""
+    if filename not in VOLUME_NAMES:
+        raise HTTPException(404, f"no volume {filename[:80]!r}: a study's image is served as {VOLUME_NAMES[0]}")
     study = visible_study(study_id, user, db)
     audit.record(db, "view", actor=user.username, study=study, address=audit.client_address(request))
     db.commit()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from delineo.service.models import User
 from delineo.service.routes.auth import user_out
-from delineo.service.routes.deps import admin_user, get_db
+from delineo.service.routes.deps import admin_user, bearer_token, get_db
 from delineo.service.schemas import UserIn, UserOut
-from delineo.service.security import check_new_user, hash_password
+from delineo.service.security import SESSION_COOKIE, check_new_user, hash_password, revoke_user_tokens
 
 router = APIRouter(prefix="/api/users", tags=["users"])
 
@@ -44,3 +44,14 @@ def delete_user(user_id: int, admin: User = Depends(admin_user), db: Session = D
         raise HTTPException(409, f"{user.username} still owns {len(user.studies)} studies; delete them first")
     db.delete(user)
     return Response(status_code=204)
+
+
+@router.delete("/{user_id}/sessions")
+def revoke_sessions(user_id: int, request: Request, admin: User = Depends(admin_user), db: Session = Depends(get_db, scope="function")) -> dict:
+    """Sign a user out everywhere: revoke all their sessions and API tokens (for your own
+    account, all but the session or token of this request). Returns ``{"revoked": n}``."""
+    user = db.get(User, user_id)
+    if user is None:
+        raise HTTPException(404, "no such user")
+    keep = (bearer_token(request) or request.cookies.get(SESSION_COOKIE)) if user.id == admin.id else None
+    return {"revoked": revoke_user_tokens(db, user.id, keep=keep)}
