@@ -493,8 +493,23 @@ renderModeButtons();
 // ---- users (administrators) --------------------------------------------------------------------
 async function renderUsers() {
   const users = await api("/api/users");
-  $("user-rows").innerHTML = users.map((u) => `<tr><td>${esc(u.username)}</td><td>${u.is_admin ? "administrator" : "user"}</td><td>${fmtDate(u.created_at)}</td></tr>`).join("");
+  $("user-rows").innerHTML = users.map((u) => `<tr><td>${esc(u.username)}</td><td>${u.is_admin ? "administrator" : "user"}</td><td>${fmtDate(u.created_at)}</td>
+    <td><button type="button" class="ghost small revoke" data-id="${u.id}" title="End all sessions and revoke all API tokens of ${esc(u.username)}">Sign out everywhere</button></td></tr>`).join("");
+  renderNodeStatus().catch(() => {});
 }
+// the DICOM node's outbox (issue 18): results the planning system has not received are shown here
+async function renderNodeStatus() {
+  const st = await api("/api/dicom-node"); const el = $("node-status");
+  el.classList.toggle("hidden", !st.exists); if (!st.exists) return;
+  const waiting = st.outbox.length, bad = st.undeliverable;
+  const rows = st.outbox.filter((o) => o.undeliverable).map((o) => `<li>series ${esc(o.series)}: ${o.attempts} attempts over ${Math.round(o.waiting_s / 60)} min${o.last_error ? ` (${esc(o.last_error)})` : ""}</li>`).join("");
+  el.innerHTML = `<h3>DICOM node</h3><p class="${bad ? "error" : "muted"}">${st.done} series contoured · ${waiting} result(s) waiting to be sent${bad ? ` · <strong>${bad} NOT DELIVERED</strong>` : ""} · ${st.failed.length} failed</p>${rows ? `<ul class="error">${rows}</ul>` : ""}`;
+}
+$("user-rows").addEventListener("click", async (e) => {
+  const b = e.target.closest("button.revoke"); if (!b) return;
+  try { const r = await api(`/api/users/${b.dataset.id}/sessions`, { method: "DELETE" }); toast(`${r.revoked} session(s) and token(s) revoked`); }
+  catch (err) { toast(err.message); }
+});
 $("users-btn").addEventListener("click", async () => { await renderUsers(); $("users-dialog").showModal(); });
 $("users-close").addEventListener("click", () => $("users-dialog").close());
 $("user-form").addEventListener("submit", async (e) => {
