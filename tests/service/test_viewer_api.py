@@ -128,7 +128,7 @@ def test_edit_and_review_make_a_new_version(client):
     assert row["review"]["state"] == "approved" and row["review"]["at"]
     assert client.put(f"/api/studies/{sid}/reviews/{name}", json={"state": "maybe"}).status_code == 422
     summary = client.get(f"/api/studies/{sid}/results/summary").json()
-    assert summary["structures"][name]["review"]["state"] == "approved"
+    assert summary["structures"][name]["approval"]["state"] == "approved"
     ctx = client.app.state.ctx
     from sqlalchemy import select
 
@@ -292,3 +292,30 @@ def test_send_to_a_destination(client, tps):
     carol = TestClient(client.app)
     carol.post("/api/auth/login", json={"username": "carol", "password": "carol-password"})
     assert carol.put("/api/send/destinations/X", json={"address": tps["address"]}).status_code == 403
+
+
+def test_flags_and_quality_reach_the_structure_table(client):
+    """Anatomy-check flags and the model's quality estimate in summary.json come out per structure
+    (the page lists flagged structures first, with a warning sign)."""
+    import json
+
+    sid = upload(client, [("ct.nii.gz", nifti_bytes(16))]).json()["id"]
+    job = client.post(f"/api/studies/{sid}/jobs", json={}).json()["id"]
+    assert wait_job(client, job)["state"] == "done"
+    ctx = client.app.state.ctx
+    path = ctx.storage.results_dir(sid, job) / "summary.json"
+    summary = json.loads(path.read_text())
+    names = list(summary["structures"])
+    summary["structures"][names[-1]]["flags"] = ["left/right swapped?"]
+    summary["structures"][names[0]].update(quality=0.31, review=True)
+    summary["checks"] = [{"name": "laterality", "passed": False, "message": "left/right swapped?"}]
+    path.write_text(json.dumps(summary))
+    d = client.get(f"/api/studies/{sid}").json()
+    rows = {s["name"]: s for s in d["structures"]}
+    assert rows[names[-1]]["flags"] == ["left/right swapped?"]
+    assert rows[names[0]]["quality"] == {"quality": 0.31, "review": True} and rows[names[0]]["review"] is None
+    assert d["checks"][0]["passed"] is False
+    # a reviewer's mark does not clobber the model's needs-review flag
+    client.put(f"/api/studies/{sid}/reviews/{names[0]}", json={"state": "needs_work"})
+    row = next(s for s in client.get(f"/api/studies/{sid}").json()["structures"] if s["name"] == names[0])
+    assert row["review"]["state"] == "needs_work" and row["quality"]["review"] is True

@@ -159,10 +159,11 @@ def _update_summary(d: Path, state: dict) -> None:
                 s["volume_cm2"] = round(size / 100.0, 3)
             s["empty"] = not bool(m.any())
             s["edited"] = True
+        # the reviewer's mark ("review" is the model's own needs-review flag, beside "quality")
         if name in state["reviews"]:
-            s["review"] = state["reviews"][name]
+            s["approval"] = state["reviews"][name]
         else:
-            s.pop("review", None)
+            s.pop("approval", None)
     summary["edit_version"] = state["version"]
     p.write_text(json.dumps(summary, indent=2) + "\n")
 

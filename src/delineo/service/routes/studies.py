@@ -93,10 +93,22 @@ class StudyDetail(StudyOut):
     checks: list[dict[str, Any]] = []
 
 
+def _quality(s: dict) -> dict[str, Any] | None:
+    """The model's quality estimate of a structure (``quality`` 0..1, ``review``: below the
+    model's threshold), as the summary has it."""
+    q = s.get("quality")
+    if isinstance(q, dict):
+        return q
+    if isinstance(q, (int, float)):
+        return {"quality": float(q), "review": bool(s.get("review")) if isinstance(s.get("review"), bool) else False}
+    return None
+
+
 def structures_of(ctx: ServiceContext, study: Study, job: Job | None) -> list[StructureOut]:
     if job is None:
         return []
     out = current_results(ctx, study, job)
+    reviews = review.read_state(ctx.storage.study_dir(study.id), job.id).get("reviews", {})
     try:
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
@@ -112,7 +124,7 @@ def structures_of(ctx: ServiceContext, study: Study, job: Job | None) -> list[St
         flags = [str(f) for f in s.get("flags", []) or []]
         rows.append(StructureOut(name=name, color=list(structure_color(name, i)), roi_type=s.get("roi_type"),
                                  volume=s.get("volume_cc", s.get("volume_cm2")), unit=unit, empty=s.get("empty"),
-                                 flags=flags, quality=s.get("quality"), review=s.get("review"), edited=bool(s.get("edited"))))
+                                 flags=flags, quality=_quality(s), review=reviews.get(name), edited=bool(s.get("edited"))))
     return rows
 
 

@@ -331,7 +331,7 @@ $("delete-btn").addEventListener("click", async () => {
 // ---- structures table --------------------------------------------------------------------------
 function flagsOf(s) {
   const f = [...(s.flags || [])];
-  if (s.quality && (s.quality.flag || s.quality.flagged)) f.push(s.quality.message || s.quality.flag || "low quality estimate");
+  if (s.quality && s.quality.review) f.push(`check: quality estimate ${Number(s.quality.quality).toFixed(2)}`);
   if (s.review && s.review.state === "needs_work") f.push(`needs work (${s.review.user})`);
   return f;
 }
