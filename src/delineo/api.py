@@ -19,6 +19,7 @@ from delineo.contours.overview import write_overview
 from delineo.data.io import Image, read_image, write_mask
 from delineo.errors import InputError
 from delineo.inference.predictor import Predictor, with_model_pixel_spacing
+from delineo.inference.quality import quality_text
 from delineo.metrics.evaluate import evaluate
 from delineo.metrics.segmentation import volume_cc
 from delineo.models.registry import available_models
@@ -68,7 +69,7 @@ def contour_image(
     seg_dir = out_dir / "segmentations"
     seg_dir.mkdir(parents=True, exist_ok=True)
     _report(progress, "model", 0.2)
-    masks = predictor.predict(image, structures)
+    masks, quality = predictor.predict_with_quality(image, structures)
     checks = anatomy_checks(masks, image.affine, image.array) if image.array.ndim == 3 else []
     flags = flagged_structures(checks)
     for check in checks:
@@ -93,14 +94,21 @@ def contour_image(
                 "empty": not bool(mask.any()),
                 "file": files[name],
                 "flags": flags.get(name, []),
+                **({"quality": quality[name]["quality"], "review": quality[name]["review"]} if "quality" in quality.get(name, {}) else {}),
             }
             for name, mask in masks.items()
         },
         "checks": [c.to_dict() for c in checks],
         "checks_passed": all(c.passed for c in checks),
     }
+    review = {n: f"(quality {q['quality']:.2f})" for n, q in quality.items() if q.get("review")}
+    for name in review:
+        log.warning("quality estimate for %s in %s: %s", name, source or "image", quality_text(quality[name]))
+    if predictor.quality is not None:
+        summary["quality_threshold"] = predictor.quality.threshold
     if overview:
-        summary["overview"] = [str(p) for p in write_overview(image, masks, out_dir, title=f"{Path(source).name} — {predictor.bundle.name}")]
+        summary["overview"] = [str(p) for p in write_overview(image, masks, out_dir, title=f"{Path(source).name} — {predictor.bundle.name}",
+                                                              review=review)]
     predictor.timings["write"] = time.perf_counter() - t0
     if series is not None:
         from delineo.dicom.rtstruct import write_rtstruct
@@ -110,6 +118,9 @@ def contour_image(
         t1 = time.perf_counter()
         roi_types = predictor.bundle.meta.get("roi_types", {})
         descriptions = {n: "CHECK FAILED: " + "; ".join(m) for n, m in flags.items()}
+        for n, q in quality.items():  # the planning system shows the estimate beside the contour
+            if "quality" in q:
+                descriptions[n] = "; ".join(filter(None, [descriptions.get(n), "delineo " + quality_text(q)]))
         summary["rtstruct"] = str(write_rtstruct(series, masks, out_dir / "rtstruct.dcm", roi_types=roi_types,
                                                  label=predictor.bundle.name, roi_descriptions=descriptions))
         predictor.timings["rtstruct"] = time.perf_counter() - t1

@@ -90,6 +90,45 @@ def evaluate(
         typer.echo(f"validation metrics recorded in {card}")
 
 
+@app.command("quality-fit")
+def quality_fit(
+    model: str = typer.Option(..., "--model", "-m", help="Bundled model name or model folder (quality.json is written into it)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Cases the model did NOT train on, with reference contours."),
+    cases: Optional[str] = typer.Option(None, "--cases", help="Comma-separated case ids (default: all)."),
+    split: Optional[str] = typer.Option(None, "--split", help="'val': only the cases the model held out for validation (from its model.json)."),
+    folds: int = typer.Option(5, "--folds", help="Cross-fitting folds over the cases (the figures are out-of-fold)."),
+    alpha: float = typer.Option(1.0, "--alpha", help="Ridge penalty of the calibration."),
+    sensitivity: float = typer.Option(0.9, "--sensitivity", help="Review threshold: flag at least this share of contours with Dice < 0.7."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the out-of-fold measurement (JSON) here."),
+) -> None:
+    """Fit the model's per-structure quality estimate (estimated Dice, review flag) on held-out cases
+    and store it as quality.json in the model folder; run it again after retraining the model."""
+    from delineo.errors import InputError
+    from delineo.inference.quality import fit_quality
+    from delineo.models.registry import resolve_model
+
+    selected = _structures(cases)
+    if split is not None:
+        if split != "val":
+            raise InputError(None, f"--split must be 'val', got {split!r}")
+        selected = json.loads((resolve_model(model) / "model.json").read_text()).get("training", {}).get("data", {}).get("val_cases")
+        if not selected:
+            raise InputError(resolve_model(model) / "model.json", "records no validation cases (trained with a separate val folder?)")
+    command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    result = fit_quality(model, data, cases=selected, folds=folds, alpha=alpha, sensitivity=sensitivity, device=device, command=command)
+    m = result["out_of_fold"]
+    typer.echo(f"{'structure':<14}{'spearman':>9}{'MAE':>8}{'AUROC<0.7':>11}{'n':>5}")
+    for name, a in [*m["structures"].items(), ("overall", m["overall"])]:
+        f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        typer.echo(f"{name:<14}{f(a['spearman']):>9}{f(a['mae']):>8}{f(a['auroc_dice_below_0.7']):>11}{a['n']:>5}")
+    typer.echo(f"out-of-fold over {result['n_cases']} cases ({result['folds']} folds); review threshold {result['threshold']:.3f}; "
+               f"written to {result['path']}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 @app.command()
 def contour(
     input: Path = typer.Argument(..., help="CT as NIfTI (.nii/.nii.gz), a DICOM CT series (folder or zip), or a 2D PNG X-ray."),
@@ -141,6 +180,9 @@ def bench_contour(
     for stage, sec in report["seconds"].items():
         typer.echo(f"  {stage:<12}{sec:>9.3f} s")
     typer.echo(f"  {'total':<12}{report['seconds_total']:>9.3f} s   peak RSS {report['peak_rss_mb']:.0f} MB")
+    if "quality_estimate" in report:
+        typer.echo(f"quality estimate: {report['quality_estimate']['seconds']:.3f} s, "
+                   f"{report['quality_estimate']['fraction_of_contouring_without_it']:.1%} of contouring without it")
     if "slow_path" in report:
         sp = report["slow_path"]
         typer.echo(f"nnU-Net-style path ({sp['description']}): {sp['seconds_total']:.3f} s total, {sp['seconds_model']:.3f} s model "

@@ -48,6 +48,8 @@ GUIDE: list[Entry] = [
     Entry("train", OWN, "Train a model from a YAML config (resumes when re-run).", "delineo train --config configs/my-model.yaml"),
     Entry("evaluate", OWN, "Contour every case of a dataset and compare with its reference contours.",
           "delineo evaluate --model models/my-model --data dataset/ --out report.json"),
+    Entry("quality-fit", OWN, "Fit a model's quality estimate (estimated Dice, review flag) on cases it did not train on.",
+          "delineo quality-fit --model models/my-model --data dataset-val/"),
     Entry("worker", DEPLOY, "Take contouring jobs from the Redis queue (scale-out beside delineo serve).",
           "DELINEO_QUEUE=redis://127.0.0.1:6379/0 delineo worker"),
     Entry("stress", DEPLOY, "Drive a running server with concurrent users; report throughput, latency, errors.",

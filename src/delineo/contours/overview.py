@@ -59,6 +59,7 @@ def write_overview(
     per_view: bool = True,
     dashed: dict[str, np.ndarray] | None = None,
     line_labels: tuple[str, str] = ("given", "model"),
+    review: dict[str, str] | None = None,
 ) -> list[Path]:
     """Write ``overview.png`` (all views side by side) and, for 3D, ``overview_<view>.png``.
 
@@ -66,7 +67,9 @@ def write_overview(
     on the same grid (e.g. a model's prediction beside the given contours), drawn dashed in the
     same colours; ``line_labels`` names the solid and dashed sets in the legend.
     window: (level, width) of the display window; default soft tissue (40, 400) HU for 3D and
-    the full range for 2D images. Returns the written paths.
+    the full range for 2D images. review: ``{roi_name: note}`` for the structures to check first
+    (e.g. a low quality estimate): marked in the legend in red, ``"! <name> REVIEW <note>"``, and
+    listed first. Returns the written paths.
     """
     import matplotlib
 
@@ -79,8 +82,11 @@ def write_overview(
     dashed = dashed or {}
     names = list(dict.fromkeys([*masks, *dashed]))
     colors = {n: np.array(structure_color(n, i)) / 255.0 for i, n in enumerate(names)}
-    handles = [Line2D([0], [0], color=colors[n], lw=3, label=n) for n in names
-               if (n in masks and masks[n].any()) or (n in dashed and dashed[n].any())]
+    review = review or {}
+    shown = [n for n in names if (n in masks and masks[n].any()) or (n in dashed and dashed[n].any()) or n in review]
+    shown = sorted(shown, key=lambda n: n not in review)  # flagged first
+    handles = [Line2D([0], [0], color=colors[n], lw=3, label=f"! {n} REVIEW {review[n]}".rstrip() if n in review else n)
+               for n in shown]
     if dashed and handles:
         handles += [Line2D([0], [0], color="0.3", lw=1.2, ls=ls, label=lab) for ls, lab in zip(("-", "--"), line_labels)]
 
@@ -120,7 +126,7 @@ def write_overview(
     for ax, panel in zip(axes[0], panels):
         draw(ax, *panel)
     if handles:
-        fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+        _mark_review(fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False), review)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0, 0.86 if handles else 1, 0.95))
     path = out_dir / "overview.png"
@@ -133,10 +139,17 @@ def write_overview(
             fig, ax = plt.subplots(figsize=(6.2, 5.2))
             draw(ax, *panel)
             if handles:
-                ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+                _mark_review(ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False), review)
             fig.tight_layout()
             p = out_dir / f"overview_{name}.png"
             fig.savefig(p, dpi=100, facecolor="white")
             plt.close(fig)
             written.append(p)
     return written
+
+
+def _mark_review(legend, review: dict[str, str]) -> None:
+    for text in legend.get_texts():
+        if text.get_text().startswith("! "):
+            text.set_color("#c00000")
+            text.set_fontweight("bold")

@@ -159,6 +159,10 @@ class Predictor:
         self.threshold = float(cfg.get("threshold", 0.5) if threshold is None else threshold)
         self.amp = bool(self.device.type == "cuda" if amp is None else amp)
         self.timings: dict[str, float] = {}
+        from delineo.inference.quality import load_quality
+
+        #: the model's quality estimator (``quality.json`` in its folder), None when it has none
+        self.quality = load_quality(self.bundle.path)
 
     @property
     def structures(self) -> list[str]:
@@ -182,6 +186,16 @@ class Predictor:
         axis permutation and flips from its affine; oblique images are refused) and the masks are
         put back in the input's own voxel order, so they land on the same patient voxels whatever
         order the array arrived in."""
+        return self.predict_with_quality(image, structures, features=False)[0]
+
+    def predict_with_quality(
+        self, image: Image, structures: Sequence[str] | None = None, *, features: bool | None = None, case: str | None = None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+        """:meth:`predict`'s masks and, per structure, the quality estimate from the same forward pass
+        (:mod:`delineo.inference.quality`): ``{roi_name: {"features": {...}, "quality": float, "review": bool}}``
+        (``quality``/``review`` only when the model has an estimator). ``features``: compute them
+        (default: when the model has an estimator). ``case``: a case the estimator was fitted on gets
+        the calibrator that never saw it (honest figures in ``delineo evaluate``)."""
         spatial_dims = self.bundle.spec.spatial_dims
         if image.array.ndim != spatial_dims:
             raise InputError(None, f"model {self.bundle.name} expects {spatial_dims}D images, got shape {image.shape}")
@@ -189,6 +203,7 @@ class Predictor:
         unknown = sorted(set(wanted) - set(self.structures))
         if unknown:
             raise InputError(None, f"model {self.bundle.name} has no structure(s) {', '.join(unknown)}")
+        features = self.quality is not None if features is None else features
         t0 = time.perf_counter()
         reo = None
         if self.bundle.orientation:  # 3D: the array in the order the network was trained on
@@ -201,9 +216,24 @@ class Predictor:
         probs = resample(probs, image.shape, "linear")
         masks = (probs >= self.threshold).cpu().numpy()
         masks = keep_largest_components(masks, self.structures, self.bundle.postprocess.get("keep_largest", {}))
+        t3 = time.perf_counter()
+        index = {name: i for i, name in enumerate(self.structures)}
+        info: dict[str, dict[str, Any]] = {}
+        if features:  # orientation-free numbers: computed before the masks go back to the input's order
+            from delineo.inference.quality import structure_features
+
+            channels = [index[name] for name in wanted]
+            feats = structure_features(probs[channels], masks[channels], image.spacing_mm)
+            for name, f in zip(wanted, feats):
+                info[name] = {"features": {k: round(v, 6) for k, v in f.items()}}
+                if self.quality is not None:
+                    info[name].update(self.quality.estimate(name, f, case))
+        del probs
+        t4 = time.perf_counter()
         if reo is not None:  # back to the input's own voxel order: every voxel where it came from
             masks = reo.backward(masks)
-        t3 = time.perf_counter()
-        self.timings = {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2}
-        index = {name: i for i, name in enumerate(self.structures)}
-        return {name: masks[index[name]] for name in wanted}
+        t5 = time.perf_counter()
+        self.timings = {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": (t3 - t2) + (t5 - t4)}
+        if features:
+            self.timings["quality"] = t4 - t3
+        return {name: masks[index[name]] for name in wanted}, info

@@ -46,6 +46,10 @@ def evaluate(
     undefined: it is written as null and counted in ``n_distance_undefined``.
     ``bf16``: run the network under bfloat16 autocast (default: on CUDA only).
     ``progress``: a bar on a terminal, one line per case in a log (:mod:`delineo.progress`).
+    With a quality estimator in the model folder (:mod:`delineo.inference.quality`), each case's
+    structure has ``quality`` and ``review`` beside ``dice``, and ``report["quality"]`` says how well
+    the estimate follows Dice (Spearman, mean absolute error, AUROC for Dice < 0.7), per structure
+    and overall; cases the estimator was fitted on are estimated out-of-fold.
     Writes ``out`` (JSON) and a box plot ``<out stem>_dice.png`` beside it when ``out`` is given.
     """
     predictor = predictor or Predictor(str(model), device, amp=bf16)
@@ -59,13 +63,14 @@ def evaluate(
     dataset = open_dataset(data, wanted, cases, pixel_spacing_mm=spacing)
     per_case: list[dict[str, Any]] = []
     collected: dict[str, dict[str, list[float]]] = {s: {} for s in wanted}
+    quality_rows: list[dict[str, Any]] = []
     seconds = 0.0
     steps = Steps(len(dataset), "evaluate", unit="case") if progress else None
     for i in range(len(dataset)):
         sample = dataset[i]
         image = Image(sample["image"][0], sample["affine"])
         t0 = time.perf_counter()
-        masks = predictor.predict(image, wanted)
+        masks, quality = predictor.predict_with_quality(image, wanted, case=str(sample["case"]))
         seconds += time.perf_counter() - t0
         row: dict[str, Any] = {"case": sample["case"]}
         for c, name in enumerate(wanted):
@@ -73,6 +78,10 @@ def evaluate(
                 continue
             m = structure_metrics(masks[name], sample["label"][c], sample["spacing_mm"], tolerance_mm)
             row[name] = {k: _json_number(v) for k, v in m.items()}
+            if "quality" in quality.get(name, {}):
+                row[name]["quality"] = quality[name]["quality"]
+                row[name]["review"] = quality[name]["review"]
+                quality_rows.append({"structure": name, "quality": quality[name]["quality"], "dice": m["dice"]})
             for k, v in m.items():
                 collected[name].setdefault(k, []).append(v)
         per_case.append(row)
@@ -106,6 +115,17 @@ def evaluate(
         "precision": "bf16" if predictor.amp else "fp32",
         "tolerance_mm": tolerance_mm,
     }
+    if predictor.quality is not None:
+        from delineo.inference.quality import agreement_report
+
+        fitted_on = set(predictor.quality.calibrator.cases)
+        n_in = sum(1 for r in per_case if str(r["case"]) in fitted_on)
+        report["quality"] = {
+            **agreement_report(quality_rows, wanted, predictor.quality.threshold),
+            "threshold": predictor.quality.threshold,
+            "calibration": f"out-of-fold for the {n_in} case(s) the estimator was fitted on (each by the fold calibrator "
+                           f"that never saw it); the stored calibrator for the other {len(per_case) - n_in}",
+        }
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
