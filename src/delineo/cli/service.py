@@ -53,13 +53,17 @@ def serve(
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     typer.echo(f"delineo: web service at http://{shown}:{port}/  (data in {settings.home}, "
                f"queue {'embedded' if settings.embedded_queue else settings.queue}, API docs at /api/docs)")
-    node = None
+    node = audit_db = None
     if dicom_port is not None:
         from delineo.dicom.node import DicomNode, NodeConfig
+        from delineo.service.audit import node_recorder
+        from delineo.service.db import Database
 
+        audit_db = Database(settings.database_url)  # the node's receive/contour/forward/refuse rows in the access log
         node = DicomNode(NodeConfig(storage=Path(settings.home) / "dicom-node", port=dicom_port, host=host,
                                     allowed_ae=allowed, forward=destination,
-                                    idle_seconds=dicom_idle_seconds, model=dicom_model)).start()
+                                    idle_seconds=dicom_idle_seconds, model=dicom_model),
+                         on_event=node_recorder(audit_db)).start()
         typer.echo(f"delineo: DICOM node DELINEO on {shown}:{dicom_port}, accepting CT from "
                    f"{', '.join(allowed) if allowed else 'any AE title' + (' (loopback only)' if loopback else '')} "
                    f"(contours {'sent to ' + dicom_forward if dicom_forward else 'kept in ' + str(Path(settings.home) / 'dicom-node' / 'done')})")
@@ -68,6 +72,7 @@ def serve(
     finally:
         if node is not None:
             node.stop()
+            audit_db.dispose()
 
 
 @app.command()

@@ -31,6 +31,11 @@
 - A series that cannot be contoured is moved to ``failed/<study>/<series>.<UTC time>/`` (a new
   folder each time, never nested or overwritten) with ``error.txt``; the node goes on.
 - Logs name studies by UID and patients by a short hash of the Patient ID, never by name.
+- With ``on_event`` (``delineo serve --dicom-port``: :func:`delineo.service.audit.node_recorder`)
+  the node also writes the access log: ``receive`` once per series judged complete (calling AE
+  title, peer address), ``contour`` (or its failure), ``forward`` on each delivery (destination
+  AE title), ``refuse`` for refused instances (one row per association and reason, with the count)
+  and rejected associations. A standalone ``delineo dicom-node`` has no database and no access log.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -61,6 +66,7 @@ log = logging.getLogger("delineo.dicom.node")
 RECEIVING = ".receiving"  # an association is (or was, when the node died) writing this series
 INTERRUPTED = ".interrupted"  # the association that wrote it ended abnormally; holds the reason
 RECEIVED = "received.json"  # in done/<study>/<series>: which images the result was made from
+SENDER = ".sender.json"  # the calling AE title and address of the association that last wrote the series
 FAILED_SEND_PREFIX = "send-"  # failed/send-<series>: where older versions parked undeliverable results
 
 
@@ -149,11 +155,39 @@ def _failure_status(status: int, comment: str) -> Dataset:
     return ds
 
 
-class DicomNode:
-    """Storage SCP + contouring worker + forwarding SCU. ``start()`` returns once listening."""
+#: ``(action, ae_title, study_uid, patient_id, address, detail)``: the access-log callback
+EventRecorder = Callable[..., None]
 
-    def __init__(self, config: NodeConfig):
+
+def _peer(assoc) -> tuple[str, str | None]:
+    """The calling AE title and ``address:port`` of an association's requestor."""
+    req = getattr(assoc, "requestor", None)
+    ae = str(getattr(req, "ae_title", "") or "?").strip()
+    address = getattr(req, "address", None)
+    port = getattr(req, "port", None)
+    return ae, (f"{address}:{port}" if address and port else address)
+
+
+def _first_patient_id(folder: Path) -> str | None:
+    """The Patient ID of one image in ``folder`` (for the access log, which hashes it)."""
+    for f in sorted(folder.glob("*.dcm"))[:1]:
+        try:
+            return str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", "")) or None
+        except Exception:  # noqa: BLE001
+            return None
+    return None
+
+
+class DicomNode:
+    """Storage SCP + contouring worker + forwarding SCU. ``start()`` returns once listening.
+
+    ``on_event``: an optional access-log callback (:data:`EventRecorder`); failures in it are
+    logged and never stop the node."""
+
+    def __init__(self, config: NodeConfig, on_event: EventRecorder | None = None):
         self.cfg = config
+        self._on_event = on_event
+        self._refused: dict[int, dict[str, list]] = {}  # association id -> reason -> [count, study, patient id]
         self.root = Path(config.storage).resolve()
         for sub in ("incoming", "work", "done", "failed", "outbox"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -180,6 +214,36 @@ class DicomNode:
             raise DelineoError(f"not a DICOM UID: {study!r}/{series!r}")
         return self._inside(self.root / area / study / series)
 
+    # ---- access log ----------------------------------------------------------------------------
+    def _record(self, action: str, ae_title: str, study_uid: str | None = None, patient_id: str | None = None,
+                address: str | None = None, detail: str = "") -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(action, ae_title, study_uid if study_uid and is_valid_uid(study_uid) else None,
+                           patient_id or None, address, detail)
+        except Exception:  # noqa: BLE001 - the access log must not stop the node
+            log.exception("could not record %s in the access log", action)
+
+    def _note_refused(self, event, reason: str, ds=None) -> None:
+        """Count a refused instance for the access log (written when the association ends)."""
+        if self._on_event is None:
+            return
+        study = patient = None
+        if ds is not None:
+            try:
+                study, patient = str(ds.get("StudyInstanceUID", "")), str(ds.get("PatientID", ""))
+            except Exception:  # noqa: BLE001
+                pass
+        with self._lock:
+            entry = self._refused.setdefault(id(event.assoc), {}).setdefault(reason[:120], [0, study, patient])
+            entry[0] += 1
+
+    def _on_rejected(self, event) -> None:
+        ae, address = _peer(event.assoc)
+        log.warning("rejected an association from %s (%s)", ae, address)
+        self._record("refuse", ae, address=address, detail="association rejected (calling AE title not allowed)")
+
     # ---- receiving ---------------------------------------------------------------------------
     def _on_echo(self, event) -> int:
         return 0x0000
@@ -191,14 +255,17 @@ class DicomNode:
             ds.file_meta = event.file_meta
         except Exception as exc:  # the dataset does not decode at all
             log.warning("refused an instance from %s: it does not decode (%s)", peer, type(exc).__name__)
+            self._note_refused(event, f"dataset does not decode ({type(exc).__name__})")
             return _failure_status(0xC000, f"dataset does not decode ({type(exc).__name__})")
         try:
             if str(ds.get("Modality", "")) != "CT" or str(ds.get("SOPClassUID", "")) != CT_IMAGE_STORAGE:
                 log.warning("refused instance of modality %s from %s", ds.get("Modality", "?"), peer)
+                self._note_refused(event, f"only CT Image Storage is accepted (got {str(ds.get('Modality', '?'))[:16]})", ds)
                 return _failure_status(0xA900, "only CT Image Storage is accepted")
             problem = instance_problem(ds, event.request.AffectedSOPInstanceUID)
             if problem:
                 log.warning("refused an instance from %s: %s", peer, problem)
+                self._note_refused(event, problem, ds)
                 return _failure_status(0xC000, problem)
             study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
             folder = self._series_dir("incoming", study, series)
@@ -212,6 +279,8 @@ class DicomNode:
                 if first_here:
                     folder.mkdir(parents=True, exist_ok=True)
                     (folder / RECEIVING).write_text(json.dumps({"since": time.time(), "from": str(peer)}))
+                    ae, address = _peer(event.assoc)
+                    (folder / SENDER).write_text(json.dumps({"ae_title": ae, "address": address}))
             if new_series:
                 log.info("receiving series %s (patient %s)", series, patient_tag(ds))
             _durable_write(ds, target)
@@ -220,6 +289,7 @@ class DicomNode:
             return 0x0000
         except Exception as exc:  # never let one bad instance take the node down
             log.error("could not store an instance from %s: %s: %s", peer, type(exc).__name__, exc)
+            self._note_refused(event, f"could not store ({type(exc).__name__})")
             return _failure_status(0xA700, f"could not store ({type(exc).__name__})")
 
     def _on_conn_close(self, event) -> None:
@@ -241,6 +311,12 @@ class DicomNode:
                     log.warning("series %s: the association from %s ended abnormally (%d images so far); "
                                 "waiting for the sender to resend it", folder.name, getattr(assoc.requestor, "ae_title", "?"), n)
                 self._last_seen[folder] = time.monotonic()
+            refused = self._refused.pop(id(assoc), {})
+        if refused:
+            ae, address = _peer(assoc)
+            for reason, (count, study, patient) in refused.items():
+                self._record("refuse", ae, study, patient, address,
+                             f"{count} instance{'s' if count != 1 else ''} refused: {reason}")
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "DicomNode":
@@ -249,7 +325,8 @@ class DicomNode:
         ae.add_supported_context(CTImageStorage, ALL_TRANSFER_SYNTAXES)
         if self.cfg.allowed_ae:
             ae.require_calling_aet = list(self.cfg.allowed_ae)
-        handlers = [(evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_CLOSE, self._on_conn_close)]
+        handlers = [(evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_CLOSE, self._on_conn_close),
+                    (evt.EVT_REJECTED, self._on_rejected)]
         self._recover()
         self._server = ae.start_server((self.cfg.host, int(self.cfg.port)), block=False, evt_handlers=handlers)
         for target in (self._watch_series, self._send_outbox):
@@ -352,16 +429,37 @@ class DicomNode:
         """A series claimed from incoming: fail it if interrupted, recognise a resend, else contour."""
         study, series = work.parent.name, work.name
         interrupted = work / INTERRUPTED
+        done = self._series_dir("done", study, series)
+        if self._on_event is not None:
+            n = len(list(work.glob("*.dcm")))
+            detail = (f"series {series}: {n} images, incomplete (not resent in time): not contoured" if interrupted.exists() else
+                      f"series {series}: {n} images, a resend of a contoured series: not contoured again" if done.exists() else
+                      f"series {series}: {n} images")
+            self._record_series("receive", study, self._sender(work), detail)
         if interrupted.exists():
             why = interrupted.read_text().strip()
             self._fail(work, study, series, f"incomplete series: {why}, and it was not resent within "
                                             f"{self.cfg.incomplete_hold_s:.0f} s; resend the whole series")
             return
-        done = self._series_dir("done", study, series)
         if done.exists():
             self._resend(work, done, study, series)
             return
         self._contour(work)
+
+    def _sender(self, folder: Path) -> dict:
+        """Who sent the series in ``folder`` (AE title, address) and its Patient ID, for the access log."""
+        if self._on_event is None:
+            return {}
+        try:
+            sender = json.loads((folder / SENDER).read_text())
+        except (OSError, ValueError):
+            sender = {}
+        sender["patient_id"] = _first_patient_id(folder)
+        return sender
+
+    def _record_series(self, action: str, study: str, sender: dict, detail: str) -> None:
+        if self._on_event is not None:
+            self._record(action, sender.get("ae_title") or "?", study, sender.get("patient_id"), sender.get("address"), detail)
 
     def _resend(self, work: Path, done: Path, study: str, series: str) -> None:
         earlier = _received_record(done)
@@ -417,6 +515,7 @@ class DicomNode:
         for marker in (RECEIVING, INTERRUPTED):
             (work / marker).unlink(missing_ok=True)
         out = self._series_dir("done", study, series)
+        sender = self._sender(work)  # read before the folder moves
         t0 = time.perf_counter()
         try:
             from delineo.api import contour_image
@@ -431,6 +530,7 @@ class DicomNode:
             _remove_if_empty(out.parent)
             reason = str(exc) if isinstance(exc, DelineoError) else f"{type(exc).__name__}: {exc}"
             self._fail(work, study, series, reason.replace(str(work), "<series>"))
+            self._record_series("contour", study, sender, f"series {series}: failed: {reason.replace(str(work), '<series>')}")
             return
         record = {"sop_instance_uids": sorted(ct.sop_instance_uids), "images": len(ct.datasets),
                   "contoured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -442,6 +542,8 @@ class DicomNode:
         seconds = time.perf_counter() - t0
         log.info("series %s contoured in %.1f s (%d images, %d structures)", series, seconds, len(ct.datasets), len(summary["structures"]))
         self.events.append({"series": series, "state": "contoured", "seconds": round(seconds, 3), "images": len(ct.datasets)})
+        self._record_series("contour", study, sender, f"series {series}: {len(summary['structures'])} structures, "
+                            f"model {summary.get('model', '?')}, {seconds:.1f} s")
         if self.cfg.forward is None:
             return
         outbox = self._inside(self.root / "outbox" / series)
@@ -492,6 +594,11 @@ class DicomNode:
         name = state.get("series", item.parent.name)
         ok, why = self._send(item.parent)
         if ok:
+            if self._on_event is not None:
+                ae_title, host, port = self.cfg.forward
+                files = sorted(p.name for p in item.parent.glob("*.dcm"))
+                self._record("forward", ae_title, state.get("study"), _first_patient_id(item.parent), f"{host}:{port}",
+                             f"series {name}: {', '.join(files)} (attempt {state['attempts'] + 1})")
             shutil.rmtree(item.parent)
             waited = time.time() - state.get("received_at", now)
             (log.warning if state.get("undeliverable") else log.info)(

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("delineo.service.audit")
 
 #: what the log records (``action`` column)
-ACTIONS = ("upload", "view", "download", "contour", "delete", "retention-delete", "receive", "forward",
+ACTIONS = ("upload", "view", "download", "contour", "delete", "retention-delete", "receive", "forward", "refuse",
            "login-failed", "login-refused")
 
 

@@ -64,7 +64,7 @@ def _iso(dt: datetime) -> str:
 
 Since = Query(None, description="only events at or after this time (ISO 8601)")
 Until = Query(None, description="only events before this time (ISO 8601)")
-Action = Query(None, description="only this action (upload, view, download, contour, delete, retention-delete, receive, forward, login-failed, login-refused)")
+Action = Query(None, description="only this action (upload, view, download, contour, delete, retention-delete, receive, forward, refuse, login-failed, login-refused)")
 Actor = Query(None, description="only this user name or AE title")
 StudyQ = Query(None, description="only this study (id, or Study Instance UID for the DICOM node)")
 

@@ -38,6 +38,7 @@ async function showApp(user) {
   state.user = user;
   $("username").textContent = user.username + (user.is_admin ? " (admin)" : "");
   $("users-btn").classList.toggle("hidden", !user.is_admin);
+  $("audit-link").classList.toggle("hidden", !user.is_admin);
   $("login-view").classList.add("hidden"); $("userbox").classList.remove("hidden"); $("app-view").classList.remove("hidden");
   state.models = await api("/api/models");
   await loadDestinations();
