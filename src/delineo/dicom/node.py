@@ -541,6 +541,9 @@ class DicomNode:
             shutil.rmtree(work, ignore_errors=True)
         seconds = time.perf_counter() - t0
         log.info("series %s contoured in %.1f s (%d images, %d structures)", series, seconds, len(ct.datasets), len(summary["structures"]))
+        flagged = [f"{n} {s['quality']:.2f}" for n, s in summary["structures"].items() if s.get("review")]
+        if flagged:  # the model's quality estimate (issue 21): the contours to check first
+            log.warning("series %s: review first (quality estimate below %.2f): %s", series, summary.get("quality_threshold", 0), ", ".join(flagged))
         self.events.append({"series": series, "state": "contoured", "seconds": round(seconds, 3), "images": len(ct.datasets)})
         self._record_series("contour", study, sender, f"series {series}: {len(summary['structures'])} structures, "
                             f"model {summary.get('model', '?')}, {seconds:.1f} s")
