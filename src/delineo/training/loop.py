@@ -57,10 +57,10 @@ class PreparedCases(Dataset):
     ``transform`` (MONAI, dict-based) is applied to a copy on every access.
     """
 
-    def __init__(self, dataset: SegmentationDataset, preprocess_spec: dict[str, Any], desc: str = "loading"):
+    def __init__(self, dataset: SegmentationDataset, preprocess_spec: dict[str, Any], desc: str = "loading", quiet: bool = False):
         self.items: list[dict[str, Any]] = []
         self.transform: Callable | None = None
-        for i in tqdm(range(len(dataset)), desc=desc, leave=False, disable=None):
+        for i in tqdm(range(len(dataset)), desc=desc, leave=False, disable=True if quiet else None):
             s = dataset[i]
             self.items.append(
                 {
@@ -299,10 +299,26 @@ def hardware_description(device: torch.device) -> str:
 
 
 def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str | None = None) -> Path:
-    """Train a model from a config (object or YAML path); return the model folder."""
+    """Train a model from a config (object or YAML path); return the model folder.
+
+    Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) the N processes train one model
+    with DistributedDataParallel (:mod:`delineo.training.distributed`); process 0 alone validates
+    and writes the model folder and the checkpoint."""
+    from delineo.training.distributed import setup
+
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config)
+    dist_info, device = setup(resolve_device(cfg.training.device))
+    try:
+        return _train(cfg, device, dist_info, resume=resume, command=command)
+    finally:
+        dist_info.close()
+
+
+def _train(cfg: TrainConfig, device: torch.device, dist_info, *, resume: bool, command: str | None) -> Path:
+    from delineo.training.distributed import check_weighting, epoch_seed
+
     t = cfg.training
-    device = resolve_device(t.device)
+    main = dist_info.is_main  # process 0 (the only one without torchrun): validates, writes, logs
     if t.threads:
         torch.set_num_threads(int(t.threads))
     seed_everything(t.seed)
@@ -335,8 +351,8 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     if not val_ds.presence_matrix().any():
         raise ConfigError(f"{val_ds.root}: no validation case has any of the structures {', '.join(structures)} contoured")
     train_ds = open_dataset(cfg.data.train, structures, train_ids, cfg.data.pixel_spacing_mm, orientation)
-    train_cases = PreparedCases(train_ds, cfg.preprocess, "loading training cases")
-    val_cases = PreparedCases(val_ds, cfg.preprocess, "loading validation cases")
+    train_cases = PreparedCases(train_ds, cfg.preprocess, "loading training cases", quiet=not main)
+    val_cases = PreparedCases(val_ds, cfg.preprocess, "loading validation cases") if main else None
 
     noise_records = None
     if t.label_noise:
@@ -377,11 +393,18 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
 
     # ---- model, loss, weighting, optimiser ---------------------------------------------------
     network, weighting, loss_fn, optimizer = build_training_parts(cfg, spec, device, n_samples=len(train_cases))
+    check_weighting(weighting, dist_info)
     init_record = _init_weights(network, t.init_weights, structures) if t.init_weights else None
     generator = torch.Generator().manual_seed(t.seed)
+    sampler = None
+    if dist_info.enabled:  # each process its share of the cases, reshuffled by (seed, epoch)
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_cases, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=t.seed)
     # MONAI's DataLoader re-seeds the random transforms in every worker
     loader = DataLoader(
-        train_cases, batch_size=t.batch_size, shuffle=True, drop_last=len(train_cases) >= t.batch_size,
+        train_cases, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=(len(train_cases) if sampler is None else sampler.num_samples) >= t.batch_size,
         num_workers=t.num_workers, generator=generator, collate_fn=_collate,
     )
     steps_per_epoch = t.steps_per_epoch or max(1, len(loader))
@@ -406,9 +429,16 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
             torch.set_rng_state(ckpt["torch_rng"])
             np.random.set_state(ckpt["numpy_rng"])
             random.setstate(ckpt["python_rng"])
-            print(f"resuming {cfg.name} from epoch {state['epoch']} ({ckpt_path})", file=sys.stderr)
-        else:
+            if main:
+                print(f"resuming {cfg.name} from epoch {state['epoch']} ({ckpt_path})", file=sys.stderr)
+        elif main:
             print(f"checkpoint {ckpt_path} is for a different config: starting afresh", file=sys.stderr)
+    model = network  # what the training step calls: the network, or its DistributedDataParallel wrapper
+    if dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # built after the weights are in place (all processes loaded the same ones); it broadcasts process 0's
+        model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
 
     meta = {
         "name": cfg.name,
@@ -425,17 +455,22 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
             "command": command or "delineo train --config <config>",
             "seed": t.seed,
             "device": str(device),
-            "hardware": hardware_description(device),
+            "hardware": hardware_description(device) if not dist_info.enabled else f"{dist_info.world_size} processes ({dist_info.backend}), each {hardware_description(device)}",
             "parameters": count_parameters(network),
             "label_noise": [asdict(r) for r in noise_records] if noise_records else None,
             "init_weights": init_record,
         },
     }
+    if dist_info.enabled:
+        meta["training"]["processes"] = {
+            "world_size": dist_info.world_size, "backend": dist_info.backend, "batch_size_per_process": t.batch_size,
+            "note": "DistributedDataParallel: gradients averaged over the processes; one step trains on world_size x batch_size patches",
+        }
 
     # ---- loop ------------------------------------------------------------------------------
     autocast = autocast_context(device, amp)
-    patch_voxels = int(np.prod(patch)) * t.batch_size
-    bar = tqdm(range(state["epoch"], t.epochs), desc=f"train {cfg.name}", initial=state["epoch"], total=t.epochs, disable=None)
+    patch_voxels = int(np.prod(patch)) * t.batch_size * dist_info.world_size  # all processes together
+    bar = tqdm(range(state["epoch"], t.epochs), desc=f"train {cfg.name}", initial=state["epoch"], total=t.epochs, disable=None if main else True)
     for epoch in bar:
         t_start = time.perf_counter()  # the epoch's time includes scoring the training labels, if any
         if weighting.wants_scores(epoch):  # e.g. agreement selection: score every training label first
@@ -444,23 +479,34 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
         network.train()
         weighting.train()
         losses = []
-        # augmentation randomness is a function of (seed, epoch): a resumed run repeats it exactly
-        train_cases.transform.set_random_state(seed=t.seed * 100_003 + epoch)
+        # augmentation randomness is a function of (seed, epoch) (and of the process): a resumed run repeats it exactly
+        train_cases.transform.set_random_state(seed=epoch_seed(t.seed, epoch, dist_info.rank))
+        if sampler is not None:
+            sampler.set_epoch(epoch * 100_003)
         it = iter(loader)
-        for _ in range(steps_per_epoch):
+        for k in range(steps_per_epoch):
             try:
                 batch = next(it)
             except StopIteration:
+                if sampler is not None:
+                    sampler.set_epoch(epoch * 100_003 + k)
                 it = iter(loader)
                 batch = next(it)
-            losses.append(training_step(network, weighting, loss_fn, optimizer, batch, device, autocast))
+            losses.append(training_step(model, weighting, loss_fn, optimizer, batch, device, autocast))
             scheduler.step()
         step_s = (time.perf_counter() - t_start) / steps_per_epoch
+        epoch_loss = float(np.mean(losses))
+        if dist_info.enabled:  # the mean over all processes' steps
+            import torch.distributed as dist
+
+            total = torch.tensor([epoch_loss], dtype=torch.float64, device=device)
+            dist.all_reduce(total)
+            epoch_loss = float(total.item()) / dist_info.world_size
         record: dict[str, Any] = {
-            "epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
+            "epoch": epoch + 1, "loss": epoch_loss, "lr": optimizer.param_groups[0]["lr"],
             "steps_per_s": round(1.0 / step_s, 4), "voxels_per_s": round(patch_voxels / step_s),
         }
-        if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
+        if main and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs):
             v = validate(network, val_cases, meta["inference"], device, amp)
             record["val_dice"] = v["per_structure"]
             record["val_mean_dice"] = v["mean"]
@@ -478,6 +524,9 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
         record["train_seconds"] = round(state["seconds"], 1)  # cumulative wall time, for the learning curve
         state["history"].append(record)
         state["epoch"] = epoch + 1
+        if not main:  # process 0 validates and writes the checkpoint; the others wait for it
+            dist_info.barrier()
+            continue
         if "val_dice" in record:
             write_learning_curve(state["history"], structures, output, meta["training"]["hardware"])
         bar.set_postfix(loss=f"{record['loss']:.4f}", val_dice=f"{record.get('val_mean_dice', float('nan')):.3f}")
@@ -498,7 +547,11 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
             work_dir / (CHECKPOINT + ".tmp"),
         )
         (work_dir / (CHECKPOINT + ".tmp")).replace(ckpt_path)
+        dist_info.barrier()
 
+    if not main:
+        dist_info.barrier()  # until process 0 has written the model folder
+        return output
     # final metadata: timing and history beside the weights of the best epoch
     final = json.loads((output / "model.json").read_text())
     final["training"]["epochs"] = t.epochs
@@ -514,6 +567,7 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     (output / "model.json").write_text(json.dumps(json_safe(final), indent=2) + "\n")
     (output / "history.json").write_text(json.dumps(json_safe(state["history"]), indent=1) + "\n")
     plot_curves(state["history"], structures, output / "training_curves.png")
+    dist_info.barrier()
     return output
 
 
