@@ -279,8 +279,9 @@ class DicomNode:
                 if first_here:
                     folder.mkdir(parents=True, exist_ok=True)
                     (folder / RECEIVING).write_text(json.dumps({"since": time.time(), "from": str(peer)}))
-                    ae, address = _peer(event.assoc)
-                    (folder / SENDER).write_text(json.dumps({"ae_title": ae, "address": address}))
+                    if self._on_event is not None:
+                        ae, address = _peer(event.assoc)
+                        (folder / SENDER).write_text(json.dumps({"ae_title": ae, "address": address}))
             if new_series:
                 log.info("receiving series %s (patient %s)", series, patient_tag(ds))
             _durable_write(ds, target)
@@ -516,6 +517,7 @@ class DicomNode:
             (work / marker).unlink(missing_ok=True)
         out = self._series_dir("done", study, series)
         sender = self._sender(work)  # read before the folder moves
+        (work / SENDER).unlink(missing_ok=True)
         t0 = time.perf_counter()
         try:
             from delineo.api import contour_image
@@ -568,7 +570,7 @@ class DicomNode:
         while dest.exists():
             dest, n = base / f"{series}.{stamp}-{n}", n + 1
         os.rename(folder, dest)
-        for marker in (RECEIVING, INTERRUPTED):
+        for marker in (RECEIVING, INTERRUPTED, SENDER):
             (dest / marker).unlink(missing_ok=True)
         (dest / "error.txt").write_text(reason + "\n")
         _remove_if_empty(folder.parent)
