@@ -109,18 +109,36 @@ def stress(
     admin_password: Optional[str] = typer.Option(None, "--admin-password", envvar="DELINEO_ADMIN_PASSWORD", help="Their password."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the server's first 3D model, else 2D)."),
     size: int = typer.Option(32, "--size", help="Edge of the synthetic CT cube in voxels (16-128)."),
+    dicom: bool = typer.Option(False, "--dicom", help="Upload each CT as a zip of a DICOM series (one file per slice), not NIfTI."),
+    ct_dir: Optional[Path] = typer.Option(None, "--ct-dir", help="Upload real CTs read from CT_DIR/<case>/ct.nii.gz "
+                                          "(e.g. the OpenKBP validation set) instead of synthetic ones."),
+    inputs: int = typer.Option(8, "--inputs", help="Distinct CTs the uploads cycle through."),
     max_seconds: float = typer.Option(600.0, "--max-seconds", help="Stop waiting after this long."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report as JSON (and Markdown beside it)."),
+    machine: str = typer.Option("", "--machine", help="The machine, for the report (cores, memory, what else ran)."),
+    server_note: str = typer.Option("", "--server-note", help="How the server was run, for the report (database, queue, workers)."),
 ) -> None:
-    """Drive a running server with concurrent users uploading and contouring synthetic studies;
-    report throughput, p50/p95 upload-to-result time, errors and lost studies."""
+    """Drive a running server with concurrent users uploading and contouring studies (synthetic,
+    or real CTs with --ct-dir; NIfTI, or DICOM zips with --dicom); report throughput, p50/p95
+    upload-to-result time, errors and lost studies."""
+    import shlex
+    import sys
+
     from delineo.service.stress import run_stress, write_report
 
     report = run_stress(url, users=users, studies=studies, admin_user=admin_user, admin_password=admin_password,
-                        model=model, size=size, max_seconds=max_seconds, progress=True)
+                        model=model, size=size, max_seconds=max_seconds, progress=True, dicom=dicom, ct_dir=ct_dir,
+                        inputs=inputs)
     typer.echo(report["text"])
     if out is not None:
-        write_report(report, out)
+        args, skip = [], False
+        for a in sys.argv[2:]:  # the command for the report, without the password
+            if skip or a.startswith("--admin-password"):
+                skip = a == "--admin-password" and not skip
+                continue
+            args.append(shlex.quote(a))
+        command = "delineo stress " + " ".join(args)
+        write_report(report, out, machine=machine, server=server_note, command=command)
         typer.echo(f"report: {out} and {out.with_suffix('.md')}")
     if report["lost_studies"] or report["unexpected_errors"]:
         raise typer.Exit(1)

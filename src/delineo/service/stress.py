@@ -1,5 +1,11 @@
-"""``delineo stress``: concurrent users over HTTP, each uploading synthetic studies, contouring
-them and downloading the results; bounded in count and time, loopback servers only."""
+"""``delineo stress``: concurrent users over HTTP, each uploading studies, contouring them and
+downloading the results; bounded in count and time, loopback servers only.
+
+The studies are synthetic CTs (``size``^3 HU volumes, :mod:`delineo.service.synthetic`) or real
+CTs read at run time from a folder of cases (``ct_dir/<case>/ct.nii.gz``, e.g. the OpenKBP
+validation set; nothing is copied anywhere but the server under test), uploaded as NIfTI or, with
+``dicom=True``, as a zip of a DICOM CT series (:func:`delineo.dicom.write_ct.write_ct_series`),
+as a scanner export arrives."""
 
 from __future__ import annotations
 
@@ -59,9 +65,61 @@ def _png_bytes(size: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
+def _dicom_zip(image, seed: int) -> bytes:
+    """``image`` (HU) as a zip of a DICOM CT series, one file per slice."""
+    import tempfile
+    import zipfile
+
+    from delineo.dicom.write_ct import write_ct_series
+
+    with tempfile.TemporaryDirectory(prefix="delineo-stress-") as tmp:
+        paths = write_ct_series(image, Path(tmp) / "ct", patient_name="Stress^Test", patient_id=f"STRESS{seed:03d}",
+                                series_description="delineo stress")
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for path in paths:
+                zf.write(path, f"ct/{path.name}")
+    return buf.getvalue()
+
+
+def study_inputs(n: int, *, size: int = 32, dicom: bool = False, ct_dir: str | Path | None = None) -> tuple[list[tuple[str, bytes]], str]:
+    """``n`` distinct 3D studies to upload, as (file name, bytes), and a description of them."""
+    import nibabel as nib
+    import numpy as np
+
+    from delineo.data.io import Image
+    from delineo.service.synthetic import synthetic_nifti_bytes, synthetic_volume
+
+    out: list[tuple[str, bytes]] = []
+    if ct_dir is not None:
+        cases = sorted(p for p in Path(ct_dir).iterdir() if (p / "ct.nii.gz").is_file()) if Path(ct_dir).is_dir() else []
+        if not cases:
+            raise InputError(None, f"--ct-dir {ct_dir}: no <case>/ct.nii.gz under it")
+        shapes = set()
+        for i, case in enumerate(cases[:n]):
+            nii = nib.load(case / "ct.nii.gz")
+            shapes.add("x".join(map(str, nii.shape)))
+            if dicom:
+                out.append((f"stress{i}.zip", _dicom_zip(Image(np.asarray(nii.dataobj, dtype=np.float32), nii.affine), i)))
+            else:
+                out.append((f"stress{i}.nii.gz", (case / "ct.nii.gz").read_bytes()))
+        what = f"{len(out)} real CTs from {Path(ct_dir).name}/ ({', '.join(sorted(shapes))} voxels)"
+    else:
+        for i in range(n):
+            if dicom:
+                ct, _, affine = synthetic_volume(size, seed=i)
+                out.append((f"stress{i}.zip", _dicom_zip(Image(ct.astype(np.float32), affine), i)))
+            else:
+                out.append((f"stress{i}.nii.gz", synthetic_nifti_bytes(size, seed=i)))
+        what = f"{n} synthetic {size}^3 CTs"
+    mb = sum(len(b) for _, b in out) / len(out) / 2**20
+    return out, f"{what}, uploaded as {'DICOM zips (one file per slice)' if dicom else 'NIfTI'}, {mb:.1f} MB each on average"
+
+
 def run_stress(url: str, *, users: int = 20, studies: int = 2, admin_user: str = "admin", admin_password: str | None = None,
                model: str | None = None, size: int = 32, max_seconds: float = 600.0, poll_s: float = 0.5,
-               progress: bool = False) -> dict[str, Any]:
+               progress: bool = False, dicom: bool = False, ct_dir: str | Path | None = None,
+               inputs: int = 8) -> dict[str, Any]:
     check_loopback(url)
     if not 1 <= users <= MAX_USERS:
         raise InputError(None, f"--users must be 1-{MAX_USERS}")
@@ -74,18 +132,17 @@ def run_stress(url: str, *, users: int = 20, studies: int = 2, admin_user: str =
     max_seconds = min(max_seconds, 3600.0)
     from delineo.progress import Steps
 
+    source = {"size": size, "dicom": dicom, "ct_dir": ct_dir, "inputs": max(1, min(inputs, users * studies))}
     steps = Steps(users * studies, "stress", unit="study") if progress else None
     try:
-        return asyncio.run(_run(url.rstrip("/"), users, studies, admin_user, admin_password, model, size, max_seconds, poll_s, steps))
+        return asyncio.run(_run(url.rstrip("/"), users, studies, admin_user, admin_password, model, source, max_seconds, poll_s, steps))
     finally:
         if steps is not None:
             steps.close()
 
 
-async def _run(url, n_users, n_studies, admin_user, admin_password, model, size, max_seconds, poll_s, steps=None) -> dict[str, Any]:
+async def _run(url, n_users, n_studies, admin_user, admin_password, model, source, max_seconds, poll_s, steps=None) -> dict[str, Any]:
     import httpx
-
-    from delineo.service.synthetic import synthetic_nifti_bytes
 
     run = secrets.token_hex(3)
     errors: Counter[str] = Counter()
@@ -108,8 +165,13 @@ async def _run(url, n_users, n_studies, admin_user, admin_password, model, size,
         if chosen is None:
             raise InputError(None, f"{url} has no model {model!r} (it has {', '.join(m['name'] for m in models)})")
         dims = chosen["spatial_dims"]
-        payloads = [(f"stress{i}.nii.gz", synthetic_nifti_bytes(size, seed=i)) if dims == 3 else (f"stress{i}.png", _png_bytes(max(size, 64), i))
-                    for i in range(min(n_studies, 4))]
+        if dims == 3:
+            payloads, input_text = await asyncio.to_thread(study_inputs, source["inputs"], size=source["size"],
+                                                           dicom=source["dicom"], ct_dir=source["ct_dir"])
+        else:
+            payloads = [(f"stress{i}.png", _png_bytes(max(source["size"], 64), i)) for i in range(min(n_studies, 4))]
+            input_text = "synthetic PNG"
+        deadline = time.monotonic() + max_seconds  # the clock starts once the inputs are made
         accounts = []
         for i in range(n_users):
             name, password = f"stress-{run}-{i:02d}", secrets.token_urlsafe(12)
@@ -118,7 +180,7 @@ async def _run(url, n_users, n_studies, admin_user, admin_password, model, size,
                 raise InputError(None, f"cannot create user {name}: {r.status_code} {r.text[:200]}")
             accounts.append((name, password, r.json()["id"]))
 
-        async def one_user(name: str, password: str) -> list[str]:
+        async def one_user(index: int, name: str, password: str) -> list[str]:
             mine: list[str] = []
             async with httpx.AsyncClient(base_url=url, timeout=120.0) as c:
                 r = await c.post("/api/auth/login", json={"username": name, "password": password})
@@ -129,7 +191,7 @@ async def _run(url, n_users, n_studies, admin_user, admin_password, model, size,
                     if time.monotonic() > deadline:
                         errors["not started (time limit)"] += 1
                         continue
-                    fname, data = payloads[k % len(payloads)]
+                    fname, data = payloads[(index * n_studies + k) % len(payloads)]
                     rec: dict[str, Any] = {"user": name, "state": "upload"}
                     records.append(rec)
                     t0 = time.monotonic()
@@ -174,6 +236,7 @@ async def _run(url, n_users, n_studies, admin_user, admin_password, model, size,
                             continue
                         rec["result_s"] = time.monotonic() - t0
                         rec["state"] = "result"
+                        rec["run_s"] = _job_seconds(job)
                         # expected refusal (by design): another user's study is not visible
                         r = await c.get(f"/api/studies/{'0' * 32}")
                         expected[f"foreign/unknown study {r.status_code}"] += 1
@@ -185,7 +248,7 @@ async def _run(url, n_users, n_studies, admin_user, admin_password, model, size,
             return mine
 
         t_start = time.monotonic()
-        uploaded = await asyncio.gather(*(one_user(n, p) for n, p, _ in accounts))
+        uploaded = await asyncio.gather(*(one_user(i, n, p) for i, (n, p, _) in enumerate(accounts)))
         wall = time.monotonic() - t_start
         # lost: accepted by the server but no longer listed (or listed without its job)
         lost = 0
@@ -208,6 +271,7 @@ async def _run(url, n_users, n_studies, admin_user, admin_password, model, size,
     done = [r for r in records if r.get("state") == "result"]
     lat = [r["result_s"] for r in done]
     up = [r["upload_s"] for r in records if "upload_s" in r]
+    run_s = [r["run_s"] for r in done if r.get("run_s") is not None]
     total = n_users * n_studies
     unexpected = sum(errors.values())
     report = {
@@ -216,12 +280,13 @@ async def _run(url, n_users, n_studies, admin_user, admin_password, model, size,
         "studies_per_user": n_studies,
         "studies_total": total,
         "model": chosen["name"],
-        "input": f"synthetic {size}^3 NIfTI CT" if dims == 3 else "synthetic PNG",
+        "input": input_text,
         "completed": len(done),
         "wall_s": round(wall, 2),
         "throughput_studies_per_min": round(60 * len(done) / wall, 2) if wall > 0 else None,
         "upload_to_result_s": {"p50": _r(percentile(lat, 0.5)), "p95": _r(percentile(lat, 0.95)), "max": _r(max(lat) if lat else None)},
         "upload_s": {"p50": _r(percentile(up, 0.5)), "p95": _r(percentile(up, 0.95))},
+        "job_run_s": {"p50": _r(percentile(run_s, 0.5)), "p95": _r(percentile(run_s, 0.95))},
         "errors": dict(errors),
         "unexpected_errors": unexpected,
         "expected_refusals": dict(expected),
@@ -242,12 +307,23 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
 
-def write_report(report: dict[str, Any], out: Path, machine: str = "") -> None:
+def _job_seconds(job: dict[str, Any]) -> float | None:
+    """How long the job ran on a worker (started to finished, the server's clock)."""
+    from datetime import datetime
+
+    try:
+        return (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def write_report(report: dict[str, Any], out: Path, machine: str = "", server: str = "", command: str = "") -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = {k: v for k, v in report.items() if k != "text"}
-    if machine:
-        data["machine"] = machine
+    for key, value in (("machine", machine), ("server", server), ("command", command)):
+        if value:
+            data[key] = value
     out.write_text(json.dumps(data, indent=2) + "\n")
     lines = [
         "# delineo stress test",
@@ -261,8 +337,18 @@ def write_report(report: dict[str, Any], out: Path, machine: str = "") -> None:
         f"{report['upload_to_result_s']['p50']} | {report['upload_to_result_s']['p95']} | {report['upload_to_result_s']['max']} | "
         f"{report['upload_s']['p50']} | {report['unexpected_errors']} | {report['lost_studies']} |",
         "",
-        f"Expected refusals (by design, not errors): {report['expected_refusals'] or 'none'}.",
+        "Upload->result: from the start of the upload to the downloaded result (queueing included).",
     ]
+    if (report.get("job_run_s") or {}).get("p50") is not None:
+        lines.append(f"A job's own run on a worker (started to finished): p50 {report['job_run_s']['p50']} s, "
+                     f"p95 {report['job_run_s']['p95']} s.")
+    lines += ["", f"Expected refusals (by design, not errors): {report['expected_refusals'] or 'none'}."]
+    if report.get("errors"):
+        lines += ["", f"Errors: {report['errors']}; failed jobs: {report.get('failed_job_messages') or 'none'}."]
     if machine:
         lines += ["", f"Machine: {machine}."]
+    if server:
+        lines += ["", f"Server: {server}."]
+    if command:
+        lines += ["", "Command:", "", "```", command, "```"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
