@@ -92,6 +92,35 @@ def surface_dice(pred, ref, spacing_mm: Sequence[float], tolerance_mm: float = 2
     return float(value[0, 0])
 
 
+def patient_points(mask: np.ndarray, affine: np.ndarray, decimals: int = 2) -> set[tuple[float, ...]]:
+    """World positions (mm, rounded to ``decimals``) of the voxels of a 3D bool mask on a grid with ``affine``."""
+    ijk = np.argwhere(np.asarray(mask))
+    xyz = (np.asarray(affine)[:3, :3] @ ijk.T).T + np.asarray(affine)[:3, 3]
+    return {tuple(p) for p in np.round(xyz, decimals)}
+
+
+def patient_dice(mask_a: np.ndarray, affine_a: np.ndarray, mask_b: np.ndarray, affine_b: np.ndarray) -> float:
+    """Dice of two masks compared in patient (world) coordinates: for grids whose voxel centres
+    coincide but whose arrays are stored in different orders (flipped, axes swapped, a DICOM series
+    sorted the other way). ValueError when the grids' voxel centres differ. 1.0 for two empty masks."""
+    shape_a, shape_b = np.asarray(mask_a).shape, np.asarray(mask_b).shape
+    grid_a = patient_points(_corner_mask(shape_a), affine_a)
+    grid_b = patient_points(_corner_mask(shape_b), affine_b)
+    if grid_a != grid_b or sorted(shape_a) != sorted(shape_b):
+        raise ValueError("the two masks are not on the same voxel centres (different grids, not a reordering)")
+    a, b = patient_points(mask_a, affine_a), patient_points(mask_b, affine_b)
+    if not a and not b:
+        return 1.0
+    return 2.0 * len(a & b) / (len(a) + len(b))
+
+
+def _corner_mask(shape: Sequence[int]) -> np.ndarray:
+    m = np.zeros(tuple(shape), bool)
+    for idx in np.ndindex(*(2,) * len(shape)):
+        m[tuple(0 if i == 0 else -1 for i in idx)] = True
+    return m
+
+
 def volume_cc(mask: np.ndarray, spacing_mm: Sequence[float]) -> float:
     """Volume in cm³ (cc) of a 3D mask; for a 2D mask, area in cm²."""
     return float(np.count_nonzero(mask)) * float(np.prod(spacing_mm)) / (1000.0 if len(spacing_mm) == 3 else 100.0)

@@ -10,6 +10,7 @@ curves (PNG) and history (JSON).
 from __future__ import annotations
 
 import json
+import os
 import math
 import platform
 import random
@@ -57,20 +58,28 @@ class PreparedCases(Dataset):
     ``transform`` (MONAI, dict-based) is applied to a copy on every access.
     """
 
-    def __init__(self, dataset: SegmentationDataset, preprocess_spec: dict[str, Any], desc: str = "loading", quiet: bool = False):
+    def __init__(
+        self, dataset: SegmentationDataset, preprocess_spec: dict[str, Any], desc: str = "loading", quiet: bool = False,
+        cache_dir: Path | None = None,
+    ):
         self.items: list[dict[str, Any]] = []
         self.transform: Callable | None = None
         for i in tqdm(range(len(dataset)), desc=desc, leave=False, disable=True if quiet else None):
+            cached = _cache_path(cache_dir, dataset, i, preprocess_spec) if cache_dir else None
+            if cached is not None and cached.is_file():
+                self.items.append(_read_cached(cached))
+                continue
             s = dataset[i]
-            self.items.append(
-                {
-                    "image": preprocess(s["image"], s["spacing_mm"], preprocess_spec),
-                    "label": preprocess_labels(s["label"], s["spacing_mm"], preprocess_spec),
-                    "present": torch.as_tensor(s["present"]),
-                    "case": s["case"],
-                    "spacing_mm": model_spacing_mm(s["spacing_mm"], preprocess_spec),
-                }
-            )
+            item = {
+                "image": preprocess(s["image"], s["spacing_mm"], preprocess_spec),
+                "label": preprocess_labels(s["label"], s["spacing_mm"], preprocess_spec),
+                "present": torch.as_tensor(s["present"]),
+                "case": s["case"],
+                "spacing_mm": model_spacing_mm(s["spacing_mm"], preprocess_spec),
+            }
+            if cached is not None:
+                _write_cached(cached, item)
+            self.items.append(item)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -89,6 +98,40 @@ class PreparedCases(Dataset):
             "present": item["present"],
             "case": item["case"],
             "index": i,
+        }
+
+
+def _cache_path(cache_dir: Path, dataset: SegmentationDataset, i: int, spec: dict[str, Any]) -> Path:
+    """Where case ``i`` preprocessed by ``spec`` is kept: named by a hash of its files (path, size,
+    modification time), the structures, the orientation and the preprocessing, so any change misses."""
+    import hashlib
+
+    case = dataset.cases[i]
+    files = [dataset.image_path(case)] + [p for s in dataset.structures if (p := dataset.mask_path(case, s)) is not None]
+    key = json.dumps({
+        "files": [[str(Path(f).resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+        "structures": list(dataset.structures), "orientation": dataset.orientation, "spec": spec, "version": 1,
+    }, sort_keys=True, default=str)
+    return Path(cache_dir) / f"{case}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+
+
+def _write_cached(path: Path, item: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    label = item["label"].numpy().astype(bool)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # processes under torchrun write side by side
+    np.savez(tmp, image=item["image"].numpy(), label=np.packbits(label.ravel()), label_shape=np.array(label.shape),
+             present=item["present"].numpy(), case=np.array(item["case"]), spacing_mm=np.array(item["spacing_mm"]))
+    tmp.replace(path)
+
+
+def _read_cached(path: Path) -> dict[str, Any]:
+    with np.load(path) as z:
+        shape = tuple(int(v) for v in z["label_shape"])
+        label = np.unpackbits(z["label"], count=int(np.prod(shape))).reshape(shape)
+        return {
+            "image": torch.from_numpy(z["image"].copy()), "label": torch.from_numpy(label.astype(np.uint8)),
+            "present": torch.from_numpy(z["present"].copy()), "case": str(z["case"]),
+            "spacing_mm": tuple(float(v) for v in z["spacing_mm"]),
         }
 
 
@@ -351,8 +394,9 @@ def _train(cfg: TrainConfig, device: torch.device, dist_info, *, resume: bool, c
     if not val_ds.presence_matrix().any():
         raise ConfigError(f"{val_ds.root}: no validation case has any of the structures {', '.join(structures)} contoured")
     train_ds = open_dataset(cfg.data.train, structures, train_ids, cfg.data.pixel_spacing_mm, orientation)
-    train_cases = PreparedCases(train_ds, cfg.preprocess, "loading training cases", quiet=not main)
-    val_cases = PreparedCases(val_ds, cfg.preprocess, "loading validation cases") if main else None
+    cache = Path(cfg.work_dir or Path("runs") / cfg.name) / "cases" if t.cache_cases else None  # fast restarts of long runs
+    train_cases = PreparedCases(train_ds, cfg.preprocess, "loading training cases", quiet=not main, cache_dir=cache)
+    val_cases = PreparedCases(val_ds, cfg.preprocess, "loading validation cases", cache_dir=cache) if main else None
 
     noise_records = None
     if t.label_noise:

@@ -1,0 +1,33 @@
+"""The preprocessed-case cache of long runs: the same items as preprocessing afresh, and a change
+of files or preprocessing misses."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from delineo.data.datasets import open_dataset
+from delineo.training.loop import PreparedCases
+
+SPEC = {"orientation": "LPI", "spacing_mm": [3.0, 3.0, 3.0], "intensity": {"kind": "window", "low": -200, "high": 400}}
+
+
+def test_cached_items_equal_fresh_ones_and_changes_miss(case_dataset, tmp_path):
+    ds = open_dataset(case_dataset.root, orientation="LPI")
+    cache = tmp_path / "cache"
+    fresh = PreparedCases(ds, SPEC, cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == len(ds)
+    again = PreparedCases(ds, SPEC, cache_dir=cache)
+    for a, b in zip(fresh.items, again.items):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+        assert torch.equal(a["present"], b["present"]) and a["case"] == b["case"]
+        assert np.allclose(a["spacing_mm"], b["spacing_mm"])
+    # another preprocessing, or a file that changed, is not served from the cache
+    PreparedCases(ds, {**SPEC, "spacing_mm": [2.0, 2.0, 2.0]}, cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 2 * len(ds)
+    ct = case_dataset.ct_path(case_dataset.cases[0])
+    os.utime(ct, ns=(ct.stat().st_atime_ns, ct.stat().st_mtime_ns + 10**9))
+    PreparedCases(ds, SPEC, cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 2 * len(ds) + 1
