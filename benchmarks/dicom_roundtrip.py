@@ -152,6 +152,22 @@ def node_turnaround(data: Path, model: str, idle_seconds: float, device: str) ->
             scp.terminate()
         contoured = next(e for e in node.events if e["state"] == "contoured")
         received = sorted(p.name.split(".")[0] for p in (tmp / "tps").iterdir())
+        # the node's contours against the NIfTI path's contours of the same case, in patient coordinates
+        from delineo import api
+        from delineo.dicom.rtstruct import read_rtstruct
+        from delineo.dicom.series import read_series
+        from delineo.metrics.segmentation import patient_dice
+
+        reference = api.contour(Path(s["path"]), tmp / "nifti", model=model, device=device, overview=False)
+        series = read_series(tmp / "ct")
+        rs = next(p for p in (tmp / "tps").iterdir() if p.name.startswith("RS"))
+        node_masks = read_rtstruct(rs, series)
+        import nibabel as nib
+
+        agreement = {}
+        for name, info in reference["structures"].items():
+            ref = nib.load(info["file"])
+            agreement[name] = round(patient_dice(node_masks[name], series.image.affine, np.asarray(ref.dataobj) > 0, ref.affine), 4)
     return {
         "model": model,
         "slices": len(files),
@@ -161,6 +177,8 @@ def node_turnaround(data: Path, model: str, idle_seconds: float, device: str) ->
         "seconds_total_receive_to_delivered": round(t_done - t0, 3),
         "seconds_total_minus_idle_wait": round(t_done - t0 - idle_seconds, 3),
         "received_by_destination": received,
+        "case": s["case"],
+        "dice_node_rtstruct_vs_nifti_path": agreement,
     }
 
 
@@ -207,7 +225,10 @@ def main() -> None:
         nd = result["node"]
         lines += ["", f"Node turnaround (one {nd['slices']}-slice study, model {nd['model']}): storescu {nd['seconds_store_by_storescu']} s, "
                   f"contouring {nd['seconds_contour']} s, receive to RTSTRUCT+SEG delivered {nd['seconds_total_receive_to_delivered']} s "
-                  f"(of which {nd['idle_seconds']} s is the idle wait that decides the series is complete)."]
+                  f"(of which {nd['idle_seconds']} s is the idle wait that decides the series is complete).",
+                  "", f"The node's RT Structure Set (read back on the series grid) against `delineo contour` of the same case's "
+                  f"NIfTI ({nd['case']}), Dice in patient coordinates: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in nd["dice_node_rtstruct_vs_nifti_path"].items()) + "."]
     (args.out / "roundtrip.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
