@@ -300,7 +300,14 @@ function renderModels(d) {
 function renderPicks() {
   const m = state.models.find((x) => x.name === $("model-select").value);
   $("structure-picks").innerHTML = m ? m.structures.map((s) => `<label><input type="checkbox" checked value="${esc(s.name)}"><span class="swatch" style="background:rgb(${s.color})"></span>${esc(s.name)}</label>`).join("") : "";
+  pickSummary();
 }
+function pickSummary() {
+  const all = [...document.querySelectorAll("#structure-picks input")];
+  const n = all.filter((c) => c.checked).length;
+  $("picks-summary").textContent = !all.length ? "Structures" : n === all.length ? `All ${all.length} structures` : `${n} of ${all.length} structures`;
+}
+$("structure-picks").addEventListener("change", pickSummary);
 $("model-select").addEventListener("change", renderPicks);
 function renderJob(j) {
   const el = $("job-state");
@@ -332,21 +339,22 @@ $("delete-btn").addEventListener("click", async () => {
 // ---- structures table --------------------------------------------------------------------------
 function flagsOf(s) {
   const f = [...(s.flags || [])];
-  if (s.quality && s.quality.review) f.push(`check: quality estimate ${Number(s.quality.quality).toFixed(2)}`);
   if (s.review && s.review.state === "needs_work") f.push(`needs work (${s.review.user})`);
   return f;
 }
 function renderStructures(rows) {
   $("no-structures").classList.toggle("hidden", rows.length > 0);
   const editable = (state.detail?.info?.dims || 3) === 3;
-  const sorted = rows.map((s, i) => ({ s, i, flags: flagsOf(s) })).sort((a, b) => (b.flags.length > 0) - (a.flags.length > 0) || a.i - b.i);
+  // flagged first: failed anatomy checks or "needs work", then a quality estimate below the model's threshold
+  const rank = (x) => (x.flags.length ? 0 : x.s.quality?.review ? 1 : 2);
+  const sorted = rows.map((s, i) => ({ s, i, flags: flagsOf(s) })).sort((a, b) => rank(a) - rank(b) || a.i - b.i);
   $("structure-rows").innerHTML = sorted.map(({ s, flags }) => {
     const r = s.review;
     const who = r ? ` title="${esc(`${r.state === "approved" ? "Approved" : "Needs work"}: ${r.user}, ${fmtShort(r.at)}${r.note ? ` (${r.note})` : ""}`)}"` : "";
     return `<tr data-name="${esc(s.name)}" class="${flags.length ? "flagged" : ""}">
     <td><input type="checkbox" class="vis" checked aria-label="show ${esc(s.name)}"></td>
     <td class="name" title="Go to ${esc(s.name)}"><span class="swatch" style="background:rgb(${s.color})"></span><span>${esc(s.name)}</span>${s.edited ? '<span class="chip edited" title="corrected in delineo">edited</span>' : ""}${s.quality ? `<span class="chip quality${s.quality.review ? " low" : ""}" title="quality estimate: the Dice this contour would have against an expert's, estimated by the model${s.quality.review ? " (below its review threshold: check first)" : ""}">Q ${Number(s.quality.quality).toFixed(2)}</span>` : ""}${flags.length ? `<span class="flag" title="${esc(flags.join("; "))}">⚠ ${esc(flags[0])}</span>` : ""}</td>
-    <td class="num">${s.empty ? '<span class="muted">empty</span>' : `${s.volume.toFixed(s.volume < 10 ? 2 : 1)} ${esc(s.unit)}`}</td>
+    <td class="num">${s.empty ? '<span class="muted">empty</span>' : `${s.volume.toFixed(s.volume < 10 ? 2 : s.volume < 100 ? 1 : 0)} ${esc(s.unit)}`}</td>
     <td class="review"${who}>
       <button type="button" class="mini ok ${r?.state === "approved" ? "active" : ""}" data-review="approved" aria-label="approve ${esc(s.name)}" title="Approved">✓</button><button type="button" class="mini bad ${r?.state === "needs_work" ? "active" : ""}" data-review="needs_work" aria-label="${esc(s.name)} needs work" title="Needs work">✗</button>${editable ? `<button type="button" class="mini" data-edit aria-label="correct ${esc(s.name)}" title="Correct with brush and eraser">✎</button>` : ""}
     </td></tr>`;

@@ -104,6 +104,7 @@ export class Viewer {
       return { name: s.name, color: s.color, vol, mask, visible: true, reference: !!s.reference };
     });
     this.refreshOverlays();
+    this.fitted = true;
     this.setView(this.is2d ? "axial" : this.view);
     return vols.length;
   }
@@ -149,6 +150,7 @@ export class Viewer {
     const types = { axial: nv.sliceTypeAxial, coronal: nv.sliceTypeCoronal, sagittal: nv.sliceTypeSagittal, multi: nv.sliceTypeMultiplanar };
     nv.setSliceType(types[view]);
     this.refreshOverlays();
+    if (this.fitted) this.fit();
   }
 
   /** Move the cross-hair to the middle of a structure (the centroid of its voxels, on a voxel of it). */
@@ -183,12 +185,78 @@ export class Viewer {
   zoom(factor) {
     const nv = this.nv; if (!nv) return;
     const p = nv.scene.pan2Dxyzmm;
-    nv.setPan2Dxyzmm([p[0], p[1], p[2], Math.min(8, Math.max(0.5, p[3] * factor))]);
+    this.fitted = false;
+    nv.setPan2Dxyzmm([p[0], p[1], p[2], Math.min(12, Math.max(0.5, p[3] * factor))]);
+    this._thinCrosshair(nv.scene.pan2Dxyzmm[3]);
   }
   resetView() {
     const nv = this.nv; if (!nv) return;
-    nv.setPan2Dxyzmm([0, 0, 0, 1]);
+    this.fit();
     if (this.ct && !this.editing) this.setWindow(this.lastWindow ?? null);
+  }
+
+  /** The body's bounding box in world mm (voxels above -500 HU; the whole volume when none). */
+  _bodyBox(axis = -1, index = 0) {
+    const v = this.ct; if (!v) return null;
+    const key = `${axis}:${index}`;
+    v._body = v._body || {};
+    if (v._body[key]) return v._body[key];
+    const d = v.hdr.dims; const nx = d[1], ny = d[2], nz = Math.max(1, d[3]);
+    const slope = v.hdr.scl_slope || 1, inter = v.hdr.scl_inter || 0;
+    const raw = (-500 - inter) / slope;
+    let lo = [nx, ny, nz], hi = [-1, -1, -1];
+    const img = v.img;
+    for (let z = 0, i = 0; z < nz; z++) for (let y = 0; y < ny; y++) for (let x = 0; x < nx; x++, i++) {
+      if ((axis < 0 || [x, y, z][axis] === index) && (slope > 0 ? img[i] > raw : img[i] < raw)) {
+        if (x < lo[0]) lo[0] = x; if (x > hi[0]) hi[0] = x;
+        if (y < lo[1]) lo[1] = y; if (y > hi[1]) hi[1] = y;
+        if (z < lo[2]) lo[2] = z; if (z > hi[2]) hi[2] = z;
+      }
+    }
+    if (hi[0] < 0) { lo = [0, 0, 0]; hi = [nx - 1, ny - 1, nz - 1]; }
+    const A = v.hdr.affine;
+    const mn = [Infinity, Infinity, Infinity], mx = [-Infinity, -Infinity, -Infinity];
+    for (const cx of [lo[0] - 0.5, hi[0] + 0.5]) for (const cy of [lo[1] - 0.5, hi[1] + 0.5]) for (const cz of [lo[2] - 0.5, hi[2] + 0.5]) {
+      for (let r = 0; r < 3; r++) {
+        const w = A[r][0] * cx + A[r][1] * cy + A[r][2] * cz + A[r][3];
+        mn[r] = Math.min(mn[r], w); mx[r] = Math.max(mx[r], w);
+      }
+    }
+    v._body[key] = { mn, mx };
+    return v._body[key];
+  }
+
+  /** Zoom so that the body fills the view (a CT's field of view is often much wider than the
+   * patient), centred on it. */
+  fit() {
+    const nv = this.nv; if (!nv || !this.ct) return;
+    this.fitted = true;
+    // axial: the body on the slice shown (the shoulders of a lower slice would leave a head small);
+    // other views: the whole body
+    let body = this._bodyBox();
+    if (this.view === "axial" && this.ct.permRAS && !this.is2d) {
+      const axis = Math.abs(this.ct.permRAS[2]) - 1;
+      const idx = Math.round(mm2native(this.ct, nv.frac2mm(nv.scene.crosshairPos))[axis]);
+      const slice = this._bodyBox(axis, idx);
+      if (slice.mx[0] - slice.mn[0] > 20 && slice.mx[1] - slice.mn[1] > 20) body = { mn: [slice.mn[0], slice.mn[1], body.mn[2]], mx: [slice.mx[0], slice.mx[1], body.mx[2]] };
+    }
+    const [smn, smx] = nv.sceneExtentsMinMax(true);
+    const full = [0, 1, 2].map((k) => smx[k] - smn[k]);
+    const ext = [0, 1, 2].map((k) => Math.max(1e-3, body.mx[k] - body.mn[k]));
+    const axes = { axial: [0, 1], coronal: [0, 2], sagittal: [1, 2] }[this.view] || [0, 1, 2];
+    let zoom = Math.min(...axes.map((k) => full[k] / ext[k])) * 0.92;
+    if (this.is2d) zoom = 1;
+    zoom = Math.min(8, Math.max(1, zoom));
+    const pan = [0, 1, 2].map((k) => (zoom === 1 ? 0 : (smn[k] + smx[k]) / 2 - ((body.mn[k] + body.mx[k]) / 2) * zoom));
+    nv.setPan2Dxyzmm([pan[0], pan[1], pan[2], zoom]);
+    this._thinCrosshair(zoom);
+  }
+  /** Keep the cross-hair about 1-2 screen pixels wide whatever the zoom (its width is in mm). */
+  _thinCrosshair(zoom) {
+    const nv = this.nv; if (!nv) return;
+    nv.opts.crosshairWidth = 0.3 / Math.max(zoom, 1);
+    nv.crosshairs3D = null;
+    nv.drawScene();
   }
   /** Left-drag: "pan" moves the image, "window" (default) adjusts window/level as a right-drag does. */
   setDrag(mode) {
