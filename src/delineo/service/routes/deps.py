@@ -39,6 +39,10 @@ def current_user(request: Request, db: Session = Depends(get_db, scope="function
             user = user_for_token(db, cookie, "session", ctx.settings.session_idle_min)
     if user is None:
         raise HTTPException(401, "sign in first (session expired or missing credentials)", headers={"WWW-Authenticate": "Bearer"})
+    # end the transaction now: its database connection goes back to the pool while the endpoint
+    # works without it (an upload can take minutes on a busy server: 50 users uploading at once
+    # held 50 connections and exhausted the pool); the session takes one again when it is used
+    db.commit()
     return user
 
 
