@@ -118,3 +118,43 @@ def test_only_trains_the_named_steps_with_the_changes_before_them(tmp_path, tiny
     assert "| Res-UNet |" in (out / "results.md").read_text() and " | - |" in (out / "results.md").read_text()  # no Δ: U-Net not run
     assert main(["ablation", str(tmp_path / "abl.yaml"), "--out", str(out), "--only", "ResUNet"]) == 2
     assert "no step named 'ResUNet'" in capsys.readouterr().err
+
+
+def test_cpu_budget_common_overrides_and_a_second_seed(tmp_path, tiny_config, image_dataset):
+    base = tiny_config(image_dataset.root, tmp_path / "unused", epochs=1, steps_per_epoch=2, init_weights="no-such-model")
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    spec = {"base": "base.yaml", "budget_cpu_hours": 0.0002,  # 0.72 CPU-seconds: a few epochs
+            "set": {"training.init_weights": None, "training.epochs": 200, "training.schedule": "poly"}, "steps": TWO_STEPS}
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    res = run_ablation(tmp_path / "abl.yaml", out, device="cpu")  # init_weights overridden: no bundled model is read
+    assert res["budget_cpu_hours"] == 0.0002
+    for s in res["steps"]:
+        b = s["budget"]
+        assert b["ended_by"] == "budget" and b["cpu_seconds_used"] >= 0.72 and 1 <= b["epochs_done"] < 200
+        assert s["epochs"] == b["epochs_done"] and s["seed"] == 0
+    md = (out / "results.md").read_text()
+    assert "0.0002 CPU-hours" in md and "ended by budget" in md and "HD95" in md
+    # a second seed for one step, beside the first runs
+    res = run_ablation(tmp_path / "abl.yaml", out, device="cpu", seed=7, only=["Res-UNet"])
+    assert [(s["step"], s["seed"]) for s in res["steps"]] == [("U-Net", 0), ("Res-UNet", 0), ("Res-UNet", 7)]
+    assert (out / "runs" / "02-res-unet-seed7" / "result.json").is_file() and res["not_run"] == []
+    assert "| Res-UNet (seed 7) |" in (out / "results.md").read_text()
+    # more budget: the finished steps are kept (a step is finished once evaluated)
+    run_ablation(tmp_path / "abl.yaml", out, device="cpu", budget_cpu_hours=1.0, train_missing=False)
+
+
+def test_budget_resumes_and_stops_where_it_was_spent(tmp_path, tiny_config, image_dataset):
+    import delineo.training.loop as loop
+    from delineo.training import TrainConfig
+
+    cfg = TrainConfig.from_dict(tiny_config(image_dataset.root, tmp_path, epochs=500, steps_per_epoch=2, schedule="poly"))
+    out = loop.train(cfg, budget_cpu_hours=0.0002)
+    meta = json.loads((out / "model.json").read_text())
+    done = meta["training"]["budget"]["epochs_done"]
+    hist = json.loads((out / "history.json").read_text())
+    assert len(hist) == done < 500 and hist[-1]["cpu_seconds"] >= 0.72 and "val_mean_dice" in hist[-1]
+    assert hist[-1]["lr"] < cfg.training.lr * 0.9  # poly decayed over the budget, not over 500 epochs
+    # run again with the same budget: nothing more to train
+    loop.train(cfg, budget_cpu_hours=0.0002)
+    assert len(json.loads((out / "history.json").read_text())) == done

@@ -136,6 +136,10 @@ def ablation(
     max_cases: Optional[int] = typer.Option(None, "--max-cases", help="Train each step on this many cases only (a reduced run)."),
     report_only: bool = typer.Option(False, "--report-only", help="Train nothing: write the results of the steps finished so far."),
     only: Optional[str] = typer.Option(None, "--only", help="Train only these steps (comma-separated names), e.g. to split the steps between machines."),
+    budget_cpu_hours: Optional[float] = typer.Option(
+        None, "--budget-cpu-hours", help="CPU time per step (process CPU time in training; default: the file's budget_cpu_hours, else epochs)."
+    ),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Train with this training seed, beside the base seed's runs (e.g. a second seed for the closest steps)."),
 ) -> None:
     """Train each step of an ablation (each adds one change) and compare validation Dice.
     Finished steps are skipped, an interrupted one resumes from its checkpoint."""
@@ -143,5 +147,5 @@ def ablation(
 
     command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     run_ablation(spec, out, epochs=epochs, device=device, max_cases=max_cases, command=command, train_missing=not report_only,
-                 only=_split(only) if only else None)
+                 only=_split(only) if only else None, budget_cpu_hours=budget_cpu_hours, seed=seed)
     typer.echo((out / "results.md").read_text())

@@ -10,6 +10,13 @@ adds on top of the previous step (cumulative, like the seed's table: U-Net -> Re
       - {name: Res-UNet, set: {network.residual: true}}
       - {name: + SE blocks, set: {network.squeeze_excitation: true}}
 
+Optional top-level keys: ``set`` (overrides of the base config for every step, e.g.
+``training.init_weights: null`` so that no step starts from a bundled model) and
+``budget_cpu_hours`` (each step trains until its process has spent that much CPU time in
+training, or until ``training.epochs``: equal compute for every step, see
+:func:`delineo.training.loop.train`). ``seed`` (or ``--seed``) trains the steps again with
+another training seed, beside the first ones (``runs/NN-step-seedS``).
+
 Every step is trained (resumable: a finished step is skipped, an interrupted one resumes from
 its checkpoint) and evaluated with :func:`delineo.metrics.evaluate.evaluate` on the base
 config's validation cases; ``results.json``, ``results.md`` and ``results.png`` are written.
@@ -57,6 +64,9 @@ def load_ablation(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]
     if not base_path.is_absolute():
         base_path = (path.parent / base_path) if (path.parent / base_path).is_file() else base_path
     base = read_yaml_mapping(base_path)
+    if not isinstance(spec.get("set") or {}, dict):
+        raise InputError(path, "'set' must be a mapping of overrides for every step")
+    base = apply_overrides(base, spec.get("set") or {})
     steps = []
     for i, s in enumerate(spec["steps"]):
         if not isinstance(s, dict) or "name" not in s:
@@ -70,12 +80,15 @@ def load_ablation(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]
 def run_ablation(
     ablation: str | Path, out: str | Path, *, epochs: int | None = None, device: str | None = None,
     max_cases: int | None = None, command: str | None = None, log: Callable[[str], None] | None = None,
-    train_missing: bool = True, only: list[str] | None = None,
+    train_missing: bool = True, only: list[str] | None = None, budget_cpu_hours: float | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every step not finished yet; write ``results.json/.md/.png`` into ``out``
     after each finished step (the steps not run yet are listed as such). ``train_missing=False``
     only writes the results of the steps already finished; ``only`` trains just the named steps
-    (each still with the changes of the steps before it), e.g. to run steps on several machines."""
+    (each still with the changes of the steps before it), e.g. to run steps on several machines.
+    ``budget_cpu_hours`` overrides the file's; ``seed`` trains with that training seed (its runs
+    beside the base seed's)."""
     from delineo.metrics.evaluate import evaluate
     from delineo.training.config import TrainConfig
     from delineo.training.loop import train
@@ -83,6 +96,13 @@ def run_ablation(
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
     base, steps = load_ablation(ablation)
+    spec = read_yaml_mapping(ablation)
+    budget = budget_cpu_hours if budget_cpu_hours is not None else spec.get("budget_cpu_hours")
+    budget = float(budget) if budget else None
+    if seed is None and spec.get("seed") is not None:
+        seed = int(spec["seed"])
+    base_seed = int((base.get("training") or {}).get("seed", 0))
+    suffix = f"-seed{seed}" if seed is not None and seed != base_seed else ""
     unknown = sorted(set(only or []) - {st["name"] for st in steps})
     if unknown:
         raise ConfigError(f"{ablation}: no step named {', '.join(map(repr, unknown))} (steps: {', '.join(st['name'] for st in steps)})")
@@ -91,11 +111,10 @@ def run_ablation(
     results, written = None, -1
     for i, step in enumerate(steps, 1):
         config = apply_overrides(config, step["set"])  # cumulative
-        run_dir = out / "runs" / f"{i:02d}-{slug(step['name'])}"
+        run_dir = out / "runs" / f"{i:02d}-{slug(step['name'])}{suffix}"
         result_path = run_dir / "result.json"
         if result_path.is_file():
-            log(f"[{i}/{len(steps)}] {step['name']}: finished earlier, skipped")
-            rows.append(json.loads(result_path.read_text()))
+            log(f"[{i}/{len(steps)}] {step['name']}{suffix}: finished earlier, skipped")
             continue
         if not train_missing or (only and step["name"] not in only):
             continue
@@ -107,11 +126,13 @@ def run_ablation(
             d.setdefault("training", {})["epochs"] = int(epochs)
         if device is not None:
             d.setdefault("training", {})["device"] = device
+        if suffix:
+            d.setdefault("training", {})["seed"] = int(seed)
         if max_cases is not None:
             d.setdefault("data", {})["max_cases"] = int(max_cases)
         cfg = TrainConfig.from_dict(d, where=f"{ablation}: step {step['name']!r}")
-        log(f"[{i}/{len(steps)}] {step['name']}: training")
-        model_dir = train(cfg, resume=True, command=command)
+        log(f"[{i}/{len(steps)}] {step['name']}{suffix}: training" + (f" for {budget} CPU-hours" if budget else ""))
+        model_dir = train(cfg, resume=True, command=command, budget_cpu_hours=budget)
         meta = json.loads((model_dir / "model.json").read_text())
         tr = meta["training"]
         val = cfg.data.val or cfg.data.train
@@ -127,6 +148,8 @@ def run_ablation(
             "hd95_mm": {n: s.get("hd95_mm") for n, s in report["structures"].items()},
             "mean_dice": report["mean_dice"],
             "n_val": len(report["cases"]),
+            "seed": cfg.training.seed,
+            "budget": tr.get("budget"),
             "epochs": tr.get("epochs"),
             "best_epoch": tr.get("best_epoch"),
             "train_seconds": tr.get("seconds"),
@@ -139,25 +162,41 @@ def run_ablation(
         (model_dir / "weights.safetensors").unlink(missing_ok=True)  # keep metrics, not 5 sets of weights
         for p in (run_dir / "work").glob("checkpoint.pt*"):
             p.unlink()
-        rows.append(row)
-        log(f"[{i}/{len(steps)}] {step['name']}: mean Dice {row['mean_dice']:.4f} on {row['n_val']} validation cases")
-        results = _write_results(out, ablation, command, epochs, max_cases, device, rows, steps)  # after every step
+        log(f"[{i}/{len(steps)}] {step['name']}{suffix}: mean Dice {row['mean_dice']:.4f} on {row['n_val']} validation cases")
+        rows = _collect_rows(out, steps)
+        results = _write_results(out, ablation, command, epochs, max_cases, device, rows, steps, budget)  # after every step
         written = len(rows)
+    rows = _collect_rows(out, steps)
     if results is not None and written == len(rows):  # the last step was trained here and wrote them already
         return results
-    return _write_results(out, ablation, command, epochs, max_cases, device, rows, steps)
+    return _write_results(out, ablation, command, epochs, max_cases, device, rows, steps, budget)
 
 
-def _write_results(out: Path, ablation, command, epochs, max_cases, device, rows, steps) -> dict[str, Any]:
+def _collect_rows(out: Path, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The finished runs under ``out/runs``, in step order, the base seed's run before other seeds'."""
+    rows = []
+    for i, step in enumerate(steps, 1):
+        name = f"{i:02d}-{slug(step['name'])}"
+        first = out / "runs" / name / "result.json"
+        others = sorted((out / "runs").glob(f"{name}-seed*/result.json"), key=lambda p: p.parent.name)
+        for k, p in enumerate([first, *others] if first.is_file() else others):
+            row = json.loads(p.read_text())
+            row["extra_seed"] = bool(k) or not first.is_file()
+            rows.append(row)
+    return rows
+
+
+def _write_results(out: Path, ablation, command, epochs, max_cases, device, rows, steps, budget=None) -> dict[str, Any]:
     """``results.json``, ``results.md`` and ``results.png`` of the finished steps."""
     from delineo.inference.predictor import resolve_device
     from delineo.training.loop import hardware_description
 
-    done = {r["step"] for r in rows}
+    done = {r["step"] for r in rows if not r.get("extra_seed")}
     results = {
         "ablation": str(ablation),
         "command": command,
         "epochs_override": epochs,
+        "budget_cpu_hours": budget,
         "max_cases": max_cases,
         "hardware_now": hardware_description(resolve_device(device or "auto")),
         "evaluation": "Dice on the input grid of each validation case (delineo evaluate); unknown structures skipped",
@@ -184,17 +223,35 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines = ["| step | " + " | ".join(names) + " | mean | Δ mean |", "|---" * (len(names) + 3) + "|"]
     # Δ against the step just before in the ablation file; "-" when that one has not run
     order = results.get("step_order") or [r["step"] for r in rows]
-    by_name = {r["step"]: r for r in rows}
+    by_name = {r["step"]: r for r in rows if not r.get("extra_seed")}
+    by_seed = {(r["step"], r.get("seed")): r for r in rows}
+
+    def label(r):
+        return f"{r['step']} (seed {r.get('seed')})" if r.get("extra_seed") else r["step"]
+
     for r in rows:
         i = order.index(r["step"])
-        prev = by_name.get(order[i - 1]) if i > 0 else None
+        prev = (by_seed.get((order[i - 1], r.get("seed"))) or (None if r.get("extra_seed") else by_name.get(order[i - 1]))) if i > 0 else None
         ok = prev is not None and prev["mean_dice"] is not None and r["mean_dice"] is not None
         delta = f"{r['mean_dice'] - prev['mean_dice']:+.3f}" if ok else "-"
-        lines.append(f"| {r['step']} | " + " | ".join(_fmt(r["dice"].get(n)) for n in names) + f" | {_fmt(r['mean_dice'])} | {delta} |")
+        lines.append(f"| {label(r)} | " + " | ".join(_fmt(r["dice"].get(n)) for n in names) + f" | {_fmt(r['mean_dice'])} | {delta} |")
+    if any(r.get("hd95_mm") for r in rows):
+        lines += ["", "HD95 (mm, mean over the validation cases where it is defined):", "",
+                  "| step | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for r in rows:
+            hd = r.get("hd95_mm") or {}
+            lines.append(f"| {label(r)} | " + " | ".join("-" if hd.get(n) is None else f"{hd[n]:.1f}" for n in names) + " |")
+    budgets = [r.get("budget") for r in rows if r.get("budget")]
+    if budgets:
+        lines += ["", "Compute per step: " + "; ".join(
+            f"{label(r)}: {r['budget']['cpu_seconds_used'] / 3600:.2f} CPU-h, {r['budget']['epochs_done']} epochs (ended by {r['budget']['ended_by']})"
+            for r in rows if r.get("budget")) + "."]
     hw = {r.get("hardware") for r in rows}
     lines += ["", f"Validation Dice ({rows[0]['n_val'] if rows else 0} cases); trained on: {', '.join(sorted(h for h in hw if h))}."]
     if results.get("not_run"):
         lines.append(f"Not run yet: {', '.join(results['not_run'])}.")
+    if results.get("budget_cpu_hours"):
+        lines.append(f"Every step trained for {results['budget_cpu_hours']} CPU-hours (CPU time of the training process, validation excluded).")
     if results.get("epochs_override") or results.get("max_cases"):
         lines.append(f"Reduced schedule: epochs={results.get('epochs_override')}, max training cases={results.get('max_cases')}.")
     return "\n".join(lines) + "\n"

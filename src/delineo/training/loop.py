@@ -153,10 +153,16 @@ def _optimizer(cfg, params) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown optimizer {t.optimizer!r} (adam, adamw, sgd)")
 
 
-def _scheduler(cfg, optimizer, total_steps: int, steps_per_epoch: int):
-    """Per-step LR schedule: poly (nnU-Net), cosine_restarts (SGDR), cyclic (triangular), constant."""
+def _scheduler(cfg, optimizer, total_steps: int, steps_per_epoch: int, budget_used: Callable[[], float] | None = None):
+    """Per-step LR schedule: poly (nnU-Net), cosine_restarts (SGDR), cyclic (triangular), constant.
+    ``budget_used``: the fraction of a CPU-time budget spent so far; poly then decays over whichever
+    ends first, the steps or the budget."""
     t = cfg.training
     cycle = max(1, t.cycle_epochs * steps_per_epoch)
+    if t.schedule == "poly" and budget_used is not None:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: max(0.0, 1 - min(1.0, max(min(s, total_steps) / total_steps, budget_used()))) ** 0.9
+        )
     if t.schedule == "poly":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - min(s, total_steps) / total_steps) ** 0.9)
     if t.schedule == "cosine_restarts":
@@ -341,8 +347,16 @@ def hardware_description(device: torch.device) -> str:
     return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
 
 
-def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str | None = None) -> Path:
+def train(
+    config: TrainConfig | str | Path, *, resume: bool = True, command: str | None = None, budget_cpu_hours: float | None = None,
+) -> Path:
     """Train a model from a config (object or YAML path); return the model folder.
+
+    ``budget_cpu_hours``: end the training once the process has spent this much CPU time (user +
+    system, all threads, :func:`time.process_time`) in training epochs, validation excluded, or at
+    ``training.epochs``, whichever comes first; the poly schedule decays over the budget. For
+    comparisons at equal compute on a shared machine (``delineo ablation``); the budget is not part
+    of the config, so a finished run can be given more and continue from its checkpoint.
 
     Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) the N processes train one model
     with DistributedDataParallel (:mod:`delineo.training.distributed`); process 0 alone validates
@@ -352,12 +366,14 @@ def train(config: TrainConfig | str | Path, *, resume: bool = True, command: str
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config)
     dist_info, device = setup(resolve_device(cfg.training.device))
     try:
-        return _train(cfg, device, dist_info, resume=resume, command=command)
+        return _train(cfg, device, dist_info, resume=resume, command=command, budget_cpu_hours=budget_cpu_hours)
     finally:
         dist_info.close()
 
 
-def _train(cfg: TrainConfig, device: torch.device, dist_info, *, resume: bool, command: str | None) -> Path:
+def _train(
+    cfg: TrainConfig, device: torch.device, dist_info, *, resume: bool, command: str | None, budget_cpu_hours: float | None = None,
+) -> Path:
     from delineo.training.distributed import check_weighting, epoch_seed
 
     t = cfg.training
@@ -453,7 +469,11 @@ def _train(cfg: TrainConfig, device: torch.device, dist_info, *, resume: bool, c
     )
     steps_per_epoch = t.steps_per_epoch or max(1, len(loader))
     total_steps = steps_per_epoch * t.epochs
-    scheduler = _scheduler(cfg, optimizer, total_steps, steps_per_epoch)
+    budget_s = float(budget_cpu_hours) * 3600 if budget_cpu_hours else None
+    if budget_s and dist_info.enabled:  # each process would count its own CPU time and decay its own LR
+        raise ConfigError("a CPU-time budget is for single-process runs (delineo ablation), not under torchrun")
+    cpu_now = {"used": 0.0}  # CPU seconds of training so far, updated every step (budgeted runs)
+    scheduler = _scheduler(cfg, optimizer, total_steps, steps_per_epoch, (lambda: cpu_now["used"] / budget_s) if budget_s else None)
 
     work_dir = Path(cfg.work_dir or Path("runs") / cfg.name)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -475,6 +495,8 @@ def _train(cfg: TrainConfig, device: torch.device, dist_info, *, resume: bool, c
             random.setstate(ckpt["python_rng"])
             if main:
                 print(f"resuming {cfg.name} from epoch {state['epoch']} ({ckpt_path})", file=sys.stderr)
+            if budget_s:
+                cpu_now["used"] = state.get("cpu_seconds", 0.0)
         elif main:
             print(f"checkpoint {ckpt_path} is for a different config: starting afresh", file=sys.stderr)
     model = network  # what the training step calls: the network, or its DistributedDataParallel wrapper
@@ -516,7 +538,10 @@ def _train(cfg: TrainConfig, device: torch.device, dist_info, *, resume: bool, c
     patch_voxels = int(np.prod(patch)) * t.batch_size * dist_info.world_size  # all processes together
     bar = tqdm(range(state["epoch"], t.epochs), desc=f"train {cfg.name}", initial=state["epoch"], total=t.epochs, disable=None if main else True)
     for epoch in bar:
+        if budget_s and state.get("cpu_seconds", 0.0) >= budget_s:  # spent before this (resumed) run
+            break
         t_start = time.perf_counter()  # the epoch's time includes scoring the training labels, if any
+        c_start = time.process_time()
         if weighting.wants_scores(epoch):  # e.g. agreement selection: score every training label first
             network.eval()
             weighting.set_scores(*case_agreement(network, train_cases, meta["inference"], device, amp, weighting.agreement_measure), epoch)
@@ -537,8 +562,14 @@ def _train(cfg: TrainConfig, device: torch.device, dist_info, *, resume: bool, c
                 it = iter(loader)
                 batch = next(it)
             losses.append(training_step(model, weighting, loss_fn, optimizer, batch, device, autocast))
+            if budget_s:
+                cpu_now["used"] = state.get("cpu_seconds", 0.0) + time.process_time() - c_start
             scheduler.step()
         step_s = (time.perf_counter() - t_start) / steps_per_epoch
+        budget_spent = False
+        if budget_s:
+            state["cpu_seconds"] = cpu_now["used"] = state.get("cpu_seconds", 0.0) + time.process_time() - c_start
+            budget_spent = state["cpu_seconds"] >= budget_s
         epoch_loss = float(np.mean(losses))
         if dist_info.enabled:  # the mean over all processes' steps
             import torch.distributed as dist
@@ -550,7 +581,9 @@ def _train(cfg: TrainConfig, device: torch.device, dist_info, *, resume: bool, c
             "epoch": epoch + 1, "loss": epoch_loss, "lr": optimizer.param_groups[0]["lr"],
             "steps_per_s": round(1.0 / step_s, 4), "voxels_per_s": round(patch_voxels / step_s),
         }
-        if main and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs):
+        if budget_s:
+            record["cpu_seconds"] = round(state["cpu_seconds"], 1)
+        if main and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs or budget_spent):
             v = validate(network, val_cases, meta["inference"], device, amp)
             record["val_dice"] = v["per_structure"]
             record["val_mean_dice"] = v["mean"]
@@ -570,6 +603,8 @@ def _train(cfg: TrainConfig, device: torch.device, dist_info, *, resume: bool, c
         state["epoch"] = epoch + 1
         if not main:  # process 0 validates and writes the checkpoint; the others wait for it
             dist_info.barrier()
+            if budget_spent:
+                break
             continue
         if "val_dice" in record:
             write_learning_curve(state["history"], structures, output, meta["training"]["hardware"])
@@ -592,13 +627,22 @@ def _train(cfg: TrainConfig, device: torch.device, dist_info, *, resume: bool, c
         )
         (work_dir / (CHECKPOINT + ".tmp")).replace(ckpt_path)
         dist_info.barrier()
+        if budget_spent:
+            break
 
     if not main:
         dist_info.barrier()  # until process 0 has written the model folder
         return output
     # final metadata: timing and history beside the weights of the best epoch
     final = json.loads((output / "model.json").read_text())
-    final["training"]["epochs"] = t.epochs
+    final["training"]["epochs"] = t.epochs if not budget_s else state["epoch"]
+    if budget_s:
+        final["training"]["budget"] = {
+            "cpu_hours": budget_cpu_hours, "cpu_seconds_used": round(state.get("cpu_seconds", 0.0), 1),
+            "epochs_done": state["epoch"], "epochs_cap": t.epochs,
+            "ended_by": "budget" if state.get("cpu_seconds", 0.0) >= budget_s else "epochs",
+            "note": "CPU time of the training process (user + system, all threads) in training epochs, validation excluded",
+        }
     final["training"]["seconds"] = round(state["seconds"], 1)
     rates = [h["steps_per_s"] for h in state["history"] if h.get("steps_per_s")]
     final["training"]["throughput"] = {
