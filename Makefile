@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export DELINEO_DATA ?= $(abspath ../shared/data)
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install system-deps check-system test docs cli-docs run clean
+.PHONY: install system-deps check-system test docs cli-docs run clean nnunet-venv nnunet-bench
 
 install: $(STAMP)
 
@@ -67,6 +67,28 @@ cli-docs: install
 # port 11112; prints the URL and, on the first start, the admin password
 run: install
 	$(VENV)/bin/delineo serve --dicom-port 11112
+
+# nnU-Net v2 at delineo's CPU budget (issue 20; benchmarks/results/nnunet-same-budget/README.md).
+# nnunetv2 gets its own virtual environment (it is no dependency of delineo), torch pinned and
+# installed FIRST so pip takes the CPU wheel on this disk (a looser pin pulls a multi-GB CUDA build).
+# Data, preprocessed arrays and trained folds go under runs/nnunet/ (ignored). Every stage resumes.
+NNUNET_VENV  := .venv-nnunet
+NNUNET_ROOT  ?= runs/nnunet
+NNUNET_HOURS ?= 1.5
+NNUNET_DATASET ?= 501
+nnunet-venv: $(NNUNET_VENV)/.installed
+$(NNUNET_VENV)/.installed:
+	test -x $(NNUNET_VENV)/bin/python || $(PYTHON) -m venv $(NNUNET_VENV)
+	$(NNUNET_VENV)/bin/python -m pip install -q torch==2.13.0
+	# torch named again: alone, nnunetv2 -> timm -> the newest torchvision, which wants the next torch (CUDA build)
+	$(NNUNET_VENV)/bin/python -m pip install -q nnunetv2 torch==2.13.0
+	touch $@
+
+# convert, plan + preprocess (defaults), train 3d_fullres fold 0 for NNUNET_HOURS CPU-hours, predict
+# and score the validation cases with delineo's metrics, time one case against delineo contour
+nnunet-bench: install nnunet-venv
+	NNUNET_ROOT=$(NNUNET_ROOT) NNUNET_HOURS=$(NNUNET_HOURS) NNUNET_DATASET=$(NNUNET_DATASET) \
+		nice -n 10 benchmarks/nnunet/run.sh all
 
 clean:
 	rm -rf $(VENV) out var
