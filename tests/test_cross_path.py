@@ -133,3 +133,46 @@ def test_dicom_zip_through_the_web_service(case, reference, tmp_path, monkeypatc
         z = zipfile.ZipFile(io.BytesIO(c.get(f"/api/studies/{sid}/results/nifti").content))
         z.extractall(tmp_path / "web")
     assert_agrees(nifti_masks(tmp_path / "web" / "segmentations"), reference, "web service, DICOM zip")
+
+
+def test_dicom_series_through_the_node(case, reference, tmp_path):
+    """storescu -> delineo's DICOM node (contours with hn-ct) -> storescp as the planning system."""
+    import shutil
+    import socket
+    import time
+
+    from delineo.dicom.node import DicomNode, NodeConfig
+    from delineo.dicom.rtstruct import read_rtstruct
+    from delineo.dicom.series import read_series
+
+    tools = {t: shutil.which(t) or f"/usr/bin/{t}" for t in ("storescu", "storescp")}
+    if not all(Path(p).is_file() for p in tools.values()):
+        pytest.skip("dcmtk not installed (make system-deps)")
+    files = write_dicom(case / "ct.nii.gz", tmp_path / "ct")
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    dest_port, node_port = free_port(), free_port()
+    (tmp_path / "tps").mkdir()
+    scp = subprocess.Popen([tools["storescp"], "--output-directory", str(tmp_path / "tps"), "--aetitle", "TPS", str(dest_port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    node = DicomNode(NodeConfig(storage=tmp_path / "node", port=node_port, host="127.0.0.1", forward=("TPS", "127.0.0.1", dest_port),
+                                idle_seconds=1.0, model="hn-ct", device="cpu", poll_s=0.1, send_seg=False)).start()
+    try:
+        subprocess.run([tools["storescu"], "-aec", "DELINEO", "127.0.0.1", str(node_port), *map(str, files)], check=True, capture_output=True)
+        t0 = time.monotonic()
+        while not any(e["state"] == "sent" for e in node.events):
+            assert not any(e["state"] == "failed" for e in node.events), node.events
+            assert time.monotonic() - t0 < 600, node.events
+            time.sleep(0.2)
+    finally:
+        node.stop()
+        scp.terminate()
+    received = [p for p in (tmp_path / "tps").iterdir() if p.name.startswith("RS")]
+    assert len(received) == 1, sorted(p.name for p in (tmp_path / "tps").iterdir())
+    series = read_series(tmp_path / "ct")
+    back = read_rtstruct(received[0], series)
+    assert_agrees({n: (m, series.image.affine) for n, m in back.items()}, reference, "DICOM node (RT Structure Set)")
