@@ -239,10 +239,15 @@ def test_viewer_overlays_orientation_zoom_fit(page, tmp_path):
     _, reset = _bright_columns(_canvas(page))
     assert abs(reset - before) < 0.1 * before, (before, reset)
 
-    # -- HU under the cursor
+    # -- HU under the mouse pointer (no click): on the 1000 HU block
     box = page.locator("#gl").bounding_box()
-    page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
-    page.wait_for_function("() => /HU/.test(document.querySelector('#cursor-info').textContent)")
+    img = _canvas(page)
+    ys, xs = np.nonzero(img.min(axis=2) >= 230)
+    scale = box["width"] / img.shape[1]
+    page.mouse.move(box["x"] + float(np.median(xs)) * scale, box["y"] + float(np.median(ys)) * scale)
+    page.wait_for_function("() => /1000 HU/.test(document.querySelector('#cursor-info').textContent)", timeout=10000)
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)  # the body on the patient's right
+    page.wait_for_function("() => /-100 HU/.test(document.querySelector('#cursor-info').textContent)", timeout=10000)
 
     # -- fits the window: no page scrolling at 1366x768, the whole canvas on screen
     assert page.evaluate("document.scrollingElement.scrollHeight <= window.innerHeight + 1")

@@ -79,6 +79,12 @@ export class Viewer {
     });
     await nv.attachToCanvas(this.canvas);
     nv.onLocationChange = (loc) => this._location(loc);
+    // the value under the mouse pointer (NiiVue reports the cross-hair's only on a click)
+    let pending = null;
+    this.canvas.addEventListener("mousemove", (e) => {
+      pending = e;
+      requestAnimationFrame(() => { if (pending) { this._hover(pending); pending = null; } });
+    });
     this.nv = nv;
     return nv;
   }
@@ -262,6 +268,21 @@ export class Viewer {
   setDrag(mode) {
     const nv = this.nv; if (!nv) return;
     nv.opts.dragMode = mode === "pan" ? this.DRAG_MODE.pan : this.DRAG_MODE.contrast;
+  }
+
+  _hover(e) {
+    const nv = this.nv; const ct = this.ct; if (!nv || !ct) return;
+    const dpr = nv.uiData?.dpr || window.devicePixelRatio || 1;
+    const rect = this.canvas.getBoundingClientRect();
+    let frac;
+    try { frac = nv.canvasPos2frac([(e.clientX - rect.left) * dpr, (e.clientY - rect.top) * dpr]); } catch (_) { return; }
+    if (!frac || frac[0] < 0 || frac.some((f) => !Number.isFinite(f) || f < 0 || f > 1)) return;
+    const mm = nv.frac2mm(frac);
+    const vox = ct.mm2vox(mm);
+    const value = ct.getValue(vox[0], vox[1], vox[2]);
+    const back = nv.back;
+    const rv = nv.frac2vox ? nv.frac2vox(frac) : vox;
+    this._location({ mm, vox: rv, values: [{ value }], hover: true }, back);
   }
 
   _location(loc) {
