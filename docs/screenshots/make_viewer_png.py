@@ -49,7 +49,7 @@ def main() -> None:
         page.set_input_files("#file-input", str(CT))
         page.wait_for_selector("#study-view:not(.hidden)", timeout=120000)
         page.evaluate("() => { const s = document.querySelector('#model-select'); s.value = 'hn-ct'; s.dispatchEvent(new Event('change')); }")
-        page.wait_for_function("() => !document.querySelector('#contour-btn').disabled")
+        page.wait_for_function("() => !document.querySelector('#contour-btn').disabled", timeout=300000)
         page.click("#contour-btn", timeout=180000)
         page.wait_for_selector("#job-state .chip.done", timeout=1800000)
         page.wait_for_function("() => Number(document.querySelector('#gl').dataset.loaded || 0) >= 5", timeout=120000)
