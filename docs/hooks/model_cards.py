@@ -200,6 +200,17 @@ def _card(name: str, meta: dict) -> str:
     lines += ["The validation cases also chose the epoch kept, so these figures are slightly optimistic; "
               "they are not from a separate held-out test set.", ""]
 
+    q = meta.get("quality")
+    if q:  # the per-structure quality estimate (issue 21)
+        oof = q.get("out_of_fold") or {}
+        lines += ["## Quality estimate", "",
+                  f"Each contour gets `quality` (an estimate of its Dice against an expert's) and `review` (below "
+                  f"{_f(q.get('threshold'))}: {q.get('threshold_rule')}). Method: {q.get('method')}. Fitted by `{q.get('command')}` "
+                  f"on {q.get('n_cases')} cases the model did not train on; out-of-fold ({q.get('folds')} folds) over "
+                  f"{oof.get('n')} contours: Spearman {_f(oof.get('spearman'))}, mean absolute error {_f(oof.get('mae'))}, "
+                  f"AUROC for Dice < 0.7 {_f(oof.get('auroc_dice_below_0.7'))} ({oof.get('n_dice_below_0.7')} such contours). "
+                  "Details: `benchmarks/results/quality/`.", ""]
+
     if (MODELS / name / "training_curves.png").is_file():
         lines += ["## Training curves", "", f"![training curves of {name}]({name}-training_curves.png)", ""]
     return "\n".join(lines)

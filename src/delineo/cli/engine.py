@@ -101,6 +101,9 @@ def quality_fit(
     sensitivity: float = typer.Option(0.9, "--sensitivity", help="Review threshold: flag at least this share of contours with Dice < 0.7."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the out-of-fold measurement (JSON) here."),
+    save_features: Optional[Path] = typer.Option(None, "--save-features", help="Also write each case's features and Dice (JSON) here."),
+    features_from: Optional[Path] = typer.Option(
+        None, "--features-from", help="Fit from features saved by --save-features (same weights) instead of contouring again."),
 ) -> None:
     """Fit the model's per-structure quality estimate (estimated Dice, review flag) on held-out cases
     and store it as quality.json in the model folder; run it again after retraining the model."""
@@ -116,7 +119,8 @@ def quality_fit(
         if not selected:
             raise InputError(resolve_model(model) / "model.json", "records no validation cases (trained with a separate val folder?)")
     command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
-    result = fit_quality(model, data, cases=selected, folds=folds, alpha=alpha, sensitivity=sensitivity, device=device, command=command)
+    result = fit_quality(model, data, cases=selected, folds=folds, alpha=alpha, sensitivity=sensitivity, device=device, command=command,
+                         save_features=save_features, features_from=features_from)
     m = result["out_of_fold"]
     typer.echo(f"{'structure':<14}{'spearman':>9}{'MAE':>8}{'AUROC<0.7':>11}{'n':>5}")
     for name, a in [*m["structures"].items(), ("overall", m["overall"])]:

@@ -19,8 +19,9 @@ Method (chosen by measurement, see ``benchmarks/results/quality/``):
    - ``log_volume``     log of the contour's volume (mm³; +1)
    - ``empty``          1 when nothing was predicted
 
-2. *A small calibration*: ridge regression from those features (plus the volume's z-score against
-   the reference volumes of the fitting cases and one indicator per structure) to Dice, clipped to
+2. *A small calibration*: ridge regression from those features (and one indicator per structure;
+   the volume's z-score against the fitting cases' reference volumes was measured and did not
+   help, so it is left out) to Dice, clipped to
    [0, 1]. It is fitted by :func:`fit_quality` on predictions for cases the model did not train on
    (its validation cases), with k-fold cross-fitting: each fold's calibrator is fitted without that
    fold's cases, the figures reported are out-of-fold, and every fold's calibrator is stored so that
@@ -47,8 +48,9 @@ import torch
 log = logging.getLogger("delineo.quality")
 QUALITY_JSON = "quality.json"
 FEATURES = ("expected_dice", "confidence", "outside", "uncertain", "log_volume", "empty")
-#: numeric inputs of the calibration (``volume_z``/``abs_volume_z`` from the fitting cases' reference volumes)
-INPUTS = ("expected_dice", "confidence", "outside", "uncertain", "volume_z", "abs_volume_z", "empty")
+#: numeric inputs of the calibration; ``volume_z``/``abs_volume_z`` (the volume against the fitting cases'
+#: reference volumes) can be added: measured, they did not help (benchmarks/quality_methods.py)
+INPUTS = ("expected_dice", "confidence", "outside", "uncertain", "empty")
 FLOOR = 0.05  # probabilities below this are background haze, not a candidate contour
 FLAG_DICE = 0.7  # what "a contour to review" means in the measurements: Dice below this
 
@@ -219,8 +221,13 @@ def load_quality(folder: str | Path | None) -> QualityEstimator | None:
     from delineo.errors import InputError
 
     try:
-        estimator = QualityEstimator.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as exc:
+        d = json.loads(path.read_text())
+        if list(d.get("inputs", INPUTS)) != list(INPUTS):  # made by another version of this module
+            log.warning("%s was fitted on inputs %s, this version computes %s: no quality estimate until "
+                        "`delineo quality-fit` is run again for this model", path, d.get("inputs"), list(INPUTS))
+            return None
+        estimator = QualityEstimator.from_dict(d)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(path, f"not a valid quality estimator ({exc})") from exc
     fitted_for = estimator.meta.get("weights_sha256")
     if fitted_for and (Path(folder) / "weights.safetensors").is_file() and fitted_for != weights_digest(folder):
@@ -368,33 +375,49 @@ def fit_quality(
     device: str = "cpu",
     save: bool = True,
     command: str | None = None,
-    samples_out: str | Path | None = None,
+    save_features: str | Path | None = None,
+    features_from: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fit the quality estimator of ``model`` on ``data`` (cases the model did not train on) and
     store it as ``quality.json`` in the model folder, recorded in its ``model.json``. Returns the
-    out-of-fold measurement (Spearman, MAE, AUROC per structure and overall)."""
+    out-of-fold measurement (Spearman, MAE, AUROC per structure and overall).
+    ``save_features``: also write the per-case features and Dice (JSON); ``features_from``: fit from
+    such a file instead of contouring the cases again (refused when it was made with other weights)."""
     from delineo.inference.predictor import Predictor
     from delineo.models.registry import resolve_model
     from delineo.training.loop import hardware_description
 
+    from delineo.errors import InputError
+
     folder = resolve_model(model)
     t0 = time.perf_counter()
     predictor = Predictor(str(folder), device)
-    samples = collect_samples(predictor, data, cases, progress=progress)
-    if samples_out is not None:
-        Path(samples_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(samples_out).write_text(json.dumps(samples, indent=1) + "\n")
+    digest = weights_digest(folder)
+    if features_from is not None:
+        saved = json.loads(Path(features_from).read_text())
+        if saved.get("weights_sha256") != digest:
+            raise InputError(features_from, "these features were computed with other weights: fit without --features-from")
+        samples = [x for x in saved["samples"] if cases is None or x["case"] in set(cases)]
+    else:
+        samples = collect_samples(predictor, data, cases, progress=progress)
+    if not samples:
+        raise InputError(data, "no case with reference contours of the model's structures to fit on")
+    if save_features is not None:
+        Path(save_features).parent.mkdir(parents=True, exist_ok=True)
+        Path(save_features).write_text(json.dumps({"model": predictor.bundle.name, "weights_sha256": digest, "data": str(data),
+                                                   "samples": samples}, indent=1) + "\n")
     structures = [s for s in predictor.structures if any(x["structure"] == s for x in samples)]
     full, fold_cals, rows = cross_fit(samples, structures, folds, alpha)
     threshold = choose_threshold([r["quality"] for r in rows], [r["dice"] for r in rows], sensitivity)
     measured = agreement_report(rows, structures, threshold)
     meta = {
         "method": "ridge calibration of reference-free features of the prediction (expected Dice, confidence, "
-                  "mass outside, uncertain band, volume z-score, empty) with a per-structure offset",
+                  "mass outside, uncertain band, empty) with a per-structure offset",
         "model": predictor.bundle.name,
-        "weights_sha256": weights_digest(folder),
+        "weights_sha256": digest,
         "data": str(data),
+        "features_from": str(features_from) if features_from is not None else None,
         "n_cases": len({s["case"] for s in samples}),
         "alpha": alpha,
         "folds": len(fold_cals),

@@ -1,0 +1,51 @@
+"""Which quality estimate (issue 21): candidate estimators compared out-of-fold on saved features.
+
+Reads the per-case features and Dice that ``delineo quality-fit --save-features`` writes (the
+contours of the model's validation cases) and, for each candidate, cross-fits it over the cases
+(5 folds, the same split as quality-fit) and reports Spearman, mean absolute error and AUROC for
+Dice < 0.7, all out-of-fold. No model is run.
+
+    python benchmarks/quality_methods.py benchmarks/results/quality/hn-ct-features.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from delineo.inference import quality as Q
+
+CANDIDATES = [
+    ("no fit: expected Dice as it is", None),
+    ("no fit: mean confidence inside", "confidence"),
+    ("per-structure mean Dice only", ("empty",)),
+    ("+ expected Dice", ("expected_dice", "empty")),
+    ("+ confidence", ("expected_dice", "confidence", "empty")),
+    ("+ mass outside, uncertain band (chosen)", ("expected_dice", "confidence", "outside", "uncertain", "empty")),
+    ("+ volume z-score", ("expected_dice", "confidence", "outside", "uncertain", "volume_z", "abs_volume_z", "empty")),
+]
+
+
+def compare(path: str, alpha: float = 1.0) -> list[dict]:
+    saved = json.loads(open(path).read())
+    samples = saved["samples"] if isinstance(saved, dict) else saved
+    structures = list(dict.fromkeys(s["structure"] for s in samples))
+    chosen, out = Q.INPUTS, []
+    for name, inputs in CANDIDATES:
+        if inputs is None or isinstance(inputs, str):
+            key = inputs or "expected_dice"
+            rows = [{"quality": s["features"][key], "dice": s["dice"]} for s in samples]
+        else:
+            Q.INPUTS = tuple(inputs)
+            try:
+                _, _, rows = Q.cross_fit(samples, structures, 5, alpha)
+            finally:
+                Q.INPUTS = chosen
+        a = Q.agreement([r["quality"] for r in rows], [r["dice"] for r in rows])
+        out.append({"candidate": name, **{k: a[k] for k in ("spearman", "mae", "auroc_dice_below_0.7", "auroc_dice_below_0.9", "n")}})
+    return out
+
+
+if __name__ == "__main__":
+    for row in compare(sys.argv[1]):
+        print(json.dumps(row))
