@@ -58,11 +58,14 @@ def contour_image(
     seconds: dict[str, float] | None = None,
     progress: Progress | None = None,
     series: Any = None,
+    title: str | None = None,
 ) -> dict[str, Any]:
     """Contour an in-memory image and write ``segmentations/<ROI>.nii.gz``, ``summary.json`` and
     overview PNGs into ``out_dir``. Returns the summary (volumes in cc, or cm² for 2D).
     seconds: timings of earlier stages (e.g. ``{"read": s}``) to report with the others.
     progress: ``progress(stage, fraction)`` callback (stages ``model``, ``write``, then for DICOM ``rtstruct`` and ``seg``, and ``done``).
+    title: the overview's title before the model name (default: the input file's name; the web
+    service gives the study's name).
     series: the :class:`delineo.dicom.series.CTSeries` the image came from; then ``rtstruct.dcm``
     (RT Structure Set) and ``seg.dcm`` (DICOM SEG) referencing it are written too."""
     out_dir = Path(out_dir)
@@ -107,7 +110,7 @@ def contour_image(
     if predictor.quality is not None:
         summary["quality_threshold"] = predictor.quality.threshold
     if overview:
-        summary["overview"] = [str(p) for p in write_overview(image, masks, out_dir, title=f"{Path(source).name} — {predictor.bundle.name}",
+        summary["overview"] = [str(p) for p in write_overview(image, masks, out_dir, title=f"{title or Path(source).name} — {predictor.bundle.name}",
                                                               review=review)]
     predictor.timings["write"] = time.perf_counter() - t0
     if series is not None:
@@ -148,6 +151,7 @@ def contour(
     progress: Progress | None = None,
     series_uid: str | None = None,
     bf16: bool | None = None,
+    title: str | None = None,
 ) -> dict[str, Any]:
     """Contour a NIfTI CT, a DICOM CT series (folder or zip; ``series_uid`` picks one of several)
     or a PNG X-ray with a bundled or given model; see :func:`contour_image`. DICOM input also gives
@@ -168,5 +172,5 @@ def contour(
     image = with_model_pixel_spacing(image, input_path, predictor.bundle)
     return contour_image(
         image, out_dir, predictor=predictor, structures=structures, source=str(input_path), overview=overview,
-        seconds={"read": read_s}, progress=progress, series=series,
+        seconds={"read": read_s}, progress=progress, series=series, title=title,
     )

@@ -319,3 +319,21 @@ def test_flags_and_quality_reach_the_structure_table(client):
     client.put(f"/api/studies/{sid}/reviews/{names[0]}", json={"state": "needs_work"})
     row = next(s for s in client.get(f"/api/studies/{sid}").json()["structures"] if s["name"] == names[0])
     assert row["review"]["state"] == "needs_work" and row["quality"]["review"] is True
+
+
+def test_overview_title_is_the_study_name(client, monkeypatch):
+    """The overview PNG is titled with the study's name (it said 'dicom — hn-ct' / 'ct.nii.gz — ...')."""
+    import delineo.api as api_mod
+
+    seen = []
+    original = api_mod.write_overview
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("title"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(api_mod, "write_overview", spy)
+    sid = upload(client, [("ct.nii.gz", nifti_bytes(16))], data={"name": "HN patient 7"}).json()["id"]
+    job = client.post(f"/api/studies/{sid}/jobs", json={}).json()["id"]
+    assert wait_job(client, job)["state"] == "done"
+    assert seen and seen[-1].startswith("HN patient 7 — "), seen

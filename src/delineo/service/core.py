@@ -176,6 +176,7 @@ class ServiceContext:
             study = job.study
             attempt = job.attempts
             study_id, kind, rel, model, structures = study.id, study.kind, study.input_path, job.model, job.structures
+            title = study.name
         out = self.storage.results_dir(study_id, job_id)
         work = out.with_name(f".{job_id}.attempt{attempt}")
         shutil.rmtree(work, ignore_errors=True)
@@ -199,7 +200,8 @@ class ServiceContext:
             if kind == "dicom":
                 source = self.dicom_input(study_id, source)
             t0 = time.perf_counter()
-            api.contour(source, work, model=model, structures=structures, device=self.settings.device, progress=progress)
+            api.contour(source, work, model=model, structures=structures, device=self.settings.device, progress=progress,
+                        title=title)
             summary_path = work / "summary.json"
             if summary_path.is_file():
                 summary = json.loads(summary_path.read_text())
