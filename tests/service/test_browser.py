@@ -415,3 +415,25 @@ def _storage_scp() -> dict:
     server = ae.start_server(("127.0.0.1", port), block=False,
                              evt_handlers=[(evt.EVT_C_STORE, lambda e: (received.append(e.dataset), 0x0000)[1])])
     return {"address": f"TPS@127.0.0.1:{port}", "received": received, "server": server}
+
+
+def test_access_log_link_for_administrators_only(page):
+    _sign_in(page)  # one failed sign-in first: a login-failed row
+    link = page.locator("#audit-link")
+    assert link.is_visible() and link.inner_text() == "Access log"
+    link.click()
+    page.wait_for_selector("h1:has-text('Access log')")
+    assert "login-failed" in page.inner_text("table.audit")
+    # a user who is not an administrator does not get the link
+    page.goto(page.base_url + "/")
+    page.wait_for_selector("#app-view:not(.hidden)")
+    r = page.request.post(page.base_url + "/api/users", data={"username": "plain", "password": "plain-user-pw-1"})
+    assert r.status == 201, r.text()
+    page.click("#logout-btn")
+    page.wait_for_selector("#login-view:not(.hidden)")
+    page.fill("#login-user", "plain")
+    page.fill("#login-pass", "plain-user-pw-1")
+    page.click("#login-form button[type=submit]")
+    page.wait_for_selector("#app-view:not(.hidden)")
+    assert page.locator("#audit-link").is_hidden() and page.locator("#users-btn").is_hidden()
+    assert not page.js_errors, page.js_errors
