@@ -56,8 +56,9 @@ from typing import Any, Callable, Sequence
 import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import CTImageStorage, RTStructureSetStorage, SegmentationStorage, Verification
+from pynetdicom.sop_class import CTImageStorage, Verification
 
+from delineo.dicom.scu import c_store
 from delineo.dicom.series import CT_IMAGE_STORAGE, instance_problem, is_valid_uid
 from delineo.errors import ConfigError, DelineoError
 
@@ -633,21 +634,7 @@ class DicomNode:
 
     def _send(self, folder: Path) -> tuple[bool, str]:
         ae_title, host, port = self.cfg.forward
-        ae = AE(ae_title=self.cfg.ae_title)
-        ae.add_requested_context(RTStructureSetStorage)
-        ae.add_requested_context(SegmentationStorage)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        assoc = ae.associate(host, port, ae_title=ae_title)
-        if not assoc.is_established:
-            return False, f"no association with {ae_title}@{host}:{port}"
-        try:
-            for f in sorted(folder.glob("*.dcm")):
-                status = assoc.send_c_store(pydicom.dcmread(f))
-                if not status or int(status.Status) not in (0x0000, 0xB000, 0xB007, 0xB006):
-                    return False, f"C-STORE of {f.name} answered {getattr(status, 'Status', 'nothing'):#06x}" if status else f"no answer to C-STORE of {f.name}"
-            return True, ""
-        finally:
-            assoc.release()
+        return c_store(sorted(folder.glob("*.dcm")), ae_title, host, port, calling_ae=self.cfg.ae_title)
 
     def status(self) -> dict[str, Any]:
         return node_status(self.root, alert_after_s=self.cfg.alert_after_s)

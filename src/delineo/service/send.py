@@ -22,6 +22,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from delineo.dicom.scu import c_store
+
 log = logging.getLogger("delineo.service.send")
 
 RETRIES = 3
@@ -103,30 +105,6 @@ def sends_for(home: Path, study_id: str) -> list[dict]:
         if rec.get("study") == study_id:
             out.append(rec)
     return sorted(out, key=lambda r: r["created_at"], reverse=True)
-
-
-def c_store(files: list[Path], ae: str, host: str, port: int, calling_ae: str = "DELINEO") -> tuple[bool, str]:
-    import pydicom
-    from pynetdicom import AE
-    from pynetdicom.sop_class import RTStructureSetStorage, SegmentationStorage
-
-    app = AE(ae_title=calling_ae)
-    app.add_requested_context(RTStructureSetStorage)
-    app.add_requested_context(SegmentationStorage)
-    app.acse_timeout = app.dimse_timeout = app.network_timeout = 30
-    assoc = app.associate(host, port, ae_title=ae)
-    if not assoc.is_established:
-        return False, f"no association with {ae}@{host}:{port} (is it running, and does it accept the AE title {calling_ae}?)"
-    try:
-        for f in files:
-            status = assoc.send_c_store(pydicom.dcmread(f))
-            if not status:
-                return False, f"no answer to the C-STORE of {f.name}"
-            if int(status.Status) not in (0x0000, 0xB000, 0xB007, 0xB006):
-                return False, f"{ae} refused {f.name} (status {int(status.Status):#06x})"
-        return True, ""
-    finally:
-        assoc.release()
 
 
 def start(home: Path, *, study_id: str, job_id: str, version: int, destination: str, files: list[Path], user: str,
