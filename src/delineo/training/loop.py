@@ -582,7 +582,7 @@ def _train(
             "steps_per_s": round(1.0 / step_s, 4), "voxels_per_s": round(patch_voxels / step_s),
         }
         if budget_s:
-            record["cpu_seconds"] = round(state["cpu_seconds"], 1)
+            record["cpu_seconds"] = round(state["cpu_seconds"], 3)
         if main and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs or budget_spent):
             v = validate(network, val_cases, meta["inference"], device, amp)
             record["val_dice"] = v["per_structure"]
@@ -638,7 +638,7 @@ def _train(
     final["training"]["epochs"] = t.epochs if not budget_s else state["epoch"]
     if budget_s:
         final["training"]["budget"] = {
-            "cpu_hours": budget_cpu_hours, "cpu_seconds_used": round(state.get("cpu_seconds", 0.0), 1),
+            "cpu_hours": budget_cpu_hours, "cpu_seconds_used": round(state.get("cpu_seconds", 0.0), 3),
             "epochs_done": state["epoch"], "epochs_cap": t.epochs,
             "ended_by": "budget" if state.get("cpu_seconds", 0.0) >= budget_s else "epochs",
             "note": "CPU time of the training process (user + system, all threads) in training epochs, validation excluded",

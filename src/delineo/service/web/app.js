@@ -340,13 +340,14 @@ $("delete-btn").addEventListener("click", async () => {
 function flagsOf(s) {
   const f = [...(s.flags || [])];
   if (s.review && s.review.state === "needs_work") f.push(`needs work (${s.review.user})`);
+  if (s.quality?.review) f.push(`quality estimate ${Number(s.quality.quality).toFixed(2)} below the review threshold`);
   return f;
 }
 function renderStructures(rows) {
   $("no-structures").classList.toggle("hidden", rows.length > 0);
   const editable = (state.detail?.info?.dims || 3) === 3;
   // flagged first: failed anatomy checks or "needs work", then a quality estimate below the model's threshold
-  const rank = (x) => (x.flags.length ? 0 : x.s.quality?.review ? 1 : 2);
+  const rank = (x) => (x.flags.length > (x.s.quality?.review ? 1 : 0) ? 0 : x.s.quality?.review ? 1 : 2);
   const sorted = rows.map((s, i) => ({ s, i, flags: flagsOf(s) })).sort((a, b) => rank(a) - rank(b) || a.i - b.i);
   $("structure-rows").innerHTML = sorted.map(({ s, flags }) => {
     const r = s.review;
