@@ -19,6 +19,7 @@ from torch import nn
 from delineo.api import contour_image
 from delineo.data.io import Image
 from delineo.inference.predictor import Predictor
+from delineo.metrics.segmentation import patient_points
 from delineo.models.networks import NetworkSpec
 from delineo.models.registry import ModelBundle
 
@@ -49,9 +50,7 @@ def bundle() -> ModelBundle:
 
 
 def world_points(mask: np.ndarray, affine: np.ndarray) -> set[tuple[float, ...]]:
-    ijk = np.argwhere(mask)
-    xyz = (affine[:3, :3] @ ijk.T).T + affine[:3, 3]
-    return {tuple(p) for p in np.round(xyz, 3)}
+    return patient_points(mask, affine, decimals=3)
 
 
 def stored_as(array: np.ndarray, affine: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:

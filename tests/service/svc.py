@@ -213,3 +213,27 @@ def pg_url():
     yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def storage_scp() -> dict:
+    """A planning system stand-in: a pynetdicom Storage SCP (RT Structure Set, SEG) on a free loopback
+    port that keeps what it receives: ``{"address": "TPS@127.0.0.1:PORT", "received": [...], "server": ...}``
+    (call ``server.shutdown()`` when done)."""
+    pytest.importorskip("pynetdicom")
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import RTStructureSetStorage, SegmentationStorage
+
+    received: list = []
+
+    def on_store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="TPS")
+    ae.add_supported_context(RTStructureSetStorage)
+    ae.add_supported_context(SegmentationStorage)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    return {"address": f"TPS@127.0.0.1:{port}", "received": received, "server": server}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.svc import ADMIN_PASSWORD, dicom_available, dicom_series_zip, nifti_bytes
+from service.svc import ADMIN_PASSWORD, dicom_available, dicom_series_zip, nifti_bytes, storage_scp
 from waits import HANG_S
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -380,7 +380,7 @@ def test_edit_with_brush_shows_in_rt_structure_set(page, tmp_path):
     assert name in table and ("1.000" in table or "0.9" in table), table
     page.screenshot(path=str(ARTIFACTS / "viewer-reference.png"))
     # send to the planning system: an administrator adds the destination, the state shows "sent"
-    tps = _storage_scp()
+    tps = storage_scp()
     try:
         page.click("#dest-admin summary")
         page.fill("#dest-name", "TPS")
@@ -395,26 +395,6 @@ def test_edit_with_brush_shows_in_rt_structure_set(page, tmp_path):
         tps["server"].shutdown()
     page.screenshot(path=str(ARTIFACTS / "viewer-sent.png"))
     assert not page.js_errors, page.js_errors
-
-
-def _storage_scp() -> dict:
-    """A planning system stand-in (pynetdicom Storage SCP on a free loopback port)."""
-    import socket
-
-    pytest.importorskip("pynetdicom")
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import RTStructureSetStorage, SegmentationStorage
-
-    received: list = []
-    ae = AE(ae_title="TPS")
-    ae.add_supported_context(RTStructureSetStorage)
-    ae.add_supported_context(SegmentationStorage)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, lambda e: (received.append(e.dataset), 0x0000)[1])])
-    return {"address": f"TPS@127.0.0.1:{port}", "received": received, "server": server}
 
 
 def test_access_log_link_for_administrators_only(page):

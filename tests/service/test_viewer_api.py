@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from service.svc import nifti_bytes, upload, wait_job
+from service.svc import nifti_bytes, storage_scp, upload, wait_job
 
 
 def _nii(array, affine=None) -> bytes:
@@ -219,29 +219,10 @@ def test_reference_rt_structure_set(client):
 
 @pytest.fixture
 def tps():
-    """A planning system stand-in: a pynetdicom Storage SCP on a free loopback port that keeps
-    what it receives."""
-    pytest.importorskip("pynetdicom")
-    import socket
-
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import RTStructureSetStorage, SegmentationStorage
-
-    received = []
-
-    def on_store(event):
-        received.append(event.dataset)
-        return 0x0000
-
-    ae = AE(ae_title="TPS")
-    ae.add_supported_context(RTStructureSetStorage)
-    ae.add_supported_context(SegmentationStorage)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    yield {"address": f"TPS@127.0.0.1:{port}", "received": received}
-    server.shutdown()
+    """A planning system stand-in that keeps what it receives (:func:`svc.storage_scp`)."""
+    scp = storage_scp()
+    yield scp
+    scp["server"].shutdown()
 
 
 def test_send_to_a_destination(client, tps):
