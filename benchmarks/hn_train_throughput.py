@@ -35,6 +35,12 @@ SETTINGS = [
     ("fp32, 48^3", {"patch": 48}),
     ("fp32, 96^3", {"patch": 96}),
     ("fp32, 1 thread, 64^3", {"threads": 1}),
+    ("bf16 autocast, channels_last_3d, 64^3", {"amp": True, "channels_last": True}),
+    ("bf16 autocast, 8-16-32-64-128, 64^3", {"amp": True, "channels": [8, 16, 32, 64, 128]}),
+    ("bf16 autocast, 48^3", {"amp": True, "patch": 48}),
+    ("bf16 autocast, 80^3", {"amp": True, "patch": 80}),
+    ("bf16 autocast, 96^3", {"amp": True, "patch": 96}),
+    ("bf16 autocast, 1 thread, 64^3", {"amp": True, "threads": 1}),
 ]
 
 

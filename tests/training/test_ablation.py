@@ -158,3 +158,26 @@ def test_budget_resumes_and_stops_where_it_was_spent(tmp_path, tiny_config, imag
     # run again with the same budget: nothing more to train
     loop.train(cfg, budget_cpu_hours=0.0002)
     assert len(json.loads((out / "history.json").read_text())) == done
+
+
+def test_independent_steps_keep_weights_and_compare_with_the_base(tmp_path, tiny_config, image_dataset):
+    """``cumulative: false``: each step's change on the base alone (a recipe comparison), Δ against
+    the first step; ``keep_weights: true`` keeps each step's weights and checkpoint."""
+    base = tiny_config(image_dataset.root, tmp_path / "unused", epochs=1, steps_per_epoch=2)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    steps = [{"name": "base", "set": {}}, {"name": "bce", "set": {"training.loss": "bce"}},
+             {"name": "residual", "set": {"network.residual": True}}]
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "cumulative": False, "keep_weights": True, "steps": steps}))
+    out = tmp_path / "out"
+    assert main(["ablation", str(tmp_path / "abl.yaml"), "--out", str(out), "--device", "cpu"]) in (0, None)
+    res = json.loads((out / "results.json").read_text())
+    by = {s["step"]: s for s in res["steps"]}
+    assert by["bce"]["loss"] == "bce" and not by["bce"]["network"].get("residual")
+    assert by["residual"]["network"]["residual"] and by["residual"]["loss"] == base["training"].get("loss", "dice_bce")
+    assert (out / "runs" / "03-residual" / "model" / "weights.safetensors").is_file()
+    assert list((out / "runs" / "03-residual" / "work").glob("checkpoint.pt*"))
+    md = (out / "results.md").read_text()
+    assert "against the first step (base)" in md
+    row = md.split("| residual |")[1].splitlines()[0]
+    delta = float(row.strip().rstrip("|").split("|")[-1])
+    assert delta == pytest.approx(by["residual"]["mean_dice"] - by["base"]["mean_dice"], abs=1.5e-3)

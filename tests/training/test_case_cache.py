@@ -31,3 +31,18 @@ def test_cached_items_equal_fresh_ones_and_changes_miss(case_dataset, tmp_path):
     os.utime(ct, ns=(ct.stat().st_atime_ns, ct.stat().st_mtime_ns + 10**9))
     PreparedCases(ds, SPEC, cache_dir=cache)
     assert len(list(cache.glob("*.npz"))) == 2 * len(ds) + 1
+
+
+def test_a_named_cache_folder_is_shared_by_runs(tmp_path, tiny_config, image_dataset):
+    """``training.cache_cases: <folder>``: runs with other work folders read and write one cache."""
+    from delineo.training.config import TrainConfig
+    from delineo.training.loop import train
+
+    shared = tmp_path / "shared-cases"
+    for run in ("a", "b"):
+        cfg = tiny_config(image_dataset.root, tmp_path / run, epochs=1, steps_per_epoch=1, cache_cases=str(shared))
+        cfg["work_dir"] = str(tmp_path / f"work-{run}")
+        train(TrainConfig.from_dict(cfg))
+        assert not (tmp_path / f"work-{run}" / "cases").exists()
+    # training and validation cases of one dataset, written once, read by the second run
+    assert 0 < len(list(shared.glob("*.npz"))) <= len(image_dataset.cases)

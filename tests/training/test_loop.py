@@ -463,6 +463,13 @@ def test_init_weights_starts_from_a_trained_model(tmp_path, tiny_config, image_d
     init = json.loads((out / "model.json").read_text())["training"]["init_weights"]
     assert init["model"] == str(trained_2d) and len(init["weights_sha256"]) == 64 and init["epochs"] == 6
 
+    # deep supervision added to a model trained without it: its layers load, the auxiliary heads start fresh
+    cfg = tiny_config(image_dataset.root, tmp_path / "ds", epochs=1, steps_per_epoch=2, lr=0.0, init_weights=str(trained_2d))
+    cfg["network"] = {**cfg.get("network", {}), "deep_supervision": True}
+    result = load_file(str(train(TrainConfig.from_dict(cfg)) / "weights.safetensors"))
+    assert all(torch.equal(start[k], result[k]) for k in start)
+    assert any(k.startswith("aux_heads.") for k in result) and not any(k.startswith("aux_heads.") for k in start)
+
     cfg = tiny_config(image_dataset.root, tmp_path / "bad", epochs=1, init_weights=str(trained_2d))
     cfg["network"] = {"channels": [4, 8, 32]}
     with pytest.raises(ConfigError, match="init_weights .* do not fit"):

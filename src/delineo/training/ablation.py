@@ -12,7 +12,10 @@ adds on top of the previous step (cumulative, like the seed's table: U-Net -> Re
 
 Optional top-level keys: ``set`` (overrides of the base config for every step, e.g.
 ``training.init_weights: null`` so that no step starts from a bundled model) and
-``budget_cpu_hours`` (each step trains until its process has spent that much CPU time in
+``cumulative: false`` (each step's overrides apply to the base alone: a comparison of
+independent recipe choices rather than a sequence, e.g. ``configs/hn-recipe.yaml``),
+``keep_weights: true`` (keep each step's weights and checkpoint, so the winner can be trained
+further) and ``budget_cpu_hours`` (each step trains until its process has spent that much CPU time in
 training, or until ``training.epochs``: equal compute for every step, see
 :func:`delineo.training.loop.train`). ``seed`` (or ``--seed``) trains the steps again with
 another training seed, beside the first ones (``runs/NN-step-seedS``).
@@ -106,11 +109,13 @@ def run_ablation(
     unknown = sorted(set(only or []) - {st["name"] for st in steps})
     if unknown:
         raise ConfigError(f"{ablation}: no step named {', '.join(map(repr, unknown))} (steps: {', '.join(st['name'] for st in steps)})")
+    cumulative = bool(spec.get("cumulative", True))
+    keep_weights = bool(spec.get("keep_weights", False))
     config = copy.deepcopy(base)
     rows = []
     results, written = None, -1
     for i, step in enumerate(steps, 1):
-        config = apply_overrides(config, step["set"])  # cumulative
+        config = apply_overrides(config if cumulative else base, step["set"])
         run_dir = out / "runs" / f"{i:02d}-{slug(step['name'])}{suffix}"
         result_path = run_dir / "result.json"
         if result_path.is_file():
@@ -159,9 +164,10 @@ def run_ablation(
         run_dir.mkdir(parents=True, exist_ok=True)
         result_path.with_suffix(".tmp").write_text(json.dumps(row, indent=2) + "\n")
         result_path.with_suffix(".tmp").replace(result_path)
-        (model_dir / "weights.safetensors").unlink(missing_ok=True)  # keep metrics, not 5 sets of weights
-        for p in (run_dir / "work").glob("checkpoint.pt*"):
-            p.unlink()
+        if not keep_weights:
+            (model_dir / "weights.safetensors").unlink(missing_ok=True)  # keep metrics, not 5 sets of weights
+            for p in (run_dir / "work").glob("checkpoint.pt*"):
+                p.unlink()
         log(f"[{i}/{len(steps)}] {step['name']}{suffix}: mean Dice {row['mean_dice']:.4f} on {row['n_val']} validation cases")
         rows = _collect_rows(out, steps)
         results = _write_results(out, ablation, command, epochs, max_cases, device, rows, steps, budget)  # after every step
@@ -203,6 +209,7 @@ def _write_results(out: Path, ablation, command, epochs, max_cases, device, rows
         "steps": rows,
         "not_run": [st["name"] for st in steps if st["name"] not in done],
         "step_order": [st["name"] for st in steps],
+        "cumulative": bool(read_yaml_mapping(ablation).get("cumulative", True)),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -221,8 +228,10 @@ def results_markdown(results: dict[str, Any]) -> str:
     for r in rows:
         names += [n for n in r["dice"] if n not in names]
     lines = ["| step | " + " | ".join(names) + " | mean | Δ mean |", "|---" * (len(names) + 3) + "|"]
-    # Δ against the step just before in the ablation file; "-" when that one has not run
+    # Δ against the step just before in the ablation file (cumulative steps) or against the first
+    # step, the base recipe (independent choices); "-" when that one has not run
     order = results.get("step_order") or [r["step"] for r in rows]
+    cumulative = results.get("cumulative", True)
     by_name = {r["step"]: r for r in rows if not r.get("extra_seed")}
     by_seed = {(r["step"], r.get("seed")): r for r in rows}
 
@@ -231,7 +240,10 @@ def results_markdown(results: dict[str, Any]) -> str:
 
     for r in rows:
         i = order.index(r["step"])
-        prev = (by_seed.get((order[i - 1], r.get("seed"))) or (None if r.get("extra_seed") else by_name.get(order[i - 1]))) if i > 0 else None
+        j = i - 1 if cumulative else 0
+        if not cumulative and i == 0:
+            i = -1  # the base itself: no Δ
+        prev = (by_seed.get((order[j], r.get("seed"))) or (None if r.get("extra_seed") else by_name.get(order[j]))) if i > 0 else None
         ok = prev is not None and prev["mean_dice"] is not None and r["mean_dice"] is not None
         delta = f"{r['mean_dice'] - prev['mean_dice']:+.3f}" if ok else "-"
         lines.append(f"| {label(r)} | " + " | ".join(_fmt(r["dice"].get(n)) for n in names) + f" | {_fmt(r['mean_dice'])} | {delta} |")
@@ -247,7 +259,9 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"{label(r)}: {r['budget']['cpu_seconds_used'] / 3600:.2f} CPU-h, {r['budget']['epochs_done']} epochs (ended by {r['budget']['ended_by']})"
             for r in rows if r.get("budget")) + "."]
     hw = {r.get("hardware") for r in rows}
-    lines += ["", f"Validation Dice ({rows[0]['n_val'] if rows else 0} cases); trained on: {', '.join(sorted(h for h in hw if h))}."]
+    lines += ["", f"Validation Dice ({rows[0]['n_val'] if rows else 0} cases); trained on: {', '.join(sorted(h for h in hw if h))}.",
+              "Δ mean: against the step before (each step adds its change to the previous ones)." if cumulative else
+              f"Each step changes one choice of the base recipe; Δ mean: against the first step ({order[0] if order else '-'})."]
     if results.get("not_run"):
         lines.append(f"Not run yet: {', '.join(results['not_run'])}.")
     if results.get("budget_cpu_hours"):

@@ -78,7 +78,7 @@ class TrainingConfig:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     val_every: int = 1
     num_workers: int = 0
-    cache_cases: bool = False  # keep the preprocessed cases in work_dir/cases (fast restarts of long runs)
+    cache_cases: bool | str = False  # keep the preprocessed cases in work_dir/cases (fast restarts of long runs), or in this folder (shared by runs)
     threads: int | None = None
     weighting: dict[str, Any] | None = None  # {kind: uniform} or a registered strategy, e.g. qam
     label_noise: dict[str, Any] | None = None  # synthetic label corruption of training samples

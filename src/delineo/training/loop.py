@@ -328,9 +328,13 @@ def _init_weights(network: torch.nn.Module, source: str, structures: list[str]) 
     if list(init.structures) != list(structures):
         raise ConfigError(f"training.init_weights {source}: its structures {init.structures} differ from {structures}")
     try:
-        network.load_state_dict(init.network.state_dict())
+        # auxiliary deep-supervision heads the starting model lacks begin from their initialisation
+        missing, unexpected = network.load_state_dict(init.network.state_dict(), strict=False)
     except RuntimeError as exc:
         raise ConfigError(f"training.init_weights {source}: its weights do not fit this network ({exc})") from exc
+    bad = [k for k in missing if not k.startswith("aux_heads.")] + list(unexpected)
+    if bad:
+        raise ConfigError(f"training.init_weights {source}: its weights do not fit this network (keys {', '.join(bad[:5])})")
     trained = init.meta.get("training", {})
     return {
         "model": str(init.path),
@@ -410,7 +414,8 @@ def _train(
     if not val_ds.presence_matrix().any():
         raise ConfigError(f"{val_ds.root}: no validation case has any of the structures {', '.join(structures)} contoured")
     train_ds = open_dataset(cfg.data.train, structures, train_ids, cfg.data.pixel_spacing_mm, orientation)
-    cache = Path(cfg.work_dir or Path("runs") / cfg.name) / "cases" if t.cache_cases else None  # fast restarts of long runs
+    # fast restarts of long runs; a folder name shares the cache between runs (cases are keyed by their preprocessing)
+    cache = (Path(t.cache_cases) if isinstance(t.cache_cases, str) else Path(cfg.work_dir or Path("runs") / cfg.name) / "cases") if t.cache_cases else None
     train_cases = PreparedCases(train_ds, cfg.preprocess, "loading training cases", quiet=not main, cache_dir=cache)
     val_cases = PreparedCases(val_ds, cfg.preprocess, "loading validation cases", cache_dir=cache) if main else None
 
