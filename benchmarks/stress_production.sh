@@ -7,8 +7,8 @@
 #
 # Environment: USERS (50), STUDIES (1), CT_DIR (../shared/data/openkbp/validation), MODEL (hn-ct),
 # MAX_SECONDS (1100), WORKER_THREADS (torch threads per worker, 1), PG (postgresql://postgres@127.0.0.1:5432),
-# REDIS (redis://127.0.0.1:6379/0), PAUSE_PID (a process to stop with SIGSTOP for the measurement only and
-# to resume with SIGCONT right after, whatever happens, e.g. a training run sharing the CPUs).
+# REDIS (redis://127.0.0.1:6379/0), PAUSE_PID (processes, space-separated, to stop with SIGSTOP for the
+# measurement only and to resume with SIGCONT right after, whatever happens, e.g. training runs sharing the CPUs).
 # Everything it starts (database, data folder, queue, processes) is its own and removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ PIDS=()
 PAUSED=""
 
 resume() {
-  if [ -n "$PAUSED" ]; then kill -CONT "$PAUSED" 2>/dev/null || true; echo "resumed $PAUSED"; PAUSED=""; fi
+  if [ -n "$PAUSED" ]; then kill -CONT $PAUSED 2>/dev/null || true; echo "resumed $PAUSED"; PAUSED=""; fi
 }
 cleanup() {
   resume
@@ -78,7 +78,7 @@ MEM=$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)
 CPU=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 if [ -n "${PAUSE_PID:-}" ]; then
-  kill -STOP "$PAUSE_PID"
+  kill -STOP $PAUSE_PID
   PAUSED=$PAUSE_PID
   echo "paused $PAUSE_PID for the measurement"
 fi
@@ -86,7 +86,7 @@ T0=$(date +%s)
 set +e
 $PY -m delineo stress --url "http://127.0.0.1:$PORT" --users "$USERS" --studies "$STUDIES" --model "$MODEL" \
   --ct-dir "$CT_DIR" --dicom --max-seconds "$MAX_SECONDS" --out "$OUT" \
-  --machine "$CORES-core CPU ($CPU), $MEM RAM, no GPU; client, server, workers, PostgreSQL and Redis on this one machine; load average before the run $LOAD0${PAUSE_PID:+ (a training run sharing the CPUs was paused for the measurement; other processes were not)}" \
+  --machine "$CORES-core CPU ($CPU), $MEM RAM, no GPU; client, server, workers, PostgreSQL and Redis on this one machine; load average before the run $LOAD0${PAUSE_PID:+ (training runs sharing the CPUs were paused for the measurement; other processes were not)}" \
   --server-note "delineo serve (1 process) on PostgreSQL $($PY -c 'import psycopg,sys; c=psycopg.connect(sys.argv[1]+"/postgres"); print(c.execute("SHOW server_version").fetchone()[0].split()[0])' "$PG") and Redis ($REDIS, huey); 2 delineo worker processes, 1 job thread each, $WORKER_THREADS torch thread(s) each, CPU inference"
 RC=$?
 set -e

@@ -56,6 +56,10 @@ class DataConfig:
     train_cases: list[str] | None = None  # restrict (e.g. for quick runs)
     max_cases: int | None = None
     max_val_cases: int | None = None
+    # agreement selection from an audit of the training contours (delineo audit): {audit: path/to/audit.csv,
+    # fraction: 0.1}: per structure, that fraction of the contoured training cases with the lowest agreement
+    # (Dice of a model's prediction vs the contour) is treated as not contoured (left out of the loss)
+    exclude_contours: dict[str, Any] | None = None
 
 
 @dataclass
@@ -75,7 +79,7 @@ class TrainingConfig:
     augment: str = "default"  # default | none
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16 (fp32 elsewhere)
     val_every: int = 1
     num_workers: int = 0
     cache_cases: bool | str = False  # keep the preprocessed cases in work_dir/cases (fast restarts of long runs), or in this folder (shared by runs)

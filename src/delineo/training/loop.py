@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from delineo.data.datasets import SegmentationDataset, open_dataset, split_cases
 from delineo.data.transforms import model_spacing_mm, preprocess, preprocess_labels, training_augmentation
-from delineo.errors import ConfigError
+from delineo.errors import ConfigError, InputError
 from delineo.inference.predictor import autocast_context, bf16_available, predict_probabilities, resolve_device
 from delineo.metrics.segmentation import label_agreement
 from delineo.models.networks import NetworkSpec, build_network, count_parameters
@@ -99,6 +99,39 @@ class PreparedCases(Dataset):
             "case": item["case"],
             "index": i,
         }
+
+
+def exclude_audited_contours(items: list[dict[str, Any]], structures: list[str], spec: dict[str, Any]) -> dict[str, Any]:
+    """Agreement selection: leave out of the loss the training contours an audit trusts least.
+
+    ``spec``: ``{"audit": audit.csv of delineo audit, "fraction": f}``. Per structure, the fraction
+    ``f`` of the audited cases that have it contoured, lowest ``agreement_<structure>`` first (the Dice
+    of a model's prediction against the contour), get ``present`` = False in ``items`` (in place): the
+    image still trains the other structures. Returns what the model card records."""
+    import csv
+
+    path = Path(str(spec.get("audit", "")))
+    fraction = float(spec.get("fraction", 0.1))
+    if not path.is_file():
+        raise InputError(path, "data.exclude_contours.audit: no such audit.csv (run delineo audit first)")
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"data.exclude_contours.fraction must be in [0, 1), got {fraction}")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not any(f"agreement_{s}" in rows[0] for s in structures):
+        raise InputError(path, f"no agreement_<structure> column for any of {', '.join(structures)}: not an audit of these structures")
+    index = {str(it["case"]): it for it in items}
+    record: dict[str, Any] = {"audit": str(path), "fraction": fraction, "contours": {}}
+    for k, name in enumerate(structures):
+        scored = [(float(r[f"agreement_{name}"]), r["case"]) for r in rows
+                  if r.get(f"agreement_{name}") not in (None, "") and r["case"] in index and bool(index[r["case"]]["present"][k])]
+        scored.sort()
+        drop = [case for _, case in scored[: int(round(fraction * len(scored)))]]
+        for case in drop:
+            index[case]["present"][k] = False
+        record["contours"][name] = drop
+    print(f"excluded {sum(map(len, record['contours'].values()))} training contours named by {path}", file=sys.stderr, flush=True)
+    return record
 
 
 def _cache_path(cache_dir: Path, dataset: SegmentationDataset, i: int, spec: dict[str, Any]) -> Path:
@@ -419,6 +452,10 @@ def _train(
     train_cases = PreparedCases(train_ds, cfg.preprocess, "loading training cases", quiet=not main, cache_dir=cache)
     val_cases = PreparedCases(val_ds, cfg.preprocess, "loading validation cases", cache_dir=cache) if main else None
 
+    excluded = None
+    if cfg.data.exclude_contours:
+        excluded = exclude_audited_contours(train_cases.items, structures, cfg.data.exclude_contours)
+
     noise_records = None
     if t.label_noise:
         from delineo.data.noise import corrupt_labels
@@ -529,6 +566,7 @@ def _train(
             "hardware": hardware_description(device) if not dist_info.enabled else f"{dist_info.world_size} processes ({dist_info.backend}), each {hardware_description(device)}",
             "parameters": count_parameters(network),
             "label_noise": [asdict(r) for r in noise_records] if noise_records else None,
+            "excluded_contours": excluded,
             "init_weights": init_record,
         },
     }
