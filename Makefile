@@ -81,7 +81,7 @@ $(NNUNET_VENV)/.installed:
 	test -x $(NNUNET_VENV)/bin/python || $(PYTHON) -m venv $(NNUNET_VENV)
 	$(NNUNET_VENV)/bin/python -m pip install -q torch==2.13.0
 	# torch named again: alone, nnunetv2 -> timm -> the newest torchvision, which wants the next torch (CUDA build)
-	$(NNUNET_VENV)/bin/python -m pip install -q nnunetv2 torch==2.13.0
+	$(NNUNET_VENV)/bin/python -m pip install -q nnunetv2==2.8.1 torch==2.13.0
 	touch $@
 
 # convert, plan + preprocess (defaults), train 3d_fullres fold 0 for NNUNET_HOURS CPU-hours, predict
