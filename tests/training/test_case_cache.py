@@ -46,3 +46,13 @@ def test_a_named_cache_folder_is_shared_by_runs(tmp_path, tiny_config, image_dat
         assert not (tmp_path / f"work-{run}" / "cases").exists()
     # training and validation cases of one dataset, written once, read by the second run
     assert 0 < len(list(shared.glob("*.npz"))) <= len(image_dataset.cases)
+
+
+def test_a_checkpoint_from_before_a_new_option_still_resumes():
+    """An option added after a checkpoint was written (absent there, None now) is not a config change."""
+    from delineo.training.loop import _same_config
+
+    saved = {"data": {"train": "x"}, "training": {"lr": 0.001}}
+    assert _same_config(saved, {"data": {"train": "x", "exclude_contours": None}, "training": {"lr": 0.001}})
+    assert not _same_config(saved, {"data": {"train": "x", "exclude_contours": {"audit": "a.csv"}}, "training": {"lr": 0.001}})
+    assert not _same_config(saved, {"data": {"train": "x"}, "training": {"lr": 0.002}})

@@ -10,10 +10,11 @@ import torch
 from delineo.models.networks import NetworkSpec
 from delineo.training import TrainConfig
 from delineo.training.ablation import apply_overrides, load_ablation
+from delineo.training.config import read_yaml_mapping
 from delineo.training.loop import _scheduler, build_training_parts
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-ABLATIONS = {"hn-ablation.yaml"}
+ABLATIONS = {"hn-ablation.yaml", "hn-recipe.yaml"}
 
 
 def build(cfg: TrainConfig) -> None:
@@ -36,7 +37,8 @@ def test_training_config_builds(name):
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_every_ablation_step_builds(name):
     base, steps = load_ablation(CONFIGS / name)
+    cumulative = read_yaml_mapping(CONFIGS / name).get("cumulative", True)
     config = base
     for step in steps:
-        config = apply_overrides(config, step["set"])
+        config = apply_overrides(config if cumulative else base, step["set"])
         build(TrainConfig.from_dict(config, where=f"{name}: {step['name']}"))

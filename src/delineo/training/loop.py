@@ -134,6 +134,19 @@ def exclude_audited_contours(items: list[dict[str, Any]], structures: list[str],
     return record
 
 
+def _same_config(saved: Any, current: Any) -> bool:
+    """A checkpoint's config against the current one; an option added to delineo after the checkpoint
+    was written (absent there, None here) does not make it a different config."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = set(saved) | set(current)
+        return all(
+            (k in saved and k in current and _same_config(saved[k], current[k]))
+            or (k not in saved and current.get(k) is None) or (k not in current and saved.get(k) is None)
+            for k in keys
+        )
+    return saved == current
+
+
 def _cache_path(cache_dir: Path, dataset: SegmentationDataset, i: int, spec: dict[str, Any]) -> Path:
     """Where case ``i`` preprocessed by ``spec`` is kept: named by a hash of its files (path, size,
     modification time), the structures, the orientation and the preprocessing, so any change misses."""
@@ -525,7 +538,7 @@ def _train(
     config_dict = cfg.to_dict()
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt.get("config") == config_dict:
+        if _same_config(ckpt.get("config"), config_dict):
             network.load_state_dict(ckpt["network"])
             weighting.load_state_dict(ckpt["weighting"])
             optimizer.load_state_dict(ckpt["optimizer"])
