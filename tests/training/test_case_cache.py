@@ -21,9 +21,15 @@ def test_cached_items_equal_fresh_ones_and_changes_miss(case_dataset, tmp_path):
     assert len(list(cache.glob("*.npz"))) == len(ds)
     again = PreparedCases(ds, SPEC, cache_dir=cache)
     for a, b in zip(fresh.items, again.items):
-        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"].tensor(), b["label"].tensor())
+        assert a["label"].tensor().dtype == torch.uint8 and a["label"].tensor().shape[0] == len(ds.structures)
         assert torch.equal(a["present"], b["present"]) and a["case"] == b["case"]
         assert np.allclose(a["spacing_mm"], b["spacing_mm"])
+    # what the training loop reads: the masks unpacked, equal to preprocessing them afresh
+    from delineo.data.transforms import preprocess_labels
+
+    first = ds[0]
+    assert torch.equal(again[0]["label"], preprocess_labels(first["label"], first["spacing_mm"], SPEC))
     # another preprocessing, or a file that changed, is not served from the cache
     PreparedCases(ds, {**SPEC, "spacing_mm": [2.0, 2.0, 2.0]}, cache_dir=cache)
     assert len(list(cache.glob("*.npz"))) == 2 * len(ds)

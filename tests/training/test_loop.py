@@ -15,6 +15,7 @@ import delineo.training.loop as loop
 import delineo.training.weighting as weighting_mod
 from delineo.errors import ConfigError, DelineoError, InputError
 from delineo.models.registry import load_model
+from delineo.training.loop import PackedLabel
 from delineo.training import SampleWeighting, TrainConfig, UniformWeighting, build_weighting, register_weighting, train
 
 pytestmark = pytest.mark.slow
@@ -496,7 +497,7 @@ def test_case_agreement_hard_and_soft_dice():
 
     label = torch.zeros(2, 8, 8, dtype=torch.uint8)
     label[0] = 1  # structure 0 fills the image, structure 1 is empty (e.g. eroded away)
-    cases = type("Cases", (), {"items": [{"image": torch.zeros(1, 8, 8), "label": label, "present": torch.tensor([True, True]),
+    cases = type("Cases", (), {"items": [{"image": torch.zeros(1, 8, 8), "label": PackedLabel.of(label), "present": torch.tensor([True, True]),
                                           "spacing_mm": (1.0, 1.0)}]})()
     args = ({}, torch.device("cpu"), False)
     hard, present = case_agreement(ConstantLogits(0.0), cases, *args)  # p = 0.5: predicted everywhere
@@ -519,6 +520,6 @@ def test_case_agreement_passes_each_case_s_voxel_size_to_the_surface_measure():
 
     label = torch.zeros(1, 16, 16, dtype=torch.uint8)
     label[0, 4:12, 4:12] = 1  # the network (p = 0.5 everywhere) predicts the whole image: 4 px beyond the label on average
-    items = [{"image": torch.zeros(1, 16, 16), "label": label, "present": torch.tensor([True]), "spacing_mm": (v, v)} for v in (1.0, 2.0)]
+    items = [{"image": torch.zeros(1, 16, 16), "label": PackedLabel.of(label), "present": torch.tensor([True]), "spacing_mm": (v, v)} for v in (1.0, 2.0)]
     s, _ = case_agreement(ConstantLogits(0.0, n=1), type("Cases", (), {"items": items})(), {}, torch.device("cpu"), False, "surface")
     assert float(s[0, 0]) - float(s[1, 0]) == pytest.approx(np.log(2.0))  # twice the distance in mm

@@ -50,12 +50,33 @@ def seed_everything(seed: int) -> None:
     set_determinism(seed=seed)
 
 
+class PackedLabel:
+    """Binary masks ``(C, *spatial)`` held as packed bits: one bit per voxel and structure instead of
+    a byte (10 hn-ct structures of a 4 mm CT: 3 MB instead of 24 MB), so that several training runs
+    fit in memory side by side. :meth:`tensor` unpacks (about 10 ms per CT)."""
+
+    __slots__ = ("bits", "shape")
+
+    def __init__(self, bits: np.ndarray, shape: tuple[int, ...]):
+        self.bits, self.shape = bits, tuple(int(v) for v in shape)
+
+    @classmethod
+    def of(cls, label: torch.Tensor | np.ndarray) -> "PackedLabel":
+        a = np.asarray(label.numpy() if isinstance(label, torch.Tensor) else label).astype(bool)
+        return cls(np.packbits(a.ravel()), a.shape)
+
+    def tensor(self) -> torch.Tensor:
+        """uint8 ``(C, *spatial)``."""
+        return torch.from_numpy(np.unpackbits(self.bits, count=int(np.prod(self.shape))).reshape(self.shape))
+
+
 class PreparedCases(Dataset):
     """Cases preprocessed to the model grid and held in memory.
 
-    Items: ``{"image": float32 (1, *sp), "label": uint8 (C, *sp), "present": bool (C,), "case": str,
-    "spacing_mm": model-grid voxel size, "index": int}`` (``index``: position in the set, for strategies that remember samples);
-    ``transform`` (MONAI, dict-based) is applied to a copy on every access.
+    ``items``: ``{"image": float32 (1, *sp), "label": PackedLabel of uint8 (C, *sp), "present": bool (C,),
+    "case": str, "spacing_mm": model-grid voxel size}``; an access (``cases[i]``) returns the label
+    unpacked (uint8 tensor) and ``"index"`` (position in the set, for strategies that remember samples),
+    after ``transform`` (MONAI, dict-based) when one is set.
     """
 
     def __init__(
@@ -72,7 +93,7 @@ class PreparedCases(Dataset):
             s = dataset[i]
             item = {
                 "image": preprocess(s["image"], s["spacing_mm"], preprocess_spec),
-                "label": preprocess_labels(s["label"], s["spacing_mm"], preprocess_spec),
+                "label": PackedLabel.of(preprocess_labels(s["label"], s["spacing_mm"], preprocess_spec)),
                 "present": torch.as_tensor(s["present"]),
                 "case": s["case"],
                 "spacing_mm": model_spacing_mm(s["spacing_mm"], preprocess_spec),
@@ -86,9 +107,10 @@ class PreparedCases(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.items[i]
+        label = item["label"].tensor()
         if self.transform is None:
-            return {**item, "index": i}
-        out = self.transform({"image": item["image"], "label": item["label"]})
+            return {**item, "label": label, "index": i}
+        out = self.transform({"image": item["image"], "label": label})
         if isinstance(out, list):  # crop-by-label transforms return a list of samples
             out = out[0]
         # plain tensors: a MONAI MetaTensor would route every op of the step through __torch_function__
@@ -163,19 +185,17 @@ def _cache_path(cache_dir: Path, dataset: SegmentationDataset, i: int, spec: dic
 
 def _write_cached(path: Path, item: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    label = item["label"].numpy().astype(bool)
+    label: PackedLabel = item["label"]
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # processes under torchrun write side by side
-    np.savez(tmp, image=item["image"].numpy(), label=np.packbits(label.ravel()), label_shape=np.array(label.shape),
+    np.savez(tmp, image=item["image"].numpy(), label=label.bits, label_shape=np.array(label.shape),
              present=item["present"].numpy(), case=np.array(item["case"]), spacing_mm=np.array(item["spacing_mm"]))
     tmp.replace(path)
 
 
 def _read_cached(path: Path) -> dict[str, Any]:
     with np.load(path) as z:
-        shape = tuple(int(v) for v in z["label_shape"])
-        label = np.unpackbits(z["label"], count=int(np.prod(shape))).reshape(shape)
         return {
-            "image": torch.from_numpy(z["image"].copy()), "label": torch.from_numpy(label.astype(np.uint8)),
+            "image": torch.from_numpy(z["image"].copy()), "label": PackedLabel(z["label"].copy(), tuple(z["label_shape"])),
             "present": torch.from_numpy(z["present"].copy()), "case": str(z["case"]),
             "spacing_mm": tuple(float(v) for v in z["spacing_mm"]),
         }
@@ -240,7 +260,7 @@ def case_agreement(
             network, item["image"][None].to(device), patch_size=inference.get("patch_size"),
             overlap=float(inference.get("overlap", 0.5)), amp=amp,
         )
-        scores.append(label_agreement(probs[0], item["label"], item["spacing_mm"], measure, float(inference.get("threshold", 0.5))))
+        scores.append(label_agreement(probs[0], item["label"].tensor(), item["spacing_mm"], measure, float(inference.get("threshold", 0.5))))
         present.append(item["present"].bool())
     return torch.stack(scores), torch.stack(present)
 
@@ -476,7 +496,7 @@ def _train(
         ln = dict(t.label_noise)
         labels, noise_records = corrupt_labels(
             [it["case"] for it in train_cases.items],
-            [it["label"].numpy() for it in train_cases.items],
+            [it["label"].tensor().numpy() for it in train_cases.items],
             [it["present"].numpy() for it in train_cases.items],
             fraction=float(ln.get("fraction", 0.5)),
             radius=tuple(ln.get("radius", (1, 8))),
@@ -484,7 +504,7 @@ def _train(
         )
         ignore_corrupted = bool(ln.get("ignore_corrupted"))  # the oracle reference: only clean labels count (noise.py)
         for it, lab, rec in zip(train_cases.items, labels, noise_records):
-            it["label"] = torch.as_tensor(lab, dtype=torch.uint8)
+            it["label"] = PackedLabel.of(lab)
             if ignore_corrupted and rec.corrupted:
                 it["present"] = torch.zeros_like(it["present"])
 
