@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from service.svc import nifti_bytes
-from service.test_browser import ARTIFACTS, _contour, _sign_in, _upload, page  # noqa: F401  (the page fixture)
+from service.test_browser import ARTIFACTS, _contour, _sign_in, _upload, page, pytestmark  # noqa: F401  (the page fixture)
 
 
 @pytest.fixture

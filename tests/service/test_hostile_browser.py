@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from service.test_browser import _sign_in, page  # noqa: F401  (fixture)
+from service.test_browser import _sign_in, page, pytestmark  # noqa: F401  (fixture)
 
 
 def test_users_dialog_shows_undeliverable_dicom_results(page, settings):  # noqa: F811
