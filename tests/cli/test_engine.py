@@ -150,3 +150,22 @@ def test_bench_contour_reports_stages_and_slow_path(trained, tmp_path):
     assert all(v >= 0 for v in report["seconds"].values()) and report["peak_rss_mb"] > 0
     assert report["slow_path"]["speedup_total"] > 0
     assert set(report["slow_path"]["dice_fast_vs_slow"]) == {"Ball"}
+
+
+def test_evaluate_saved_contours_matches_the_model_run(trained, tmp_path):
+    """contour each case to files, then score the files: the same Dice as evaluating the model directly."""
+    model, data = trained
+    preds = tmp_path / "preds"
+    for case in sorted(p.name for p in data.iterdir()):
+        assert main(["contour", str(data / case / "ct.nii.gz"), "-o", str(preds / case), "--model", str(model), "--device", "cpu"]) == 0
+    assert main(["evaluate", "--predictions", str(preds), "--data", str(data), "-o", str(tmp_path / "saved.json")]) == 0
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "-o", str(tmp_path / "model.json"), "--device", "cpu"]) == 0
+    saved = json.loads((tmp_path / "saved.json").read_text())
+    direct = json.loads((tmp_path / "model.json").read_text())
+    for a, b in zip(saved["cases"], direct["cases"]):
+        assert a["case"] == b["case"] and a["Ball"]["dice"] == pytest.approx(b["Ball"]["dice"], abs=1e-6)
+
+
+def test_evaluate_needs_a_model_or_predictions(tmp_path, capsys):
+    assert main(["evaluate", "--data", str(tmp_path)]) == 2
+    assert "--predictions" in capsys.readouterr().err

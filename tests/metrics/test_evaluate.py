@@ -118,3 +118,48 @@ def test_evaluate_trained_2d(tmp_path, trained_2d, shared_image_dataset):
     assert report["structures"]["disc"]["n"] == len(shared_image_dataset.cases)
     assert report["mean_dice"] > 0.6
     assert math.isfinite(report["structures"]["square"]["hd95_mm"])
+
+
+def _hand_dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_saved_predictions_are_scored_like_a_model(tmp_path, shared_case_dataset):
+    """Another tool's contours on disk (<root>/<case>/segmentations/<ROI>.nii.gz): Ball shifted by one
+    voxel, Box left out in one case (drawn empty: Dice 0 where the reference has it)."""
+    import nibabel as nib
+
+    ds = shared_case_dataset
+    root = tmp_path / "other-tool"
+    for case in ds.cases:
+        folder = root / case / "segmentations"
+        folder.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(np.roll(ds.masks[case]["Ball"], 1, axis=0).astype(np.uint8), ds.affine), str(folder / "Ball.nii.gz"))
+        if case != "case01":
+            nib.save(nib.Nifti1Image(ds.masks[case]["Box"].astype(np.uint8), ds.affine), str(folder / "Box.nii.gz"))
+    report = evaluate(None, ds.root, tmp_path / "r.json", predictions=root)
+    by_case = {r["case"]: r for r in report["cases"]}
+    for case in ds.cases:
+        expected = _hand_dice(np.roll(ds.masks[case]["Ball"], 1, axis=0), ds.masks[case]["Ball"])
+        assert by_case[case]["Ball"]["dice"] == pytest.approx(expected, abs=1e-6)
+    assert by_case["case01"]["Box"]["dice"] == 0.0
+    assert by_case["case00"]["Box"]["dice"] == 1.0
+    assert "Box" not in by_case["case03"]  # no reference Box there: skipped, as for a model
+    assert report["structures"]["Box"]["n"] == 3 and report["precision"].startswith("n/a")
+    assert "quality" not in report
+
+
+def test_saved_predictions_on_another_grid_name_the_file(tmp_path, shared_case_dataset):
+    import nibabel as nib
+
+    ds = shared_case_dataset
+    root = tmp_path / "other-tool"
+    for case in ds.cases:
+        (root / case / "segmentations").mkdir(parents=True)
+    flipped = ds.affine @ np.diag([-1.0, 1.0, 1.0, 1.0])  # same world, other array order: not the case's grid
+    bad = root / ds.cases[0] / "segmentations" / "Ball.nii.gz"
+    nib.save(nib.Nifti1Image(ds.masks[ds.cases[0]]["Ball"][::-1].astype(np.uint8), flipped), str(bad))
+    with pytest.raises(InputError, match="Ball.nii.gz"):
+        evaluate(None, ds.root, None, predictions=root)
+    with pytest.raises(InputError, match="no <case>/segmentations"):
+        evaluate(None, ds.root, None, predictions=tmp_path / "other-tool" / ds.cases[1])

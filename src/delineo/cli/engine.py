@@ -32,9 +32,12 @@ def train(
 
 @app.command()
 def evaluate(
-    model: str = typer.Option(..., "--model", "-m", help="Bundled model name or model folder."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundled model name or model folder."),
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder (case folders or image folders)."),
     out: Path = typer.Option(Path("report.json"), "--out", "-o", help="Report JSON (a Dice box plot is written beside it)."),
+    predictions: Optional[Path] = typer.Option(
+        None, "--predictions", help="Score another tool's saved contours instead of a model: <folder>/<case>/segmentations/<ROI>.nii.gz."
+    ),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     cases: Optional[str] = typer.Option(None, "--cases", help="Comma-separated case ids (default: all)."),
     split: Optional[str] = typer.Option(
@@ -54,6 +57,10 @@ def evaluate(
     from delineo.models.registry import resolve_model
 
     selected = _structures(cases)
+    if (model is None) == (predictions is None):
+        raise InputError(None, "give --model (run a model) or --predictions (score saved contours), one of the two")
+    if predictions is not None and (split is not None or model_card):
+        raise InputError(predictions, "--split and --model-card need a model (--model), not saved contours")
     if split is not None:
         if split != "val":
             raise InputError(None, f"--split must be 'val', got {split!r}")
@@ -61,7 +68,7 @@ def evaluate(
         selected = meta.get("training", {}).get("data", {}).get("val_cases")
         if not selected:
             raise InputError(resolve_model(model) / "model.json", "records no validation cases (trained with a separate val folder?)")
-    report = run_evaluate(model, data, out, device=device, cases=selected, tolerance_mm=tolerance_mm, bf16=bf16)
+    report = run_evaluate(model, data, out, device=device, cases=selected, tolerance_mm=tolerance_mm, bf16=bf16, predictions=predictions)
     typer.echo(f"{'structure':<14}{'dice':>8}{'hd95 mm':>10}{'n':>5}")
     for name, m in report["structures"].items():
         hd = "-" if m["hd95_mm"] is None else f"{m['hd95_mm']:.2f}"
@@ -112,6 +119,10 @@ def quality_fit(
     from delineo.models.registry import resolve_model
 
     selected = _structures(cases)
+    if (model is None) == (predictions is None):
+        raise InputError(None, "give --model (run a model) or --predictions (score saved contours), one of the two")
+    if predictions is not None and (split is not None or model_card):
+        raise InputError(predictions, "--split and --model-card need a model (--model), not saved contours")
     if split is not None:
         if split != "val":
             raise InputError(None, f"--split must be 'val', got {split!r}")

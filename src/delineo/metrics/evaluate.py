@@ -1,4 +1,4 @@
-"""Evaluate a model on a dataset folder (either layout) against its reference contours."""
+"""Evaluate a model, or another tool's saved contours, on a dataset folder against its reference contours."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import json
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from delineo.data.datasets import open_dataset
-from delineo.data.io import Image
+from delineo.data.io import Image, as_binary_mask, read_image
 from delineo.inference.predictor import Predictor
 from delineo.metrics.segmentation import structure_metrics
 from delineo.progress import Steps
@@ -26,8 +27,50 @@ def _json_number(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else round(float(v), 6)
 
 
+class SavedPredictions:
+    """Contours another tool wrote, one binary NIfTI per structure: ``<root>/<case>/segmentations/<ROI>.nii.gz``
+    (``delineo contour``'s layout), each on the grid of that case's image in the dataset. A structure
+    without a file is scored as drawn empty (the tool found nothing). Stands in for a
+    :class:`~delineo.inference.predictor.Predictor` in :func:`evaluate`; gives no quality estimate."""
+
+    quality = None
+    amp = False
+    device = "none (saved contours)"
+    precision = "n/a (saved contours)"
+
+    def __init__(self, root: str | Path, structures: list[str] | None = None):
+        from delineo.errors import InputError
+
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputError(self.root, "predictions folder not found")
+        found = sorted({p.name.split(".")[0] for p in self.root.glob("*/segmentations/*.nii*")})
+        if not found:
+            raise InputError(self.root, "no <case>/segmentations/<ROI>.nii.gz files in it")
+        self.structures = structures or found
+        self.bundle = SimpleNamespace(name=self.root.name, path=self.root, pixel_spacing_mm=None)
+
+    def predict_with_quality(self, image: Image, names: list[str], *, case: str) -> tuple[dict[str, np.ndarray], dict]:
+        from delineo.errors import InputError
+
+        folder = self.root / case / "segmentations"
+        if not folder.is_dir():
+            raise InputError(folder, f"no predictions for case {case}")
+        masks = {}
+        for name in names:
+            files = [p for p in (folder / f"{name}.nii.gz", folder / f"{name}.nii") if p.is_file()]
+            if not files:
+                masks[name] = np.zeros(image.shape, bool)
+                continue
+            mask = read_image(files[0])
+            if mask.shape != image.shape or not np.allclose(mask.affine, image.affine, atol=1e-3):
+                raise InputError(files[0], f"grid {mask.shape} differs from the case's image {image.shape} (shape or affine)")
+            masks[name] = as_binary_mask(mask, files[0])
+        return masks, {}
+
+
 def evaluate(
-    model: str | Path,
+    model: str | Path | None,
     data: str | Path,
     out: str | Path | None = None,
     *,
@@ -38,8 +81,13 @@ def evaluate(
     predictor: Predictor | None = None,
     bf16: bool | None = None,
     progress: bool = True,
+    predictions: str | Path | None = None,
 ) -> dict[str, Any]:
     """Contour every case of ``data`` with ``model`` and compare with its reference masks.
+
+    ``predictions``: score contours saved by another tool instead of running a model
+    (:class:`SavedPredictions`: ``<predictions>/<case>/segmentations/<ROI>.nii.gz`` on each case's
+    grid; ``model`` is then ignored), with the same metrics, so that tools are compared by one code.
 
     A structure not contoured in a case's reference is skipped for that case (not counted as 0).
     HD95/ASD are in mm; when prediction or reference is empty (but not both) the distance is
@@ -52,6 +100,8 @@ def evaluate(
     and overall; cases the estimator was fitted on are estimated out-of-fold.
     Writes ``out`` (JSON) and a box plot ``<out stem>_dice.png`` beside it when ``out`` is given.
     """
+    if predictions is not None:
+        predictor = SavedPredictions(predictions)
     predictor = predictor or Predictor(str(model), device, amp=bf16)
     spacing = pixel_spacing_mm if pixel_spacing_mm is not None else predictor.bundle.pixel_spacing_mm
     dataset = open_dataset(data, None, cases, pixel_spacing_mm=spacing)
@@ -112,7 +162,7 @@ def evaluate(
         "mean_dice": float(np.mean(dices)) if dices else None,
         "cases": per_case,
         "seconds_per_case": seconds / max(1, len(dataset)),
-        "precision": "bf16" if predictor.amp else "fp32",
+        "precision": getattr(predictor, "precision", None) or ("bf16" if predictor.amp else "fp32"),
         "tolerance_mm": tolerance_mm,
     }
     if predictor.quality is not None:
