@@ -79,9 +79,12 @@ NNUNET_DATASET ?= 501
 nnunet-venv: $(NNUNET_VENV)/.installed
 $(NNUNET_VENV)/.installed:
 	test -x $(NNUNET_VENV)/bin/python || $(PYTHON) -m venv $(NNUNET_VENV)
-	$(NNUNET_VENV)/bin/python -m pip install -q torch==2.13.0
-	# torch named again: alone, nnunetv2 -> timm -> the newest torchvision, which wants the next torch (CUDA build)
-	$(NNUNET_VENV)/bin/python -m pip install -q nnunetv2==2.8.1 torch==2.13.0
+	# nnunetv2 -> timm -> torchvision, and PyPI's torchvision does not load beside the CPU build of torch
+	# 2.13.0 ("operator torchvision::nms does not exist"): torch 2.14.1 + torchvision 0.29.1, the pair on
+	# this machine's disk (a CUDA build, ~5.5 GB, that runs on the CPU); named in both commands so that
+	# pip keeps them
+	$(NNUNET_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(NNUNET_VENV)/bin/python -m pip install -q nnunetv2==2.8.1 torch==2.14.1 torchvision==0.29.1
 	touch $@
 
 # convert, plan + preprocess (defaults), train 3d_fullres fold 0 for NNUNET_HOURS CPU-hours, predict

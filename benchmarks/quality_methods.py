@@ -6,6 +6,9 @@ contours of the model's validation cases) and, for each candidate, cross-fits it
 Dice < 0.7, all out-of-fold. No model is run.
 
     python benchmarks/quality_methods.py benchmarks/results/quality/hn-ct-features.json
+    python benchmarks/quality_methods.py benchmarks/results/quality/hn-ct-features.json --alphas 0.3,1,3,10
+
+``--alphas``: the chosen inputs with each ridge penalty instead (is the fit, or are the features, the limit?).
 """
 
 from __future__ import annotations
@@ -46,6 +49,19 @@ def compare(path: str, alpha: float = 1.0) -> list[dict]:
     return out
 
 
+def alpha_sweep(path: str, alphas: list[float]) -> list[dict]:
+    rows = []
+    for alpha in alphas:
+        row = next(r for r in compare(path, alpha) if r["candidate"].endswith("(chosen)"))
+        rows.append({**row, "candidate": f"{row['candidate']}, ridge alpha {alpha:g}"})
+    return rows
+
+
 if __name__ == "__main__":
-    for row in compare(sys.argv[1]):
+    if "--alphas" in sys.argv:
+        alphas = [float(a) for a in sys.argv[sys.argv.index("--alphas") + 1].split(",")]
+        rows = alpha_sweep(sys.argv[1], alphas)
+    else:
+        rows = compare(sys.argv[1])
+    for row in rows:
         print(json.dumps(row))

@@ -41,8 +41,9 @@ class _BudgetSpent(Exception):
 
 
 class nnUNetTrainerCPUBudget(nnUNetTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda"), **kwargs):
-        super().__init__(plans, configuration, fold, dataset_json, device=device, **kwargs)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")):
+        # the base class records its __init__ arguments by name (for checkpoints): same signature, no **kwargs
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = int(os.environ.get("DELINEO_NNUNET_EPOCHS", "1000"))
         self.num_iterations_per_epoch = int(os.environ.get("DELINEO_NNUNET_ITERS", "250"))
         self.num_val_iterations_per_epoch = int(os.environ.get("DELINEO_NNUNET_VAL_ITERS", "50"))
