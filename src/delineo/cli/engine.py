@@ -119,10 +119,6 @@ def quality_fit(
     from delineo.models.registry import resolve_model
 
     selected = _structures(cases)
-    if (model is None) == (predictions is None):
-        raise InputError(None, "give --model (run a model) or --predictions (score saved contours), one of the two")
-    if predictions is not None and (split is not None or model_card):
-        raise InputError(predictions, "--split and --model-card need a model (--model), not saved contours")
     if split is not None:
         if split != "val":
             raise InputError(None, f"--split must be 'val', got {split!r}")
