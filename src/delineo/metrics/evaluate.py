@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from delineo.data.datasets import open_dataset
+from delineo.data.datasets import _check_same_grid, open_dataset
 from delineo.data.io import Image, as_binary_mask, read_image
 from delineo.inference.predictor import Predictor
 from delineo.metrics.segmentation import structure_metrics
@@ -38,7 +38,7 @@ class SavedPredictions:
     device = "none (saved contours)"
     precision = "n/a (saved contours)"
 
-    def __init__(self, root: str | Path, structures: list[str] | None = None):
+    def __init__(self, root: str | Path):
         from delineo.errors import InputError
 
         self.root = Path(root)
@@ -47,7 +47,7 @@ class SavedPredictions:
         found = sorted({p.name.split(".")[0] for p in self.root.glob("*/segmentations/*.nii*")})
         if not found:
             raise InputError(self.root, "no <case>/segmentations/<ROI>.nii.gz files in it")
-        self.structures = structures or found
+        self.structures = found
         self.bundle = SimpleNamespace(name=self.root.name, path=self.root, pixel_spacing_mm=None)
 
     def predict_with_quality(self, image: Image, names: list[str], *, case: str) -> tuple[dict[str, np.ndarray], dict]:
@@ -63,8 +63,7 @@ class SavedPredictions:
                 masks[name] = np.zeros(image.shape, bool)
                 continue
             mask = read_image(files[0])
-            if mask.shape != image.shape or not np.allclose(mask.affine, image.affine, atol=1e-3):
-                raise InputError(files[0], f"grid {mask.shape} differs from the case's image {image.shape} (shape or affine)")
+            _check_same_grid(image, mask, Path(f"{case} image"), files[0])
             masks[name] = as_binary_mask(mask, files[0])
         return masks, {}
 
