@@ -87,8 +87,8 @@ $(NNUNET_VENV)/.installed:
 	$(NNUNET_VENV)/bin/python -m pip install -q nnunetv2==2.8.1 torch==2.14.1 torchvision==0.29.1
 	touch $@
 
-# convert, plan + preprocess (defaults), train 3d_fullres fold 0 for NNUNET_HOURS CPU-hours, predict
-# and score the validation cases with delineo's metrics, time one case against delineo contour
+# convert, plan + preprocess (defaults), train 3d_fullres (fold all) for NNUNET_HOURS CPU-hours, predict
+# the validation cases and score them with delineo's metrics (benchmarks/nnunet/run.sh all)
 nnunet-bench: install nnunet-venv
 	NNUNET_ROOT=$(NNUNET_ROOT) NNUNET_HOURS=$(NNUNET_HOURS) NNUNET_DATASET=$(NNUNET_DATASET) \
 		nice -n 10 benchmarks/nnunet/run.sh all

@@ -26,6 +26,9 @@ CANDIDATES = [
     ("+ confidence", ("expected_dice", "confidence", "empty")),
     ("+ mass outside, uncertain band (chosen)", ("expected_dice", "confidence", "outside", "uncertain", "empty")),
     ("+ volume z-score", ("expected_dice", "confidence", "outside", "uncertain", "volume_z", "abs_volume_z", "empty")),
+    # saved features only (computed by quality.structure_features at commit "quality: contested feature",
+    # removed after this measurement: it did not help and cost ~0.2 s a contour)
+    ("+ contested (another structure's probability inside)", ("expected_dice", "confidence", "outside", "uncertain", "empty", "contested")),
 ]
 
 
@@ -34,7 +37,10 @@ def compare(path: str, alpha: float = 1.0) -> list[dict]:
     samples = saved["samples"] if isinstance(saved, dict) else saved
     structures = list(dict.fromkeys(s["structure"] for s in samples))
     chosen, out = Q.INPUTS, []
+    have = set(samples[0]["features"]) | {"volume_z", "abs_volume_z"}
     for name, inputs in CANDIDATES:
+        if isinstance(inputs, tuple) and not set(inputs) <= have:
+            continue  # features this file was not saved with
         if inputs is None or isinstance(inputs, str):
             key = inputs or "expected_dice"
             rows = [{"quality": s["features"][key], "dice": s["dice"]} for s in samples]

@@ -21,12 +21,16 @@ def _structures(value: Optional[str]) -> list[str] | None:
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="Training config (YAML)."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Ignore an existing checkpoint."),
+    budget_cpu_hours: Optional[float] = typer.Option(
+        None, "--budget-cpu-hours", min=0.01,
+        help="Stop once training has used this much CPU time (all threads, validation excluded); poly decays over it.",
+    ),
 ) -> None:
     """Train a model from a YAML config; writes the model folder named in the config."""
     from delineo.api import train as run_train
 
     command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
-    out = run_train(config, resume=not no_resume, command=command)
+    out = run_train(config, resume=not no_resume, command=command, budget_cpu_hours=budget_cpu_hours)
     typer.echo(f"model written to {out}")
 
 
