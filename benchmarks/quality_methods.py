@@ -26,7 +26,7 @@ CANDIDATES = [
     ("+ confidence", ("expected_dice", "confidence", "empty")),
     ("+ mass outside, uncertain band (chosen)", ("expected_dice", "confidence", "outside", "uncertain", "empty")),
     ("+ volume z-score", ("expected_dice", "confidence", "outside", "uncertain", "volume_z", "abs_volume_z", "empty")),
-    # saved features only (computed by quality.structure_features at commit "quality: contested feature",
+    # saved features only (computed by quality.structure_features at commit c8c6f36,
     # removed after this measurement: it did not help and cost ~0.2 s a contour)
     ("+ contested (another structure's probability inside)", ("expected_dice", "confidence", "outside", "uncertain", "empty", "contested")),
 ]

@@ -222,9 +222,9 @@ class Predictor:
         if features:  # orientation-free numbers: computed before the masks go back to the input's order
             from delineo.inference.quality import structure_features
 
-            feats = structure_features(probs, masks, image.spacing_mm)  # all channels: "contested" looks at the others
-            for name in wanted:
-                f = feats[index[name]]
+            channels = [index[name] for name in wanted]
+            feats = structure_features(probs[channels], masks[channels], image.spacing_mm)
+            for name, f in zip(wanted, feats):
                 info[name] = {"features": {k: round(v, 6) for k, v in f.items()}}
                 if self.quality is not None:
                     info[name].update(self.quality.estimate(name, f, case))

@@ -18,9 +18,6 @@ Method (chosen by measurement, see ``benchmarks/results/quality/``):
    - ``uncertain``      voxels with 0.25 < p < 0.75 (the unsure boundary band), relative to its size
    - ``log_volume``     log of the contour's volume (mm³; +1)
    - ``empty``          1 when nothing was predicted
-   - ``contested``      mean, inside the contour, of the highest probability any *other* structure of
-                        the model has there (e.g. PTV70 voxels the network also half-calls PTV63:
-                        the dose level, not the target, is in doubt)
 
 2. *A small calibration*: ridge regression from those features (and one indicator per structure;
    the volume's z-score against the fitting cases' reference volumes was measured and did not
@@ -50,7 +47,7 @@ import torch
 
 log = logging.getLogger("delineo.quality")
 QUALITY_JSON = "quality.json"
-FEATURES = ("expected_dice", "confidence", "outside", "uncertain", "log_volume", "empty", "contested")
+FEATURES = ("expected_dice", "confidence", "outside", "uncertain", "log_volume", "empty")
 #: numeric inputs of the calibration; ``volume_z``/``abs_volume_z`` (the volume against the fitting cases'
 #: reference volumes) can be added: measured, they did not help (benchmarks/quality_methods.py)
 INPUTS = ("expected_dice", "confidence", "outside", "uncertain", "empty")
@@ -64,21 +61,13 @@ FLAG_DICE = 0.7  # what "a contour to review" means in the measurements: Dice be
 
 def structure_features(probs: torch.Tensor, masks: np.ndarray, spacing_mm: Sequence[float]) -> list[dict[str, float]]:
     """Reference-free features of each channel: ``probs`` float ``(C, *spatial)`` (the sigmoid
-    probabilities of all the model's structures on the same grid as ``masks``), ``masks`` bool
-    ``(C, *spatial)`` (the final contours). One dict per channel with :data:`FEATURES`."""
+    probabilities on the same grid as ``masks``), ``masks`` bool ``(C, *spatial)`` (the final contours).
+    One dict per channel with :data:`FEATURES`."""
     voxel_mm3 = float(np.prod(spacing_mm))
     out = []
-    # the highest probability of any other channel, per voxel: the top two over the channels suffice
-    if probs.shape[0] > 1:
-        top2, top_idx = torch.topk(probs.float(), 2, dim=0)
     for c in range(probs.shape[0]):
         p = probs[c].float()
         m = torch.as_tensor(masks[c], device=p.device)
-        if probs.shape[0] > 1 and bool(m.any()):
-            other = torch.where(top_idx[0][m] == c, top2[1][m], top2[0][m])
-            contested = float(other.mean())
-        else:
-            contested = 0.0
         p = torch.where(p >= FLOOR, p, torch.zeros((), dtype=p.dtype, device=p.device))
         sum_m = float(m.sum())
         sum_p = float(p.sum())
@@ -92,7 +81,6 @@ def structure_features(probs: torch.Tensor, masks: np.ndarray, spacing_mm: Seque
             "uncertain": band / size,
             "log_volume": math.log1p(sum_m * voxel_mm3),
             "empty": 0.0 if sum_m else 1.0,
-            "contested": contested,
         })
     return out
 
