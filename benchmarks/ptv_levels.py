@@ -33,8 +33,12 @@ def main() -> None:
     ap.add_argument("--model", default="hn-ct")
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--exclusive", action="store_true",
+                    help="one dose level per voxel, the most probable (the model's postprocess.exclusive, added here)")
     args = ap.parse_args()
     predictor = Predictor(args.model, "cpu")
+    if args.exclusive:
+        predictor.bundle.meta.setdefault("postprocess", {})["exclusive"] = [LEVELS]
     ds = open_dataset(args.data, LEVELS)
     rows = []
     for i, case in enumerate(ds.cases):
@@ -42,9 +46,12 @@ def main() -> None:
         masks = predictor.predict(Image(item["image"][0], item["affine"]), LEVELS)
         ref = {n: item["label"][k].astype(bool) for k, n in enumerate(LEVELS)}
         row = {"case": case, "levels": [n for k, n in enumerate(LEVELS) if item["present"][k]]}
+        voxel_cc = float(np.prod(item["spacing_mm"])) / 1000.0
         for k, n in enumerate(LEVELS):
             if item["present"][k]:
                 row[n] = float(dice(masks[n], ref[n]))
+            else:  # a level this patient was not prescribed: whatever is drawn is a false target
+                row[f"{n} drawn where absent (cc)"] = float(np.asarray(masks[n], bool).sum() * voxel_cc)
         union_ref = np.logical_or.reduce([ref[n] for n in LEVELS])
         union_pred = np.logical_or.reduce([np.asarray(masks[n], bool) for n in LEVELS])
         row["any PTV"] = float(dice(union_pred, union_ref))
@@ -54,6 +61,7 @@ def main() -> None:
         print(case, {k: round(v, 3) for k, v in row.items() if isinstance(v, float)}, file=sys.stderr, flush=True)
     keys = [*LEVELS, "any PTV", "PTV70 vs PTV70+PTV63"]
     summary = {k: round(float(np.mean([r[k] for r in rows if k in r])), 4) for k in keys}
+    absent = {n: [r[f"{n} drawn where absent (cc)"] for r in rows if f"{n} drawn where absent (cc)" in r] for n in LEVELS}
     by_levels = {}
     for r in rows:
         by_levels.setdefault("+".join(r["levels"]), []).append(r)
@@ -61,8 +69,10 @@ def main() -> None:
         "command": "python benchmarks/ptv_levels.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, CPU, {platform.processor() or ''}".strip(", "),
         "model": args.model,
+        "postprocess": predictor.bundle.postprocess,
         "cases": len(rows),
         "mean_dice": summary,
+        "drawn_where_absent_cc": {n: {"cases": len(v), "mean_cc": round(float(np.mean(v)), 1)} for n, v in absent.items() if v},
         "by_levels": {k: {"cases": len(v), "PTV70": round(float(np.mean([r["PTV70"] for r in v])), 4),
                           "any PTV": round(float(np.mean([r["any PTV"] for r in v])), 4)} for k, v in sorted(by_levels.items())},
         "per_case": rows,
@@ -74,6 +84,9 @@ def main() -> None:
              "| dose levels contoured | cases | PTV70 | any PTV |", "|---|---|---|---|"]
     for k, v in result["by_levels"].items():
         lines.append(f"| {k} | {v['cases']} | {v['PTV70']:.3f} | {v['any PTV']:.3f} |")
+    if result["drawn_where_absent_cc"]:
+        lines += ["", "| level not prescribed | cases | volume drawn (cc, mean) |", "|---|---|---|"]
+        lines += [f"| {n} | {v['cases']} | {v['mean_cc']:.1f} |" for n, v in result["drawn_where_absent_cc"].items()]
     lines += ["", f"Mean Dice over {len(rows)} validation cases, model `{result['model']}`; "
               f"`{result['command']}` on {result['machine']}."]
     (args.out / "results.md").write_text("\n".join(lines) + "\n")

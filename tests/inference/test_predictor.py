@@ -11,7 +11,7 @@ from torch import nn
 
 from delineo.data.io import Image, read_image
 from delineo.errors import InputError
-from delineo.inference.predictor import Predictor, keep_largest_components, predict_probabilities, resolve_device
+from delineo.inference.predictor import Predictor, keep_exclusive, keep_largest_components, predict_probabilities, resolve_device
 from delineo.metrics.segmentation import dice
 from delineo.models.networks import NetworkSpec, build_network
 from delineo.models.registry import ModelBundle, save_model
@@ -160,6 +160,28 @@ def test_keep_largest_components_by_hand():
     assert m[0].sum() == 20  # input untouched
     empty = np.zeros((1, 5, 5), bool)
     np.testing.assert_array_equal(keep_largest_components(empty, ["x"], {"x": 1}), empty)
+
+
+def test_keep_exclusive_by_hand():
+    # three dose levels and an organ, 1 x 4 voxels: the levels overlap where two are above threshold
+    probs = torch.tensor([
+        [[0.9, 0.6, 0.1, 0.7]],   # high
+        [[0.7, 0.8, 0.2, 0.7]],   # mid (ties with high in the last voxel: the first listed wins)
+        [[0.1, 0.55, 0.6, 0.2]],  # low
+        [[0.9, 0.9, 0.9, 0.9]],   # organ, outside every group
+    ])
+    masks = (probs >= 0.5).numpy()
+    out = keep_exclusive(probs, masks, ["high", "mid", "low", "organ"], [["high", "mid", "low"], ["missing", "x"]])
+    np.testing.assert_array_equal(out[0], [[True, False, False, True]])
+    np.testing.assert_array_equal(out[1], [[False, True, False, False]])
+    np.testing.assert_array_equal(out[2], [[False, False, True, False]])
+    np.testing.assert_array_equal(out[3], masks[3])
+    assert not (out[:3].sum(0) > 1).any()
+    assert masks[1, 0, 0]  # input untouched
+    # only one member above threshold: it keeps the voxel
+    p2 = torch.tensor([[[0.45]], [[0.6]]])
+    np.testing.assert_array_equal(keep_exclusive(p2, (p2 >= 0.5).numpy(), ["a", "b"], [["a", "b"]]), [[[False]], [[True]]])
+    np.testing.assert_array_equal(keep_exclusive(probs, masks, ["high", "mid", "low", "organ"], []), masks)
 
 
 def test_keep_largest_in_predictor(shared_case_dataset):

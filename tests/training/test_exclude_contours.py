@@ -44,3 +44,16 @@ def test_bad_audit_files_are_named(tmp_path):
         exclude_audited_contours(_items(2), ["Z"], {"audit": str(other)})
     with pytest.raises(ConfigError, match="fraction"):
         exclude_audited_contours(_items(2), ["A"], {"audit": str(other), "fraction": 1.5})
+
+
+def test_absent_structures_can_be_trained_as_empty():
+    """``data.absent_is_empty``: a missing dose level is 'none', not 'unknown'; other structures keep 'unknown'."""
+    from delineo.training.loop import mark_absent_as_empty
+
+    items = [{"case": f"c{i}", "present": torch.tensor([True, i % 2 == 0, i % 3 == 0])} for i in range(6)]
+    counts = mark_absent_as_empty(items, ["A", "B", "C"], ["B"])
+    assert counts == {"B": 3}
+    assert all(bool(it["present"][1]) for it in items)
+    assert [bool(it["present"][2]) for it in items] == [True, False, False, True, False, False]  # C untouched
+    with pytest.raises(ConfigError, match="Z"):
+        mark_absent_as_empty(items, ["A", "B", "C"], ["Z"])

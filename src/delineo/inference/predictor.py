@@ -5,8 +5,10 @@ Stages (timed separately, see :attr:`Predictor.timings`):
 1. ``preprocess``  3D: the array brought to the model's orientation (axis codes in model.json);
                    intensity normalisation and resampling to the model's ``spacing_mm``
 2. ``model``       whole-volume or MONAI sliding-window inference, optional mirroring TTA
-3. ``postprocess`` probabilities resampled to the input grid, threshold, keep the N largest
-                   connected components per structure (MONAI ``KeepLargestConnectedComponent``)
+3. ``postprocess`` probabilities resampled to the input grid, threshold, one label per voxel within
+                   each group of mutually exclusive structures (``exclusive``: the most probable
+                   one), keep the N largest connected components per structure (MONAI
+                   ``KeepLargestConnectedComponent``)
 """
 
 from __future__ import annotations
@@ -126,6 +128,26 @@ def keep_largest_components(masks: np.ndarray, structures: Sequence[str], keep: 
     return out
 
 
+def keep_exclusive(probs: torch.Tensor, masks: np.ndarray, structures: Sequence[str], groups: Sequence[Sequence[str]]) -> np.ndarray:
+    """Within each group of structures that never share a voxel (e.g. OpenKBP's PTV70/PTV63/PTV56,
+    stored as disjoint dose levels), keep each voxel only in the group's most probable structure.
+
+    probs: float ``(C, *spatial)``, masks: bool ``(C, *spatial)`` on the same grid; structures outside
+    every group, and groups naming structures the model lacks, are left as they are."""
+    if not groups:
+        return masks
+    out = masks.copy()
+    index = {name: c for c, name in enumerate(structures)}
+    for group in groups:
+        channels = [index[name] for name in group if name in index]
+        if len(channels) < 2:
+            continue
+        winner = torch.argmax(probs[channels], dim=0).cpu().numpy()
+        for k, c in enumerate(channels):
+            out[c] &= winner == k
+    return out
+
+
 def with_model_pixel_spacing(image: Image, path, bundle: ModelBundle) -> Image:
     """A PNG stores no pixel size: give an image read from one the model's training pixel size."""
     return Image(image.array, grid_affine((bundle.pixel_spacing_mm,) * 2)) if is_png(path) else image
@@ -215,6 +237,7 @@ class Predictor:
         t2 = time.perf_counter()
         probs = resample(probs, image.shape, "linear")
         masks = (probs >= self.threshold).cpu().numpy()
+        masks = keep_exclusive(probs, masks, self.structures, self.bundle.postprocess.get("exclusive", []))
         masks = keep_largest_components(masks, self.structures, self.bundle.postprocess.get("keep_largest", {}))
         t3 = time.perf_counter()
         index = {name: i for i, name in enumerate(self.structures)}

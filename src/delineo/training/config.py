@@ -60,6 +60,10 @@ class DataConfig:
     # fraction: 0.1}: per structure, that fraction of the contoured training cases with the lowest agreement
     # (Dice of a model's prediction vs the contour) is treated as not contoured (left out of the loss)
     exclude_contours: dict[str, Any] | None = None
+    # structures whose missing file means "none in this case", not "not contoured": trained as empty
+    # there instead of being left out of the loss (OpenKBP's PTV63/PTV56: a dose level the patient was
+    # not prescribed). Training cases only; validation Dice stays over the cases that have the structure.
+    absent_is_empty: list[str] | None = None
 
 
 @dataclass

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -121,6 +121,21 @@ class PreparedCases(Dataset):
             "case": item["case"],
             "index": i,
         }
+
+
+def mark_absent_as_empty(items: list[dict[str, Any]], structures: Sequence[str], names: Sequence[str]) -> dict[str, int]:
+    """``data.absent_is_empty``: in ``items`` (in place), a case without a file for one of ``names``
+    has none of it (e.g. a dose level not prescribed): ``present`` becomes True there, so the loss
+    learns the channel as empty (the packed label is all-zero already) instead of leaving it out.
+    Returns how many cases each name was made empty in."""
+    unknown = sorted(set(names) - set(structures))
+    if unknown:
+        raise ConfigError(f"data.absent_is_empty names structures the model does not train: {', '.join(unknown)}")
+    ks = [list(structures).index(name) for name in names]
+    counts = {name: sum(not bool(it["present"][k]) for it in items) for name, k in zip(names, ks)}
+    for it in items:
+        it["present"][ks] = True
+    return counts
 
 
 def exclude_audited_contours(items: list[dict[str, Any]], structures: list[str], spec: dict[str, Any]) -> dict[str, Any]:
@@ -485,6 +500,8 @@ def _train(
     train_cases = PreparedCases(train_ds, cfg.preprocess, "loading training cases", quiet=not main, cache_dir=cache)
     val_cases = PreparedCases(val_ds, cfg.preprocess, "loading validation cases", cache_dir=cache) if main else None
 
+    absent_empty = mark_absent_as_empty(train_cases.items, structures, cfg.data.absent_is_empty) if cfg.data.absent_is_empty else None
+
     excluded = None
     if cfg.data.exclude_contours:
         excluded = exclude_audited_contours(train_cases.items, structures, cfg.data.exclude_contours)
@@ -600,6 +617,7 @@ def _train(
             "parameters": count_parameters(network),
             "label_noise": [asdict(r) for r in noise_records] if noise_records else None,
             "excluded_contours": excluded,
+            "absent_trained_as_empty": absent_empty,
             "init_weights": init_record,
         },
     }
