@@ -135,6 +135,14 @@ def test_cpu_budget_common_overrides_and_a_second_seed(tmp_path, tiny_config, im
         assert s["epochs"] == b["epochs_done"] and s["seed"] == 0
     md = (out / "results.md").read_text()
     assert "0.0002 CPU-hours" in md and "ended by budget" in md and "HD95" in md
+    # learning curves on the budget's clock: validated at least where the budget ended
+    curves = res["curves"]
+    assert set(curves) == {"01-u-net", "02-res-unet"} and (out / "learning_curves.png").is_file()
+    for c in curves.values():
+        assert c["clock"] == "cpu" and c["cpu_hours"][-1] >= 0.0002 and c["cpu_hours"] == sorted(c["cpu_hours"])
+        assert c["last_quarter_gain"] == round(c["mean_dice_model_grid"][-1] - next(
+            d for h, d in zip(c["cpu_hours"], c["mean_dice_model_grid"]) if h >= 0.75 * c["cpu_hours"][-1]), 4)
+    assert "Still climbing?" in md and "01-u-net:" in md
     # a second seed for one step, beside the first runs
     res = run_ablation(tmp_path / "abl.yaml", out, device="cpu", seed=7, only=["Res-UNet"])
     assert [(s["step"], s["seed"]) for s in res["steps"]] == [("U-Net", 0), ("Res-UNet", 0), ("Res-UNet", 7)]

@@ -211,11 +211,53 @@ def _write_results(out: Path, ablation, command, epochs, max_cases, device, rows
         "step_order": [st["name"] for st in steps],
         "cumulative": bool(read_yaml_mapping(ablation).get("cumulative", True)),
     }
+    results["curves"] = learning_curves(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(results))
     plot_results(results, out / "results.png")
+    if results["curves"]:
+        plot_learning_curves(results["curves"], out / "learning_curves.png")
     return results
+
+
+def learning_curves(out: Path) -> dict[str, dict[str, Any]]:
+    """Per finished run (``out/runs/<run>``): validation mean Dice on the model grid (as validated
+    during training) against CPU-hours of training (the budget's clock; wall hours for runs without a
+    budget), and ``last_quarter_gain``: the change over the last quarter of the run (is it flat?)."""
+    curves = {}
+    for hist in sorted((out / "runs").glob("*/model/history.json")):
+        if not (hist.parent.parent / "result.json").is_file():
+            continue
+        points = [(h.get("cpu_seconds", h.get("train_seconds")), h["val_mean_dice"]) for h in json.loads(hist.read_text())
+                  if h.get("val_mean_dice") is not None and h.get("cpu_seconds", h.get("train_seconds")) is not None]
+        if not points:
+            continue
+        hours = [round(t / 3600, 4) for t, _ in points]
+        dice = [round(float(d), 4) for _, d in points]
+        start = next((d for h, d in zip(hours, dice) if h >= 0.75 * hours[-1]), dice[-1])
+        curves[hist.parent.parent.name] = {"cpu_hours": hours, "mean_dice_model_grid": dice,
+                                           "last_quarter_gain": round(dice[-1] - start, 4),
+                                           "clock": "cpu" if "cpu_seconds" in json.loads(hist.read_text())[-1] else "wall"}
+    return curves
+
+
+def plot_learning_curves(curves: dict[str, dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, c in curves.items():
+        ax.plot(c["cpu_hours"], c["mean_dice_model_grid"], "o-", ms=3, label=name)
+    ax.set_xlabel("hours of training (CPU time, validation excluded)"), ax.set_ylabel("mean validation Dice (model grid)")
+    ax.set_ylim(0, 1), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _fmt(v: float | None) -> str:
@@ -258,6 +300,12 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines += ["", "Compute per step: " + "; ".join(
             f"{label(r)}: {r['budget']['cpu_seconds_used'] / 3600:.2f} CPU-h, {r['budget']['epochs_done']} epochs (ended by {r['budget']['ended_by']})"
             for r in rows if r.get("budget")) + "."]
+    curves = results.get("curves") or {}
+    if curves:
+        lines += ["", "Still climbing? Mean validation Dice (model grid, as validated during training) gained in the last "
+                  "quarter of each run: " + "; ".join(f"{k}: {c['last_quarter_gain']:+.3f} (to {c['mean_dice_model_grid'][-1]:.3f} "
+                                                      f"at {c['cpu_hours'][-1]:.2f} {c['clock'].upper()}-h)" for k, c in curves.items())
+                  + " (`learning_curves.png`)."]
     hw = {r.get("hardware") for r in rows}
     lines += ["", f"Validation Dice ({rows[0]['n_val'] if rows else 0} cases); trained on: {', '.join(sorted(h for h in hw if h))}.",
               "Δ mean: against the step before (each step adds its change to the previous ones)." if cumulative else
