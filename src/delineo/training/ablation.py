@@ -229,7 +229,8 @@ def learning_curves(out: Path) -> dict[str, dict[str, Any]]:
     for hist in sorted((out / "runs").glob("*/model/history.json")):
         if not (hist.parent.parent / "result.json").is_file():
             continue
-        points = [(h.get("cpu_seconds", h.get("train_seconds")), h["val_mean_dice"]) for h in json.loads(hist.read_text())
+        history = json.loads(hist.read_text())
+        points = [(h.get("cpu_seconds", h.get("train_seconds")), h["val_mean_dice"]) for h in history
                   if h.get("val_mean_dice") is not None and h.get("cpu_seconds", h.get("train_seconds")) is not None]
         if not points:
             continue
@@ -238,7 +239,7 @@ def learning_curves(out: Path) -> dict[str, dict[str, Any]]:
         start = next((d for h, d in zip(hours, dice) if h >= 0.75 * hours[-1]), dice[-1])
         curves[hist.parent.parent.name] = {"cpu_hours": hours, "mean_dice_model_grid": dice,
                                            "last_quarter_gain": round(dice[-1] - start, 4),
-                                           "clock": "cpu" if "cpu_seconds" in json.loads(hist.read_text())[-1] else "wall"}
+                                           "clock": "cpu" if "cpu_seconds" in history[-1] else "wall"}
     return curves
 
 
