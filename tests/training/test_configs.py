@@ -14,7 +14,8 @@ from delineo.training.config import read_yaml_mapping
 from delineo.training.loop import _scheduler, build_training_parts
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-ABLATIONS = {"hn-ablation.yaml", "hn-recipe.yaml"}
+# An ablation file (a base config and its steps) is told by its `steps` key, not by its name.
+ABLATIONS = {p.name for p in CONFIGS.glob("*.yaml") if "steps" in read_yaml_mapping(p)}
 
 
 def build(cfg: TrainConfig) -> None:
