@@ -5,7 +5,8 @@ output of size 1), and ``delineo train`` uses bf16 wherever the CPU has it nativ
 (:func:`delineo.inference.predictor.bf16_available`). So the real network, on the training shape
 (batch 2 of 64^3 patches) and on the inference shape (a whole OpenKBP CT on the model grid, about
 125 x 125 x 154 voxels padded to the network's divisor), must give the same contours and nearly the
-same gradients in bf16 as in fp32. Skipped where the CPU has no native bf16 (training runs fp32 there).
+same gradients in bf16 as in fp32. ``hn-ct`` contours the body box only (``crop_foreground``), so the
+Predictor's own shape is checked too: bf16 is its default on such a CPU. Skipped where the CPU has no native bf16 (training runs fp32 there).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from delineo.data.io import read_image
 from delineo.data.orientation import to_orientation
 from delineo.data.transforms import preprocess
-from delineo.inference.predictor import autocast_context, bf16_available, predict_probabilities
+from delineo.inference.predictor import Predictor, autocast_context, bf16_available, predict_probabilities
 from delineo.models.registry import load_model
 from delineo.training.losses import SegmentationLoss, deep_supervision_loss
 
@@ -51,6 +52,18 @@ def test_whole_volume_inference_bf16_matches_fp32(hn_ct, real_data):
         m32, m16 = (p32 >= 0.5).numpy(), (p16 >= 0.5).numpy()
         if m32.sum() >= 50:  # structures this case has (PTV63 may be absent)
             assert _dice(m32, m16) >= 0.97, (name, _dice(m32, m16))
+
+
+def test_predictor_default_on_the_body_box_matches_fp32(hn_ct, real_data):
+    """What `delineo contour` runs by default (bf16, body box) against --fp32, on a whole real CT."""
+    case = sorted((real_data("openkbp") / "validation").iterdir())[0]
+    image = read_image(case / "ct.nii.gz")
+    default, fp32 = Predictor(hn_ct, "cpu"), Predictor(hn_ct, "cpu", amp=False)
+    assert default.amp and not fp32.amp  # hn-ct's model.json: precision bf16
+    a, b = default.predict(image), fp32.predict(image)
+    for name in hn_ct.structures:
+        if b[name].sum() >= 50:
+            assert _dice(a[name], b[name]) >= 0.97, (name, _dice(a[name], b[name]))
 
 
 def test_training_step_gradients_bf16_match_fp32(hn_ct, real_data):

@@ -11,7 +11,7 @@ from torch import nn
 
 from delineo.data.io import Image, read_image
 from delineo.errors import InputError
-from delineo.inference.predictor import Predictor, keep_exclusive, keep_largest_components, predict_probabilities, resolve_device
+from delineo.inference.predictor import Predictor, foreground_box, keep_exclusive, keep_largest_components, predict_probabilities, resolve_device
 from delineo.metrics.segmentation import dice
 from delineo.models.networks import NetworkSpec, build_network
 from delineo.models.registry import ModelBundle, save_model
@@ -238,3 +238,37 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA"):
             resolve_device("cuda")
+
+
+def test_foreground_box_by_hand():
+    array = np.full((20, 20, 10), -1000.0)
+    array[5:9, 6:12, 3] = 0.0  # the "body"
+    # margin 4 mm: 2 voxels at 2 mm, 2 voxels at 3 mm (rounded up)
+    assert foreground_box(array, (2.0, 2.0, 3.0), -500, 4.0) == (slice(3, 11), slice(4, 14), slice(1, 6))
+    # clipped to the array
+    assert foreground_box(array, (2.0, 2.0, 3.0), -500, 100.0) == (slice(0, 20), slice(0, 20), slice(0, 10))
+    # nothing above the threshold: the whole array
+    assert foreground_box(np.full((4, 4, 4), -1000.0), (1.0, 1.0, 1.0), -500, 4.0) == (slice(None),) * 3
+
+
+def test_crop_foreground_runs_the_network_on_the_body_only():
+    """A CT whose body (0 HU, a ball of 300 HU inside) fills a corner of the air (-1000 HU): with
+    ``crop_foreground`` the network sees the body box only, the ball comes back on the same voxels,
+    and everything outside the box is background."""
+    array = np.full((40, 36, 30), -1000.0, dtype=np.float32)
+    array[4:20, 8:26, 2:18] = 0.0
+    ball = np.zeros(array.shape, bool)
+    ball[8:14, 12:20, 6:12] = True
+    array[ball] = 300.0
+    image = Image(array, np.diag([2.0, 2.0, 3.0, 1.0]))
+    whole = Predictor(threshold_bundle(), "cpu")
+    cropped = Predictor(threshold_bundle(inference={"crop_foreground": {"threshold": -500, "margin_mm": 4}}), "cpu")
+    a, b = whole.predict(image), cropped.predict(image)
+    np.testing.assert_array_equal(b["Ball"], ball)
+    np.testing.assert_array_equal(a["Ball"], b["Ball"])
+    box = (slice(2, 22), slice(6, 28), slice(0, 20))  # body box + 2 voxels (4 mm at 2 mm; 2 at 3 mm)
+    inside = np.zeros(array.shape, bool)
+    inside[box] = True
+    np.testing.assert_array_equal(b["Dark"], a["Dark"] & inside)
+    assert b["Dark"].shape == image.shape
+    assert cropped.bundle.network.calls[-1][2:] == (20, 24, 20)  # 20 x 22 x 20 padded to the divisor 4

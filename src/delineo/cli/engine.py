@@ -52,7 +52,7 @@ def evaluate(
         False, "--model-card", help="Record the result as the model's validation metrics in its model.json."
     ),
     bf16: Optional[bool] = typer.Option(
-        None, "--bf16/--fp32", help="Network precision: bfloat16 autocast or float32 (default: bf16 on CUDA, fp32 on the CPU)."
+        None, "--bf16/--fp32", help="Network precision: bfloat16 autocast or float32 (default: bf16 on CUDA, and on a CPU with native bf16 for a model checked in bf16 (precision in its model.json), else fp32)."
     ),
 ) -> None:
     """Contour every case of a dataset and compare with its reference contours."""
@@ -154,7 +154,7 @@ def contour(
     no_overview: bool = typer.Option(False, "--no-overview", help="Skip the overview PNGs."),
     series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM input with several series: the one to contour."),
     bf16: Optional[bool] = typer.Option(
-        None, "--bf16/--fp32", help="Network precision: bfloat16 autocast or float32 (default: bf16 on CUDA, fp32 on the CPU)."
+        None, "--bf16/--fp32", help="Network precision: bfloat16 autocast or float32 (default: bf16 on CUDA, and on a CPU with native bf16 for a model checked in bf16 (precision in its model.json), else fp32)."
     ),
 ) -> None:
     """Contour one image: writes OUT/segmentations/<ROI>.nii.gz, summary.json and overview PNGs;

@@ -91,7 +91,8 @@ def evaluate(
     A structure not contoured in a case's reference is skipped for that case (not counted as 0).
     HD95/ASD are in mm; when prediction or reference is empty (but not both) the distance is
     undefined: it is written as null and counted in ``n_distance_undefined``.
-    ``bf16``: run the network under bfloat16 autocast (default: on CUDA only).
+    ``bf16``: run the network under bfloat16 autocast (default: the model's, see
+    :class:`delineo.inference.predictor.Predictor`).
     ``progress``: a bar on a terminal, one line per case in a log (:mod:`delineo.progress`).
     With a quality estimator in the model folder (:mod:`delineo.inference.quality`), each case's
     structure has ``quality`` and ``review`` beside ``dice``, and ``report["quality"]`` says how well
