@@ -113,6 +113,22 @@ def test_an_estimator_fitted_for_other_weights_is_not_used(tmp_path, caplog):
     assert "quality-fit" in caplog.text
 
 
+def test_an_estimator_fitted_with_other_inference_settings_is_not_used(tmp_path, caplog):
+    """Fitted on whole-volume contours: not applied to sliding-window or body-box ones (other
+    probabilities, other features); an estimator from before the settings were recorded still loads."""
+    est = _estimator()
+    est.meta["inference"] = Q.inference_signature({"patch_size": None, "overlap": 0.25})
+    est.save(tmp_path)
+    assert Q.load_quality(tmp_path, {"patch_size": None, "overlap": 0.5, "mirror": False, "threshold": 0.5}) is not None
+    assert Q.load_quality(tmp_path, {"patch_size": [64, 64, 64], "overlap": 0.5}) is None
+    assert "inference settings" in caplog.text
+    assert Q.load_quality(tmp_path, {"crop_foreground": {"threshold": -500, "margin_mm": 10}}) is None
+    assert Q.load_quality(tmp_path, {"threshold": 0.4}) is None
+    del est.meta["inference"]
+    est.save(tmp_path)
+    assert Q.load_quality(tmp_path, {"patch_size": [64, 64, 64]}) is not None
+
+
 class Blob(nn.Module):
     """A 'network' that draws a sure cube for "Good" and an unsure one for "Poor"."""
 
@@ -218,6 +234,7 @@ def test_fit_evaluate_and_contour_with_a_trained_model(tmp_path, trained_2d, sha
     assert rc == 0
     stored = json.loads((model / "quality.json").read_text())
     assert len(stored["folds"]) == 4 and stored["weights_sha256"] == Q.weights_digest(model)
+    assert stored["inference"] == Q.inference_signature(json.loads((model / "model.json").read_text())["inference"])
     card = json.loads((model / "model.json").read_text())["quality"]
     assert card["file"] == "quality.json" and "quality-fit" in card["command"] and "spearman" in card["out_of_fold"]
     fit = json.loads(out.read_text())

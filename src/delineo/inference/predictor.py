@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from contextlib import nullcontext
 from typing import Any, Sequence
 
@@ -99,10 +100,12 @@ def predict_probabilities(
             if patch_size is None:
                 xp, crop = _pad_to_multiple(x, divisor)
                 return network(xp)[tuple(crop)].float()
-            return sliding_window_inference(
-                x, roi_size=list(patch_size), sw_batch_size=sw_batch_size, predictor=network,
-                overlap=overlap, mode="gaussian",
-            ).float()
+            with warnings.catch_warnings():  # MONAI 1.5.1 indexes with a list of slices; torch 2.13 warns on every call
+                warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+                return sliding_window_inference(
+                    x, roi_size=list(patch_size), sw_batch_size=sw_batch_size, predictor=network,
+                    overlap=overlap, mode="gaussian",
+                ).float()
 
     spatial_axes = list(range(2, image.ndim))
     flips: list[tuple[int, ...]] = [()]
@@ -200,8 +203,15 @@ class Predictor:
         self.timings: dict[str, float] = {}
         from delineo.inference.quality import load_quality
 
-        #: the model's quality estimator (``quality.json`` in its folder), None when it has none
-        self.quality = load_quality(self.bundle.path)
+        #: the model's quality estimator (``quality.json`` in its folder), None when it has none or
+        #: when it was fitted for other weights or other inference settings
+        self.quality = load_quality(self.bundle.path, self.inference_settings)
+
+    @property
+    def inference_settings(self) -> dict[str, Any]:
+        """The settings this predictor contours with (the model's, or those given to it)."""
+        return {"patch_size": self.patch_size, "overlap": self.overlap, "mirror": self.mirror,
+                "threshold": self.threshold, "crop_foreground": self.bundle.inference.get("crop_foreground")}
 
     @property
     def structures(self) -> list[str]:

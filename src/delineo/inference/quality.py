@@ -210,9 +210,30 @@ def weights_digest(folder: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_quality(folder: str | Path | None) -> QualityEstimator | None:
-    """The estimator stored in a model folder, or None when it has none, or when it was fitted for
-    other weights (the model was retrained since: run ``delineo quality-fit`` again; logged)."""
+#: inference settings that change the probabilities the features are computed from
+INFERENCE_KEYS = {"patch_size": None, "overlap": 0.5, "mirror": False, "threshold": 0.5, "crop_foreground": None}
+
+
+def inference_signature(inference: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``inference`` (a model.json ``inference`` block or a Predictor's effective
+    settings) that the features depend on, with defaults filled in and in JSON form, so that an
+    estimator fitted on contours made one way is not applied to contours made another way."""
+    sig = {k: inference.get(k, default) for k, default in INFERENCE_KEYS.items()}
+    if sig["patch_size"] is not None:
+        sig["patch_size"] = [int(v) for v in sig["patch_size"]]
+    else:
+        sig["overlap"] = None  # no sliding window: the overlap does not matter
+    sig["overlap"] = None if sig["overlap"] is None else float(sig["overlap"])
+    sig["threshold"] = float(sig["threshold"])
+    sig["mirror"] = bool(sig["mirror"])
+    return json.loads(json.dumps(sig))
+
+
+def load_quality(folder: str | Path | None, inference: dict[str, Any] | None = None) -> QualityEstimator | None:
+    """The estimator stored in a model folder, or None when it has none, when it was fitted for
+    other weights (the model was retrained since: run ``delineo quality-fit`` again; logged), or
+    when ``inference`` (the predictor's effective settings) differs from the settings it was fitted
+    with (body box, sliding window, threshold...: the features would come from other probabilities)."""
     if folder is None:
         return None
     path = Path(folder) / QUALITY_JSON
@@ -233,6 +254,11 @@ def load_quality(folder: str | Path | None) -> QualityEstimator | None:
     if fitted_for and (Path(folder) / "weights.safetensors").is_file() and fitted_for != weights_digest(folder):
         log.warning("%s was fitted for other weights (the model was retrained): no quality estimate until "
                     "`delineo quality-fit` is run again for this model", path)
+        return None
+    fitted_with = estimator.meta.get("inference")
+    if inference is not None and fitted_with is not None and fitted_with != inference_signature(inference):
+        log.warning("%s was fitted on contours made with inference settings %s, these are made with %s: no quality "
+                    "estimate (run `delineo quality-fit` for these settings)", path, fitted_with, inference_signature(inference))
         return None
     return estimator
 
@@ -394,10 +420,14 @@ def fit_quality(
     t0 = time.perf_counter()
     predictor = Predictor(str(folder), device)
     digest = weights_digest(folder)
+    signature = inference_signature(predictor.inference_settings)
     if features_from is not None:
         saved = json.loads(Path(features_from).read_text())
         if saved.get("weights_sha256") != digest:
             raise InputError(features_from, "these features were computed with other weights: fit without --features-from")
+        if saved.get("inference") is not None and saved["inference"] != signature:
+            raise InputError(features_from, f"these features were computed with inference settings {saved['inference']}, "
+                                            f"the model now runs {signature}: fit without --features-from")
         samples = [x for x in saved["samples"] if cases is None or x["case"] in set(cases)]
     else:
         samples = collect_samples(predictor, data, cases, progress=progress)
@@ -406,7 +436,7 @@ def fit_quality(
     if save_features is not None:
         Path(save_features).parent.mkdir(parents=True, exist_ok=True)
         Path(save_features).write_text(json.dumps({"model": predictor.bundle.name, "weights_sha256": digest, "data": str(data),
-                                                   "samples": samples}, indent=1) + "\n")
+                                                   "inference": signature, "samples": samples}, indent=1) + "\n")
     structures = [s for s in predictor.structures if any(x["structure"] == s for x in samples)]
     full, fold_cals, rows = cross_fit(samples, structures, folds, alpha)
     threshold = choose_threshold([r["quality"] for r in rows], [r["dice"] for r in rows], sensitivity)
@@ -416,6 +446,7 @@ def fit_quality(
                   "mass outside, uncertain band, empty) with a per-structure offset",
         "model": predictor.bundle.name,
         "weights_sha256": digest,
+        "inference": signature,
         "data": str(data),
         "features_from": str(features_from) if features_from is not None else None,
         "n_cases": len({s["case"] for s in samples}),
