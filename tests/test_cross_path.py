@@ -137,7 +137,6 @@ def test_dicom_zip_through_the_web_service(case, reference, tmp_path, monkeypatc
 
 def test_dicom_series_through_the_node(case, reference, tmp_path):
     """storescu -> delineo's DICOM node (contours with hn-ct) -> storescp as the planning system."""
-    import shutil
     import socket
     import time
 
@@ -145,7 +144,9 @@ def test_dicom_series_through_the_node(case, reference, tmp_path):
     from delineo.dicom.rtstruct import read_rtstruct
     from delineo.dicom.series import read_series
 
-    tools = {t: shutil.which(t) or f"/usr/bin/{t}" for t in ("storescu", "storescp")}
+    from system_tools import dcmtk
+
+    tools = {t: dcmtk(t) for t in ("storescu", "storescp")}  # dcmtk's, not pynetdicom's same-named entry points
     if not all(Path(p).is_file() for p in tools.values()):
         pytest.skip("dcmtk not installed (make system-deps)")
     files = write_dicom(case / "ct.nii.gz", tmp_path / "ct")

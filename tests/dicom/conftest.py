@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from delineo.data.io import Image
+from system_tools import dcmtk  # noqa: F401 (the tests here import it from this conftest)
 
 AFFINE = np.array([[-2.0, 0, 0, 50.0], [0, -2.5, 0, 30.0], [0, 0, 3.0, -40.0], [0, 0, 0, 1]])
 SHAPE = (24, 20, 12)
@@ -26,12 +26,6 @@ def phantom() -> tuple[Image, dict[str, np.ndarray]]:
     ring = body.copy()
     ring[6:18, 6:14, :] = False  # a body wall with a hole in every slice
     return Image(a, AFFINE), {"Mandible": bone, "PTV70": ring}
-
-
-def dcmtk(tool: str) -> str:
-    """The Debian (dcmtk / dicom3tools) program, not a same-named Python entry point in the venv."""
-    path = Path("/usr/bin") / tool
-    return str(path) if path.is_file() else (shutil.which(tool) or tool)
 
 
 def needs(tool: str):
