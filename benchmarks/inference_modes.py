@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -33,10 +33,6 @@ MODES = {
 }
 
 
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).replace("^3", "").strip("-").replace("--", "-").replace("--", "-")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="hn-ct")
@@ -49,6 +45,7 @@ def main() -> None:
 
     from delineo.metrics.evaluate import evaluate
     from delineo.models.registry import resolve_model
+    from delineo.training.ablation import slug  # the ablation's file names for its steps
 
     source = resolve_model(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +69,7 @@ def main() -> None:
                      "structures": {s: round(v["dice"], 4) for s, v in report["structures"].items()},
                      "seconds_per_case": round(report["seconds_per_case"], 2), "report": str(report_path)})
         print(json.dumps(rows[-1]), flush=True)
-    result = {"command": "python benchmarks/inference_modes.py " + " ".join(os.sys.argv[1:]), "model": args.model,
+    result = {"command": "python benchmarks/inference_modes.py " + " ".join(sys.argv[1:]), "model": args.model,
               "data": str(args.data), "threads": torch.get_num_threads(), "modes": rows}
     (args.out / "modes.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["| mode | mean Dice | PTV70 | s/case (with metrics) |", "|---|---|---|---|"]

@@ -6,7 +6,7 @@ their masks (``second_opinion``, per structure) to the features that ``delineo q
 --save-features`` saved for the bundled model, and cross-fits the quality calibrator with and
 without it (5 folds over cases, as quality-fit; all figures out-of-fold).
 
-    # the second model: hn-ct v1 (5 x 5 x 3.5 mm grid), from git, run on the body box in bf16 like v3
+    # the second model: hn-ct v1 (5 x 5 x 3.5 mm grid), from git (run on the body box in bf16 like v3)
     mkdir -p /tmp/hn-ct-v1 && for f in model.json weights.safetensors; do
         git show 7bf0993:models/hn-ct/$f > /tmp/hn-ct-v1/$f; done
     OMP_NUM_THREADS=1 python benchmarks/quality_second_opinion.py --second /tmp/hn-ct-v1 \
@@ -41,13 +41,15 @@ def main() -> None:
     from delineo.inference import quality as Q
     from delineo.inference.predictor import Predictor
     from delineo.metrics.segmentation import dice
+    from delineo.models.registry import load_model
 
     main_model = Predictor(args.model, "cpu")
-    meta = json.loads((args.second / "model.json").read_text())
-    # the second model runs the way the bundled one does: body box, bf16 where the CPU has it
-    meta["inference"] = {**meta.get("inference", {}), **{k: main_model.bundle.inference[k] for k in ("crop_foreground", "precision") if k in main_model.bundle.inference}}
-    (args.second / "model.json").write_text(json.dumps(meta, indent=2))
-    second = Predictor(args.second, "cpu")
+    # the second model runs the way the bundled one does (body box, bf16 where the CPU has it); its
+    # folder is left as it is: the settings change in memory only
+    bundle = load_model(args.second, "cpu")
+    bundle.meta["inference"] = {**bundle.inference, **{k: main_model.bundle.inference[k] for k in ("crop_foreground", "precision")
+                                                        if k in main_model.bundle.inference}}
+    second = Predictor(bundle, "cpu")
     dataset = open_dataset(args.data, main_model.structures, None)
     opinion: dict[tuple[str, str], float] = {}
     seconds = {"model": [], "second": []}

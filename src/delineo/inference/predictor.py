@@ -197,6 +197,8 @@ class Predictor:
         self.overlap = float(cfg.get("overlap", 0.5) if overlap is None else overlap)
         self.mirror = bool(cfg.get("mirror", False) if mirror is None else mirror)
         self.threshold = float(cfg.get("threshold", 0.5) if threshold is None else threshold)
+        #: 3D: ``{"threshold", "margin_mm"}`` to contour the body box only, None for the whole image
+        self.crop_foreground: dict[str, float] | None = cfg.get("crop_foreground") or None
         if amp is None:  # bf16 on CUDA; on a CPU with native bf16 only for a model checked in bf16 (model.json)
             amp = self.device.type == "cuda" or (cfg.get("precision") == "bf16" and bf16_available(self.device))
         self.amp = bool(amp)
@@ -211,7 +213,7 @@ class Predictor:
     def inference_settings(self) -> dict[str, Any]:
         """The settings this predictor contours with (the model's, or those given to it)."""
         return {"patch_size": self.patch_size, "overlap": self.overlap, "mirror": self.mirror,
-                "threshold": self.threshold, "crop_foreground": self.bundle.inference.get("crop_foreground")}
+                "threshold": self.threshold, "crop_foreground": self.crop_foreground}
 
     @property
     def structures(self) -> list[str]:
@@ -258,7 +260,7 @@ class Predictor:
         if self.bundle.orientation:  # 3D: the array in the order the network was trained on
             image, reo = to_orientation(image, self.bundle.orientation)
         box = tuple(slice(None) for _ in image.shape)
-        crop = self.bundle.inference.get("crop_foreground")
+        crop = self.crop_foreground
         if crop and spatial_dims == 3:
             box = foreground_box(image.array, image.spacing_mm, float(crop["threshold"]), float(crop.get("margin_mm", 10.0)))
         body = image.array[box]

@@ -219,11 +219,9 @@ def inference_signature(inference: dict[str, Any]) -> dict[str, Any]:
     settings) that the features depend on, with defaults filled in and in JSON form, so that an
     estimator fitted on contours made one way is not applied to contours made another way."""
     sig = {k: inference.get(k, default) for k, default in INFERENCE_KEYS.items()}
-    if sig["patch_size"] is not None:
-        sig["patch_size"] = [int(v) for v in sig["patch_size"]]
-    else:
-        sig["overlap"] = None  # no sliding window: the overlap does not matter
-    sig["overlap"] = None if sig["overlap"] is None else float(sig["overlap"])
+    window = sig["patch_size"] is not None
+    sig["patch_size"] = [int(v) for v in sig["patch_size"]] if window else None
+    sig["overlap"] = float(sig["overlap"]) if window else None  # no sliding window: the overlap does not matter
     sig["threshold"] = float(sig["threshold"])
     sig["mirror"] = bool(sig["mirror"])
     return json.loads(json.dumps(sig))
@@ -256,9 +254,10 @@ def load_quality(folder: str | Path | None, inference: dict[str, Any] | None = N
                     "`delineo quality-fit` is run again for this model", path)
         return None
     fitted_with = estimator.meta.get("inference")
-    if inference is not None and fitted_with is not None and fitted_with != inference_signature(inference):
+    running = inference_signature(inference) if inference is not None else None
+    if running is not None and fitted_with is not None and fitted_with != running:
         log.warning("%s was fitted on contours made with inference settings %s, these are made with %s: no quality "
-                    "estimate (run `delineo quality-fit` for these settings)", path, fitted_with, inference_signature(inference))
+                    "estimate (run `delineo quality-fit` for these settings)", path, fitted_with, running)
         return None
     return estimator
 
