@@ -144,8 +144,9 @@ def test_cpu_budget_common_overrides_and_a_second_seed(tmp_path, tiny_config, im
             d for h, d in zip(c["cpu_hours"], c["mean_dice_model_grid"]) if h >= 0.75 * c["cpu_hours"][-1]), 4)
     assert "Still climbing?" in md and "01-u-net:" in md
     # a second seed for one step, beside the first runs
-    res = run_ablation(tmp_path / "abl.yaml", out, device="cpu", seed=7, only=["Res-UNet"])
+    res = run_ablation(tmp_path / "abl.yaml", out, device="cpu", seed=7, only=["Res-UNet"], threads=2)
     assert [(s["step"], s["seed"]) for s in res["steps"]] == [("U-Net", 0), ("Res-UNet", 0), ("Res-UNet", 7)]
+    assert res["steps"][2]["hardware"].endswith("torch 2 threads")  # --threads (the tests run torch on 1) reaches the step's training
     assert (out / "runs" / "02-res-unet-seed7" / "result.json").is_file() and res["not_run"] == []
     assert "| Res-UNet (seed 7) |" in (out / "results.md").read_text()
     # more budget: the finished steps are kept (a step is finished once evaluated)

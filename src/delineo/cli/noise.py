@@ -140,6 +140,7 @@ def ablation(
         None, "--budget-cpu-hours", help="CPU time per step (process CPU time in training; default: the file's budget_cpu_hours, else epochs)."
     ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Train with this training seed, beside the base seed's runs (e.g. a second seed for the closest steps)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per step (default: the file's training.threads)."),
 ) -> None:
     """Train each step of an ablation (each adds one change) and compare validation Dice.
     Finished steps are skipped, an interrupted one resumes from its checkpoint."""
@@ -147,5 +148,5 @@ def ablation(
 
     command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     run_ablation(spec, out, epochs=epochs, device=device, max_cases=max_cases, command=command, train_missing=not report_only,
-                 only=_split(only) if only else None, budget_cpu_hours=budget_cpu_hours, seed=seed)
+                 only=_split(only) if only else None, budget_cpu_hours=budget_cpu_hours, seed=seed, threads=threads)
     typer.echo((out / "results.md").read_text())

@@ -84,14 +84,14 @@ def run_ablation(
     ablation: str | Path, out: str | Path, *, epochs: int | None = None, device: str | None = None,
     max_cases: int | None = None, command: str | None = None, log: Callable[[str], None] | None = None,
     train_missing: bool = True, only: list[str] | None = None, budget_cpu_hours: float | None = None,
-    seed: int | None = None,
+    seed: int | None = None, threads: int | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every step not finished yet; write ``results.json/.md/.png`` into ``out``
     after each finished step (the steps not run yet are listed as such). ``train_missing=False``
     only writes the results of the steps already finished; ``only`` trains just the named steps
     (each still with the changes of the steps before it), e.g. to run steps on several machines.
     ``budget_cpu_hours`` overrides the file's; ``seed`` trains with that training seed (its runs
-    beside the base seed's)."""
+    beside the base seed's); ``threads`` sets each step's torch threads (``training.threads``)."""
     from delineo.metrics.evaluate import evaluate
     from delineo.training.config import TrainConfig
     from delineo.training.loop import train
@@ -133,6 +133,8 @@ def run_ablation(
             d.setdefault("training", {})["device"] = device
         if suffix:
             d.setdefault("training", {})["seed"] = int(seed)
+        if threads is not None:
+            d.setdefault("training", {})["threads"] = int(threads)
         if max_cases is not None:
             d.setdefault("data", {})["max_cases"] = int(max_cases)
         cfg = TrainConfig.from_dict(d, where=f"{ablation}: step {step['name']!r}")
