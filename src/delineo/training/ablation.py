@@ -109,6 +109,9 @@ def run_ablation(
     unknown = sorted(set(only or []) - {st["name"] for st in steps})
     if unknown:
         raise ConfigError(f"{ablation}: no step named {', '.join(map(repr, unknown))} (steps: {', '.join(st['name'] for st in steps)})")
+    # the command line's settings, the same for every step
+    given = {k: v for k, v in {"training.epochs": epochs, "training.device": device, "training.seed": seed if suffix else None,
+                               "training.threads": threads, "data.max_cases": max_cases}.items() if v is not None}
     cumulative = bool(spec.get("cumulative", True))
     keep_weights = bool(spec.get("keep_weights", False))
     config = copy.deepcopy(base)
@@ -123,20 +126,8 @@ def run_ablation(
             continue
         if not train_missing or (only and step["name"] not in only):
             continue
-        d = copy.deepcopy(config)
-        d["name"] = f"ablation-{slug(step['name'])}"
-        d["output"] = str(run_dir / "model")
-        d["work_dir"] = str(run_dir / "work")
-        if epochs is not None:
-            d.setdefault("training", {})["epochs"] = int(epochs)
-        if device is not None:
-            d.setdefault("training", {})["device"] = device
-        if suffix:
-            d.setdefault("training", {})["seed"] = int(seed)
-        if threads is not None:
-            d.setdefault("training", {})["threads"] = int(threads)
-        if max_cases is not None:
-            d.setdefault("data", {})["max_cases"] = int(max_cases)
+        d = apply_overrides(config, {"name": f"ablation-{slug(step['name'])}", "output": str(run_dir / "model"),
+                                     "work_dir": str(run_dir / "work"), **given})
         cfg = TrainConfig.from_dict(d, where=f"{ablation}: step {step['name']!r}")
         log(f"[{i}/{len(steps)}] {step['name']}{suffix}: training" + (f" for {budget} CPU-hours" if budget else ""))
         model_dir = train(cfg, resume=True, command=command, budget_cpu_hours=budget)
