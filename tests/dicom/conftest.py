@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from delineo.data.io import Image
-from system_tools import dcmtk  # noqa: F401 (the tests here import it from this conftest)
+from system_tools import dcmtk
 
 AFFINE = np.array([[-2.0, 0, 0, 50.0], [0, -2.5, 0, 30.0], [0, 0, 3.0, -40.0], [0, 0, 0, 1]])
 SHAPE = (24, 20, 12)

@@ -27,7 +27,9 @@ from delineo.dicom.write_ct import write_ct_series
 
 from waits import HANG_S
 
-from .conftest import dcmtk, phantom
+from system_tools import dcmtk
+
+from .conftest import phantom
 from .test_node_import import dcmtk_peers, free_port, running_node, storescp, storescu, wait_for  # noqa: F401
 
 

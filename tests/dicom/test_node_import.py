@@ -25,7 +25,9 @@ from delineo.metrics.segmentation import dice
 
 from waits import HANG_S
 
-from .conftest import dcmtk, needs, phantom
+from system_tools import dcmtk
+
+from .conftest import needs, phantom
 
 
 def dcmtk_peers(test):

@@ -14,7 +14,9 @@ from delineo.dicom.series import read_series
 from delineo.errors import InputError
 from delineo.metrics.segmentation import dice
 
-from .conftest import dcmtk, needs, phantom
+from system_tools import dcmtk
+
+from .conftest import needs, phantom
 
 
 def dciodvfy_errors(path) -> list[str]:

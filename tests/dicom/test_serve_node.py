@@ -13,7 +13,9 @@ from delineo.cli import main
 
 from waits import HANG_S, LONG_HANG_S
 
-from .conftest import dcmtk, needs
+from system_tools import dcmtk
+
+from .conftest import needs
 from .test_node_import import free_port
 
 

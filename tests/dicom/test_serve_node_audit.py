@@ -21,7 +21,7 @@ from delineo.service.audit import patient_pseudonym
 
 from waits import HANG_S, LONG_HANG_S
 
-from .conftest import dcmtk
+from system_tools import dcmtk
 from .test_node_import import dcmtk_peers, free_port, storescp, storescu  # noqa: F401
 
 PASSWORD = "serve-node-audit"
