@@ -9,7 +9,7 @@ import yaml
 
 from delineo.cli import main
 from delineo.errors import ConfigError, InputError
-from delineo.training.ablation import apply_overrides, load_ablation, run_ablation
+from delineo.training.ablation import apply_overrides, load_ablation, results_markdown, run_ablation, seed_spread
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +31,21 @@ def test_overrides_are_dotted_and_copied():
     assert base["training"]["loss"] == "dice"
     with pytest.raises(ConfigError, match="not a mapping"):
         apply_overrides({"training": 3}, {"training.loss": "x"})
+
+
+def test_seed_spread_is_reported_for_steps_with_two_seeds():
+    rows = [{"step": "A", "seed": 3, "mean_dice": 0.48, "dice": {"PTV70": 0.5}, "n_val": 2},
+            {"step": "B", "seed": 3, "mean_dice": 0.43, "dice": {"PTV70": 0.4}, "n_val": 2},
+            {"step": "A", "seed": 4, "mean_dice": 0.45, "dice": {"PTV70": 0.5}, "n_val": 2, "extra_seed": True},
+            {"step": "B", "seed": 4, "mean_dice": 0.47, "dice": {"PTV70": 0.4}, "n_val": 2, "extra_seed": True}]
+    spread = seed_spread(rows)
+    assert spread == {"A": {"mean_dice_by_seed": {"3": 0.48, "4": 0.45}, "spread": 0.03},
+                      "B": {"mean_dice_by_seed": {"3": 0.43, "4": 0.47}, "spread": 0.04}}
+    assert seed_spread(rows[:2]) == {}  # one seed each: nothing to report
+    md = results_markdown({"steps": rows, "step_order": ["A", "B"], "seed_spread": spread})
+    assert "A: 0.480 (seed 3), 0.450 (seed 4), spread 0.030" in md and "B: 0.430 (seed 3), 0.470 (seed 4), spread 0.040" in md
+    # the second seed's row is compared with the step before trained with the same seed
+    assert "| B (seed 4) | 0.400 | 0.470 | +0.020 |" in md and "| B | 0.400 | 0.430 | -0.050 |" in md
 
 
 def test_bad_ablation_files(tmp_path):
@@ -148,7 +163,9 @@ def test_cpu_budget_common_overrides_and_a_second_seed(tmp_path, tiny_config, im
     assert [(s["step"], s["seed"]) for s in res["steps"]] == [("U-Net", 0), ("Res-UNet", 0), ("Res-UNet", 7)]
     assert res["steps"][2]["hardware"].endswith("torch 2 threads")  # --threads (the tests run torch on 1) reaches the step's training
     assert (out / "runs" / "02-res-unet-seed7" / "result.json").is_file() and res["not_run"] == []
-    assert "| Res-UNet (seed 7) |" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "| Res-UNet (seed 7) |" in md and set(res["seed_spread"]) == {"Res-UNet"}
+    assert "Training seeds" in md and f"Res-UNet: {res['steps'][1]['mean_dice']:.3f} (seed 0), " in md
     # more budget: the finished steps are kept (a step is finished once evaluated)
     run_ablation(tmp_path / "abl.yaml", out, device="cpu", budget_cpu_hours=1.0, train_missing=False)
 

@@ -204,6 +204,7 @@ def _write_results(out: Path, ablation, command, epochs, max_cases, device, rows
         "step_order": [st["name"] for st in steps],
         "cumulative": bool(read_yaml_mapping(ablation).get("cumulative", True)),
     }
+    results["seed_spread"] = seed_spread(rows)
     results["curves"] = learning_curves(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -212,6 +213,17 @@ def _write_results(out: Path, ablation, command, epochs, max_cases, device, rows
     if results["curves"]:
         plot_learning_curves(results["curves"], out / "learning_curves.png")
     return results
+
+
+def seed_spread(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per step trained with more than one training seed: its mean Dice per seed and the spread
+    (largest minus smallest), the noise a difference between steps has to exceed."""
+    by_step: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r.get("mean_dice") is not None:
+            by_step.setdefault(r["step"], {})[str(r.get("seed"))] = float(r["mean_dice"])
+    return {step: {"mean_dice_by_seed": seeds, "spread": round(max(seeds.values()) - min(seeds.values()), 4)}
+            for step, seeds in by_step.items() if len(seeds) > 1}
 
 
 def learning_curves(out: Path) -> dict[str, dict[str, Any]]:
@@ -294,6 +306,11 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines += ["", "Compute per step: " + "; ".join(
             f"{label(r)}: {r['budget']['cpu_seconds_used'] / 3600:.2f} CPU-h, {r['budget']['epochs_done']} epochs (ended by {r['budget']['ended_by']})"
             for r in rows if r.get("budget")) + "."]
+    spread = results.get("seed_spread") or {}
+    if spread:
+        lines += ["", "Training seeds (mean Dice per seed; spread = largest − smallest): " + "; ".join(
+            f"{step}: " + ", ".join(f"{d:.3f} (seed {k})" for k, d in v["mean_dice_by_seed"].items())
+            + f", spread {v['spread']:.3f}" for step, v in spread.items()) + "."]
     curves = results.get("curves") or {}
     if curves:
         lines += ["", "Still climbing? Mean validation Dice (model grid, as validated during training) gained in the last "
