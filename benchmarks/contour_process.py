@@ -26,16 +26,6 @@ import time
 from pathlib import Path
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run_once(input_path: Path, model: str, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
@@ -61,6 +51,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+
+    from delineo.training.loop import cpu_name
 
     run_once(args.input, args.model, args.extra)  # warm-up
     runs = [run_once(args.input, args.model, args.extra) for _ in range(args.repeat)]

@@ -424,12 +424,23 @@ def _init_weights(network: torch.nn.Module, source: str, structures: list[str]) 
     }
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, e.g. "AMD EPYC 9R14"), else the architecture: two
+    hosts of one cloud type can differ, and throughput (epochs per CPU-hour) differs with them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware_description(device: torch.device) -> str:
+    """"<GPU name> (CUDA)" or "CPU: <model name> (<arch>), <n> cores, torch <n> threads"."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    import os
-
-    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
+    return f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
 
 
 def train(
