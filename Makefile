@@ -95,3 +95,28 @@ nnunet-bench: install nnunet-venv
 
 clean:
 	rm -rf $(VENV) out var
+
+# The hn-ct training campaign (issue 39; configs/hn-ct-campaign.yaml): start or resume from the
+# committed state in benchmarks/results/hn-campaign/state, nice, in the background, THREADS threads
+# (1 by default: the other core stays for work). OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads
+# made steps up to 4x slower on a shared CPU. The log is runs/hn-ct-campaign/train.log.
+THREADS ?= 1
+CAMPAIGN := configs/hn-ct-campaign.yaml
+.PHONY: campaign campaign-stop campaign-commit
+CAMPAIGN_PID := runs/hn-ct-campaign/pid
+campaign: install
+	@mkdir -p runs/hn-ct-campaign
+	@if [ -f $(CAMPAIGN_PID) ] && kill -0 $$(cat $(CAMPAIGN_PID)) 2>/dev/null; then \
+		echo "the campaign is already running (pid $$(cat $(CAMPAIGN_PID)))"; exit 0; fi; \
+	OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=$(THREADS) nohup nice -n 10 \
+		$(VENV)/bin/delineo train --config $(CAMPAIGN) --threads $(THREADS) >> runs/hn-ct-campaign/train.log 2>&1 & \
+	echo $$! > $(CAMPAIGN_PID); echo "campaign running (pid $$!), log: runs/hn-ct-campaign/train.log"
+
+# ends the current epoch, saves the state, exits (SIGTERM); waits until it has
+campaign-stop:
+	@if [ -f $(CAMPAIGN_PID) ] && kill -TERM $$(cat $(CAMPAIGN_PID)) 2>/dev/null; then \
+		while kill -0 $$(cat $(CAMPAIGN_PID)) 2>/dev/null; do sleep 5; done; echo "campaign stopped, state saved"; \
+	else echo "the campaign is not running"; fi
+
+campaign-commit:
+	git add benchmarks/results/hn-campaign && git commit -m "hn-ct campaign: state at $$(python3 -c 'import json; s=json.load(open("benchmarks/results/hn-campaign/state/state.json"))["state"]; print(f"epoch {s[\"epoch\"]}, {s.get(\"cpu_seconds\", 0) / 3600:.2f} CPU-hours")')" -- benchmarks/results/hn-campaign

@@ -25,12 +25,18 @@ def train(
         None, "--budget-cpu-hours", min=0.01,
         help="Stop once training has used this much CPU time (all threads, validation excluded); poly decays over it.",
     ),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (training.threads of the config otherwise)."),
 ) -> None:
-    """Train a model from a YAML config; writes the model folder named in the config."""
+    """Train a model from a YAML config; writes the model folder named in the config. A campaign
+    config (training.campaign) resumes from its tracked state: `make campaign`."""
     from delineo.api import train as run_train
+    from delineo.training.config import TrainConfig
 
     command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
-    out = run_train(config, resume=not no_resume, command=command, budget_cpu_hours=budget_cpu_hours)
+    cfg = TrainConfig.from_yaml(config)
+    if threads:
+        cfg.training.threads = threads
+    out = run_train(cfg, resume=not no_resume, command=command, budget_cpu_hours=budget_cpu_hours)
     typer.echo(f"model written to {out}")
 
 

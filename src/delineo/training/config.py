@@ -75,7 +75,7 @@ class TrainingConfig:
     optimizer: str = "adam"  # adam | adamw | sgd
     lr: float = 1e-3
     weight_decay: float = 3e-5
-    schedule: str = "poly"  # poly | cosine_restarts | cyclic | constant
+    schedule: str = "poly"  # poly | cosine_restarts | cyclic | constant | campaign
     cycle_epochs: int = 10  # period of cosine_restarts / cyclic
     loss: str = "dice_bce"  # dice | dice_bce | bce | nr_dice | gce | dice_gce
     batch_dice: bool = False  # Dice over the whole batch per structure (nnU-Net); uniform weighting only
@@ -91,6 +91,9 @@ class TrainingConfig:
     weighting: dict[str, Any] | None = None  # {kind: uniform} or a registered strategy, e.g. qam
     label_noise: dict[str, Any] | None = None  # synthetic label corruption of training samples
     init_weights: str | None = None  # start from a trained model (bundled name or folder): fine-tuning, continued training
+    # a campaign (schedule: campaign): {cpu_hours, warmup_cpu_hours, constant_until_cpu_hours, decay, state, results};
+    # the learning rate follows the campaign's CPU time and the state lives in a tracked folder (training/campaign.py)
+    campaign: dict[str, Any] | None = None
 
 
 @dataclass

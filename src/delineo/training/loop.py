@@ -33,6 +33,8 @@ from delineo.inference.predictor import autocast_context, bf16_available, predic
 from delineo.metrics.segmentation import label_agreement
 from delineo.models.networks import NetworkSpec, build_network, count_parameters
 from delineo.models.registry import json_safe, save_model
+from delineo.training import campaign as campaign_state
+from delineo.training.campaign import lr_factor
 from delineo.training.config import TrainConfig
 from delineo.training.losses import SegmentationLoss, deep_supervision_loss
 from delineo.training.weighting import UniformWeighting, build_weighting
@@ -234,12 +236,21 @@ def _optimizer(cfg, params) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown optimizer {t.optimizer!r} (adam, adamw, sgd)")
 
 
-def _scheduler(cfg, optimizer, total_steps: int, steps_per_epoch: int, budget_used: Callable[[], float] | None = None):
-    """Per-step LR schedule: poly (nnU-Net), cosine_restarts (SGDR), cyclic (triangular), constant.
+def _scheduler(
+    cfg, optimizer, total_steps: int, steps_per_epoch: int, budget_used: Callable[[], float] | None = None,
+):
+    """Per-step LR schedule: poly (nnU-Net), cosine_restarts (SGDR), cyclic (triangular), constant,
+    campaign (warm-up, constant, decay over a campaign's CPU hours: :func:`campaign.lr_factor`).
     ``budget_used``: the fraction of a CPU-time budget spent so far; poly then decays over whichever
     ends first, the steps or the budget."""
     t = cfg.training
     cycle = max(1, t.cycle_epochs * steps_per_epoch)
+    if t.schedule == "campaign":
+        if not t.campaign or budget_used is None:
+            raise ConfigError("schedule: campaign needs training.campaign (its CPU-hour budget)")
+        campaign = campaign_state.campaign_spec(t.campaign)
+        hours = float(campaign["cpu_hours"])
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(budget_used() * hours, campaign))
     if t.schedule == "poly" and budget_used is not None:
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: max(0.0, 1 - min(1.0, max(min(s, total_steps) / total_steps, budget_used()))) ** 0.9
@@ -255,7 +266,7 @@ def _scheduler(cfg, optimizer, total_steps: int, steps_per_epoch: int, budget_us
         )
     if t.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    raise ConfigError(f"unknown schedule {t.schedule!r} (poly, cosine_restarts, cyclic, constant)")
+    raise ConfigError(f"unknown schedule {t.schedule!r} (poly, cosine_restarts, cyclic, constant, campaign)")
 
 
 @torch.no_grad()
@@ -465,6 +476,7 @@ def train(
         return _train(cfg, device, dist_info, resume=resume, command=command, budget_cpu_hours=budget_cpu_hours)
     finally:
         dist_info.close()
+        campaign_state.restore_stop_handler()
 
 
 def _train(
@@ -474,6 +486,11 @@ def _train(
 
     t = cfg.training
     main = dist_info.is_main  # process 0 (the only one without torchrun): validates, writes, logs
+    camp = campaign_state.campaign_spec(t.campaign) if t.campaign else None
+    if camp:
+        if t.schedule != "campaign":
+            raise ConfigError("training.campaign is set: training.schedule must be campaign")
+        budget_cpu_hours = float(camp["cpu_hours"])
     if t.threads:
         torch.set_num_threads(int(t.threads))
     seed_everything(t.seed)
@@ -602,6 +619,19 @@ def _train(
                 cpu_now["used"] = state.get("cpu_seconds", 0.0)
         elif main:
             print(f"checkpoint {ckpt_path} is for a different config: starting afresh", file=sys.stderr)
+    if camp and resume and campaign_state.has_state(camp["state"]):
+        # the tracked state (committed, survives the machine) unless this machine's own checkpoint is further on
+        tracked = json.loads((Path(camp["state"]) / campaign_state.STATE).read_text())["state"]
+        if tracked.get("cpu_seconds", 0.0) >= state.get("cpu_seconds", 0.0):
+            state, saved_config = campaign_state.load_state(camp["state"], network, optimizer, generator)
+            if not _same_config(saved_config, config_dict) and main:
+                print(f"note: {camp['state']} was written with other settings than {cfg.name}'s config now", file=sys.stderr)
+            print(f"resuming campaign {cfg.name} from {camp['state']}: epoch {state['epoch']}, "
+                  f"{state.get('cpu_seconds', 0.0) / 3600:.3f} CPU-hours", file=sys.stderr)
+        cpu_now["used"] = state.get("cpu_seconds", 0.0)
+    if camp:
+        for g in optimizer.param_groups:  # the learning rate where the campaign stands, from the first step
+            g["lr"] = t.lr * lr_factor(state.get("cpu_seconds", 0.0) / 3600, camp)
     model = network  # what the training step calls: the network, or its DistributedDataParallel wrapper
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -640,6 +670,10 @@ def _train(
 
     # ---- loop ------------------------------------------------------------------------------
     autocast = autocast_context(device, amp)
+    segment = None
+    if camp and main:
+        segment = campaign_state.begin_segment(state, meta["training"]["hardware"], torch.get_num_threads())
+        campaign_state.install_stop_handler()  # put back by train()
     patch_voxels = int(np.prod(patch)) * t.batch_size * dist_info.world_size  # all processes together
     bar = tqdm(range(state["epoch"], t.epochs), desc=f"train {cfg.name}", initial=state["epoch"], total=t.epochs, disable=None if main else True)
     for epoch in bar:
@@ -688,6 +722,8 @@ def _train(
         }
         if budget_s:
             record["cpu_seconds"] = round(state["cpu_seconds"], 3)
+        if segment is not None:
+            record["segment"] = segment["index"]
         if main and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs or budget_spent):
             v = validate(network, val_cases, meta["inference"], device, amp)
             record["val_dice"] = v["per_structure"]
@@ -731,8 +767,16 @@ def _train(
             work_dir / (CHECKPOINT + ".tmp"),
         )
         (work_dir / (CHECKPOINT + ".tmp")).replace(ckpt_path)
+        if camp:  # the tracked state, after every epoch (a stop loses at most one epoch)
+            campaign_state.update_segment(segment, state)
+            campaign_state.save_state(camp["state"], network, optimizer, state, generator, config_dict)
+            if "val_dice" in record and camp.get("results"):
+                campaign_state.write_curve(state, structures, camp)
         dist_info.barrier()
         if budget_spent:
+            break
+        if camp and campaign_state.stop_requested():
+            print(f"{cfg.name}: stopped on request after epoch {epoch + 1}; state saved in {camp['state']}", file=sys.stderr, flush=True)
             break
 
     if not main:

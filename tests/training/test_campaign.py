@@ -1,0 +1,117 @@
+"""The training campaign (issue 39): a schedule over the campaign's CPU hours, a tracked state that
+another process resumes exactly, segments recorded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from delineo.errors import ConfigError
+from delineo.training import campaign
+from delineo.training.config import TrainConfig
+from delineo.training.loop import train
+from conftest import write_case_dataset
+
+
+def tiny_config_3d(data_root, out_root, **training) -> dict:
+    """A small 3D U-Net on the synthetic CT cases (CPU); keywords go to ``training``."""
+    return {
+        "name": "tiny-campaign", "output": str(out_root / "model"), "work_dir": str(out_root / "work"),
+        "data": {"train": str(data_root), "val_fraction": 0.25}, "network": {"channels": [4, 8, 16]},
+        "preprocess": {"intensity": {"kind": "window", "low": -200, "high": 400}},
+        "training": {"batch_size": 2, "device": "cpu", **training},
+    }
+
+SPEC = {"cpu_hours": 20, "warmup_cpu_hours": 0.25, "constant_until_cpu_hours": 16, "state": "s"}
+
+
+def test_schedule_warms_up_holds_then_decays_to_zero():
+    spec = campaign.campaign_spec(SPEC)
+    assert campaign.lr_factor(0.0, spec) == pytest.approx(0.01)
+    assert campaign.lr_factor(0.125, spec) == pytest.approx(0.505)
+    assert campaign.lr_factor(0.25, spec) == campaign.lr_factor(10, spec) == campaign.lr_factor(15.99, spec) == 1.0
+    assert campaign.lr_factor(18, spec) == pytest.approx(0.5)
+    assert campaign.lr_factor(20, spec) == 0.0 and campaign.lr_factor(25, spec) == 0.0
+    assert [campaign.phase(h, spec) for h in (0.1, 5, 17)] == ["warmup", "constant", "decay"]
+
+
+@pytest.mark.parametrize("bad", [{"cpu_hours": 20}, {**SPEC, "constant_until_cpu_hours": 30}, {**SPEC, "decay": "step"}, {**SPEC, "x": 1}])
+def test_bad_campaign_settings_are_refused(bad):
+    with pytest.raises(ConfigError):
+        campaign.campaign_spec(bad)
+
+
+def _config(tmp_path, data_root, hours=1.0):
+    d = tiny_config_3d(
+        data_root, tmp_path, epochs=100, steps_per_epoch=2, patch_size=[16, 16, 16],
+        schedule="campaign", lr=0.01, val_every=2, threads=1, seed=5,
+        campaign={"cpu_hours": hours, "warmup_cpu_hours": 0.0, "constant_until_cpu_hours": hours, "state": str(tmp_path / "state"),
+                  "results": str(tmp_path / "results")},
+    )
+    return d
+
+
+_RESUME = r"""
+import json, sys
+from delineo.training.config import TrainConfig
+from delineo.training.loop import train
+d = json.loads(open(sys.argv[1]).read())
+train(TrainConfig.from_dict(d), resume=True)
+"""
+
+
+def _run_in_new_process(cfg_path):
+    subprocess.run([sys.executable, "-c", _RESUME, str(cfg_path)], check=True, timeout=240, capture_output=True)
+
+
+def test_a_resumed_campaign_takes_the_same_next_steps_in_another_process(tmp_path):
+    data = write_case_dataset(tmp_path / "cases")
+    d = _config(tmp_path / "first", data.root)
+    # first segment: 2 epochs, ended by a stop request after the second epoch (as make campaign-stop does)
+    d["training"]["epochs"] = 2
+    train(TrainConfig.from_dict(d))
+    state_dir = tmp_path / "first" / "state"
+    doc = json.loads((state_dir / "state.json").read_text())
+    assert doc["state"]["epoch"] == 2 and len(doc["state"]["segments"]) == 1
+    seg = doc["state"]["segments"][0]
+    assert "CPU" in seg["hardware"] and seg["threads"] == 1 and seg["end_epoch"] == 2
+    for f in ("weights.safetensors", "moments.safetensors"):
+        from safetensors.torch import load_file
+
+        assert all(t.dtype in (torch.bfloat16, torch.int64, torch.float32) for t in load_file(str(state_dir / f)).values())
+    assert not list(state_dir.glob("*.tmp"))
+
+    # two copies of that committed state, each resumed by a fresh process on a fresh machine (no work_dir)
+    histories = []
+    for name in ("a", "b"):
+        copy = tmp_path / name
+        (copy / "state").mkdir(parents=True)
+        for f in state_dir.iterdir():
+            (copy / "state" / f.name).write_bytes(f.read_bytes())
+        dd = _config(copy, data.root)
+        dd["training"]["epochs"] = 4
+        (copy / "cfg.json").write_text(json.dumps(dd))
+        _run_in_new_process(copy / "cfg.json")
+        out = json.loads((copy / "state" / "state.json").read_text())["state"]
+        assert out["epoch"] == 4 and len(out["segments"]) == 2
+        histories.append(out["history"])
+    a, b = histories
+    assert [h["loss"] for h in a[:2]] == [h["loss"] for h in doc["state"]["history"]]  # the first segment kept
+    assert [h["loss"] for h in a[2:]] == [h["loss"] for h in b[2:]]  # the same next steps
+    assert a[3]["val_dice"] == b[3]["val_dice"]
+    curve = json.loads((tmp_path / "a" / "results" / "learning_curve.json").read_text())
+    assert [p["epoch"] for p in curve["points"]] == [2, 4] and len(curve["segments"]) == 2
+
+
+def test_the_campaign_ends_at_its_budget_and_a_resume_then_does_nothing(tmp_path):
+    data = write_case_dataset(tmp_path / "cases")
+    d = _config(tmp_path, data.root, hours=1e-5)  # spent within the first epoch
+    train(TrainConfig.from_dict(d))
+    doc = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert doc["state"]["epoch"] == 1
+    train(TrainConfig.from_dict(d))
+    assert json.loads((tmp_path / "state" / "state.json").read_text())["state"]["epoch"] == 1
