@@ -52,7 +52,7 @@ def main() -> None:
 
     import torch
 
-    from delineo.training.loop import cpu_name
+    from delineo.machine import cpu_name
 
     run_once(args.input, args.model, args.extra)  # warm-up
     runs = [run_once(args.input, args.model, args.extra) for _ in range(args.repeat)]

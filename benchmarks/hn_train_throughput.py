@@ -54,7 +54,7 @@ def cpu_flags() -> dict[str, bool]:
 
 
 def step_seconds(setting: dict, steps: int) -> float:
-    from delineo.inference.predictor import autocast_context
+    from delineo.machine import autocast_context
     from delineo.models.networks import NetworkSpec, build_network
     from delineo.training.losses import SegmentationLoss
     from delineo.training.loop import training_step
@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--only", default=None, help="comma-separated indices of SETTINGS to run")
     args = ap.parse_args()
-    from delineo.inference.predictor import bf16_available
+    from delineo.machine import bf16_available
 
     chosen = [SETTINGS[int(i)] for i in args.only.split(",")] if args.only else SETTINGS
     rows = []

@@ -43,9 +43,9 @@ def main() -> None:
 
     import torch
 
-    from delineo.metrics.evaluate import evaluate
+    from delineo.inference.evaluate import evaluate
     from delineo.models.registry import resolve_model
-    from delineo.training.ablation import slug  # the ablation's file names for its steps
+    from delineo.experiments.ablation import slug  # the ablation's file names for its steps
 
     source = resolve_model(args.model)
     args.out.mkdir(parents=True, exist_ok=True)

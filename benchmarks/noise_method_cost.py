@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from delineo.inference.predictor import resolve_device
+from delineo.machine import hardware_description, resolve_device
 from delineo.models.networks import NetworkSpec
-from delineo.training.benchmark import load_base, parse_method
+from delineo.experiments.benchmark import load_base, parse_method
 from delineo.training.config import TrainConfig
-from delineo.training.loop import build_training_parts, hardware_description, training_step
+from delineo.training.loop import build_training_parts, training_step
 
 
 def build(base: dict, spec: str, n_structures: int, device: torch.device):

@@ -27,7 +27,7 @@ from delineo.data.transforms import preprocess, preprocess_labels
 from delineo.inference.predictor import Predictor
 from delineo.metrics.segmentation import dice_per_structure
 from delineo.models.registry import load_model
-from delineo.training.loop import hardware_description
+from delineo.machine import hardware_description
 
 
 def peaks(model_dir: Path, data: Path) -> dict:

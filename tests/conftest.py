@@ -18,6 +18,7 @@ import torch
 from PIL import Image as PILImage
 
 from delineo.settings import data_dir
+from waits import LONG_TEST_DIRS, LONG_TEST_S
 
 # ---- pytest configuration ----------------------------------------------------------------------
 
@@ -31,6 +32,14 @@ def pytest_configure(config):
         "ignore::UserWarning:monai.*",
     ):
         config.addinivalue_line("filterwarnings", line)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The server, worker and DICOM node tests wait on other processes for up to LONG_HANG_S: they
+    get LONG_TEST_S instead of the global limit (pyproject.toml), unless they name their own."""
+    for item in items:
+        if item.get_closest_marker("timeout") is None and Path(str(item.fspath)).parent.name in LONG_TEST_DIRS:
+            item.add_marker(pytest.mark.timeout(LONG_TEST_S))
 
 
 @pytest.fixture(autouse=True, scope="session")

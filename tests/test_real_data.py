@@ -70,7 +70,7 @@ def test_bundled_cxr_model_on_held_out_jsrt_images(real_data, tmp_path):
     model = models_dir() / "cxr-jsrt"
     if not (model / "model.json").is_file():
         pytest.skip(f"no bundled model at {model}")
-    from delineo.metrics.evaluate import evaluate
+    from delineo.inference.evaluate import evaluate
 
     meta = json.loads((model / "model.json").read_text())
     val_cases = meta.get("training", {}).get("data", {}).get("val_cases") or sorted(p.stem for p in (root / "images").glob("*.png"))

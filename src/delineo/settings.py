@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+from delineo.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,3 +35,17 @@ def expand(value: str) -> str:
     for key, val in env.items():
         out = out.replace("${" + key + "}", val)
     return os.path.expanduser(out)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; InputError naming the file otherwise."""
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise InputError(path, "config file does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML ({exc})") from exc
+    if not isinstance(d, dict):
+        raise InputError(path, "config must be a YAML mapping")
+    return d

@@ -130,7 +130,7 @@ def test_usage_error_is_not_a_crash(capsys):
 
 def test_ctrl_c_is_exit_code_130_not_success(tmp_path, monkeypatch):
     """An interrupted command must not look like a finished one to a script (typer returns 130)."""
-    import delineo.training.ablation as ablation
+    import delineo.experiments.ablation as ablation
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

@@ -2,7 +2,7 @@
 
 oneDNN has had wrong-result bugs in bf16 Conv3d on AVX512-BF16 CPUs (stride > 1 with an innermost
 output of size 1), and ``delineo train`` uses bf16 wherever the CPU has it natively
-(:func:`delineo.inference.predictor.bf16_available`). So the real network, on the training shape
+(:func:`delineo.machine.bf16_available`). So the real network, on the training shape
 (batch 2 of 64^3 patches) and on the inference shape (a whole OpenKBP CT on the model grid, about
 125 x 125 x 154 voxels padded to the network's divisor), must give the same contours and nearly the
 same gradients in bf16 as in fp32. ``hn-ct`` contours the body box only (``crop_foreground``), so the
@@ -18,7 +18,8 @@ import torch
 from delineo.data.io import read_image
 from delineo.data.orientation import to_orientation
 from delineo.data.transforms import preprocess
-from delineo.inference.predictor import Predictor, autocast_context, bf16_available, predict_probabilities
+from delineo.inference.predictor import Predictor, predict_probabilities
+from delineo.machine import autocast_context, bf16_available
 from delineo.models.registry import load_model
 from delineo.training.losses import SegmentationLoss, deep_supervision_loss
 

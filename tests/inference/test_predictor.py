@@ -11,7 +11,7 @@ from torch import nn
 
 from delineo.data.io import Image, read_image
 from delineo.errors import InputError
-from delineo.inference.predictor import Predictor, foreground_box, keep_exclusive, keep_largest_components, predict_probabilities, resolve_device
+from delineo.inference.predictor import Predictor, foreground_box, keep_exclusive, keep_largest_components, predict_probabilities
 from delineo.metrics.segmentation import dice
 from delineo.models.networks import NetworkSpec, build_network
 from delineo.models.registry import ModelBundle, save_model
@@ -230,14 +230,6 @@ def test_trained_2d_model_segments_training_images(trained_2d, shared_image_data
     out = predictor.predict(read_image(shared_image_dataset.image_path(case)))
     assert out["disc"].shape == (32, 32)
     assert dice(out["disc"], shared_image_dataset.masks[case]["disc"]) > 0.5
-
-
-def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="CUDA"):
-            resolve_device("cuda")
 
 
 def test_foreground_box_by_hand():

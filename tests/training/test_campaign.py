@@ -68,6 +68,7 @@ def _run_in_new_process(cfg_path):
     subprocess.run([sys.executable, "-c", _RESUME, str(cfg_path)], check=True, timeout=240, capture_output=True)
 
 
+@pytest.mark.timeout(900)  # trains in this process and in fresh ones, each bounded at 240 s
 def test_a_resumed_campaign_takes_the_same_next_steps_in_another_process(tmp_path):
     data = write_case_dataset(tmp_path / "cases")
     d = _config(tmp_path / "first", data.root)

@@ -9,8 +9,8 @@ import torch
 
 from delineo.models.networks import NetworkSpec
 from delineo.training import TrainConfig
-from delineo.training.ablation import apply_overrides, load_ablation
-from delineo.training.config import read_yaml_mapping
+from delineo.experiments.ablation import apply_overrides, load_ablation
+from delineo.settings import read_yaml_mapping
 from delineo.training.loop import _scheduler, build_training_parts
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

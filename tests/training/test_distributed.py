@@ -4,17 +4,21 @@ process gives.
 With the whole training set in every step (6 cases: one process with batch 6, or two processes with
 batch 3 each) the averaged gradients are the single process's gradient, so plain SGD must land on
 the same weights up to float rounding. The real command runs under ``torchrun``; the interruption
-test starts two processes itself (``torch.multiprocessing``) to stop both after two epochs and train
-again from the checkpoint.
+test starts two fresh processes itself (``interrupted_worker.py``, never a fork of pytest) to stop
+both after two epochs and train again from the checkpoint. Every run is bounded (``RUN_TIMEOUT_S``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,6 +60,7 @@ def one_process(shared_image_dataset, tmp_path_factory):
     return out, last_weights(out)
 
 
+@pytest.mark.timeout(600)  # the one-process reference (module fixture) and a run bounded at RUN_TIMEOUT_S
 def test_torchrun_two_processes_train_the_model_one_process_trains(one_process, shared_image_dataset, tmp_path):
     from conftest import tiny_config_2d
 
@@ -63,14 +68,10 @@ def test_torchrun_two_processes_train_the_model_one_process_trains(one_process, 
     out = tmp_path / "two"
     cfg = tmp_path / "two.yaml"
     cfg.write_text(yaml.safe_dump(full_batch_config(tiny_config_2d, shared_image_dataset.root, out, batch_size=3)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DELINEO_PROGRESS": "off"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "delineo", "train", "--config", str(cfg)],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("model written to") == 2  # each process returns the folder; process 0 wrote it
+    [(rc, output)] = run_bounded([[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                   "-m", "delineo", "train", "--config", str(cfg)]])
+    assert rc == 0, output[-6000:]
+    assert output.count("model written to") == 2  # each process returns the folder; process 0 wrote it
 
     assert_same_weights(last_weights(out), ref)
     # one model folder, one checkpoint, written by process 0 only
@@ -89,49 +90,37 @@ def test_torchrun_two_processes_train_the_model_one_process_trains(one_process, 
     assert meta["validation"]["mean_dice_model_grid"] >= ref_meta["validation"]["mean_dice_model_grid"] - 1e-3
 
 
-class _StopAfter(Exception):
-    pass
+#: bound on each multi-process run: alone, one takes 3-10 s; a hung process group must fail the test, not CI
+RUN_TIMEOUT_S = 180
+WORKER = Path(__file__).with_name("interrupted_worker.py")
 
 
-def _worker(rank: int, port: int, config: dict, stop_after: int) -> None:
-    """One of two processes: trains until every process stops once ``stop_after`` epochs are done
-    (their checkpoint written), as if the machine went down, keeps a copy of that checkpoint, then
-    trains again (a new process group) from the checkpoint."""
-    import shutil
-    from pathlib import Path
+def child_env() -> dict[str, str]:
+    # collectives (and init_process_group) give up after a minute instead of the default hour
+    return {**os.environ, "OMP_NUM_THREADS": "1", "DELINEO_PROGRESS": "off", "DELINEO_DIST_TIMEOUT_MIN": "1"}
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
-    torch.set_num_threads(1)
-    import delineo.training.loop as loop
 
-    real_tqdm = loop.tqdm
-
-    class Stopping:  # the epoch bar, cut off after ``stop_after`` epochs
-        def __init__(self, bar):
-            self.bar = bar
-
-        def __iter__(self):
-            for i, epoch in enumerate(self.bar):
-                if i == stop_after:
-                    raise _StopAfter
-                yield epoch
-
-        def __getattr__(self, name):
-            return getattr(self.bar, name)
-
-    loop.tqdm = lambda *a, **k: Stopping(real_tqdm(*a, **k)) if str(k.get("desc", "")).startswith("train ") else real_tqdm(*a, **k)
+def run_bounded(commands: list[list[str]], timeout: float = RUN_TIMEOUT_S) -> list[tuple[int, str]]:
+    """Start ``commands`` as fresh processes (each in its own session), wait for all of them at most
+    ``timeout`` seconds in total, and return each one's exit code and output. On the deadline every
+    process group is killed (torchrun's workers with torchrun) and the test fails with their output."""
+    procs = [subprocess.Popen(c, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+             for c in commands]
+    deadline = time.monotonic() + timeout
+    results = []
     try:
-        loop.train(TrainConfig.from_dict(config))
-        raise AssertionError("the run was not interrupted")
-    except _StopAfter:
-        pass
-    finally:
-        loop.tqdm = real_tqdm
-    work = Path(config["work_dir"])
-    if rank == 0:
-        shutil.copy(work / "checkpoint.pt", work.parent / "interrupted.pt")
-    os.environ["MASTER_PORT"] = str(port + 1)
-    loop.train(TrainConfig.from_dict(config))
+        for p in procs:
+            out, _ = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            results.append((p.returncode, out))
+    except subprocess.TimeoutExpired:
+        outputs = []
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate(timeout=30)
+            outputs.append(out[-3000:])
+        pytest.fail(f"processes still running after {timeout:.0f} s, killed; their output:\n" + "\n----\n".join(outputs))
+    return results
 
 
 def _free_ports() -> int:
@@ -148,14 +137,20 @@ def _free_ports() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
+@pytest.mark.timeout(600)  # the one-process reference (module fixture) and a run bounded at RUN_TIMEOUT_S
 def test_interrupted_two_process_run_resumes_from_the_checkpoint(one_process, shared_image_dataset, tmp_path):
     from conftest import tiny_config_2d
 
     _, ref = one_process
     out = tmp_path / "two"
     d = full_batch_config(tiny_config_2d, shared_image_dataset.root, out, batch_size=3)
-    # fork: the children start with delineo already imported (spawn would import it again in each)
-    torch.multiprocessing.start_processes(_worker, args=(_free_ports(), d, 2), nprocs=2, join=True, start_method="fork")
+    config = tmp_path / "two.json"
+    config.write_text(json.dumps(d))
+    port = _free_ports()
+    # two fresh interpreters (not forked from this process and its threads), bounded in time
+    results = run_bounded([[sys.executable, str(WORKER), str(rank), str(port), str(config), "2"] for rank in (0, 1)])
+    for rank, (rc, output) in enumerate(results):
+        assert rc == 0, f"process {rank}:\n{output[-6000:]}"
     ckpt = torch.load(out / "interrupted.pt", map_location="cpu", weights_only=False)
     assert ckpt["state"]["epoch"] == 2
     # the same keys as a single process's checkpoint: either kind resumes the other

@@ -11,6 +11,8 @@ from typing import Optional
 import typer
 
 from delineo.cli.app import app
+from delineo.errors import ConfigError, InputError
+from delineo.settings import data_dir
 
 
 def _structures(value: Optional[str]) -> list[str] | None:
@@ -29,8 +31,8 @@ def train(
 ) -> None:
     """Train a model from a YAML config; writes the model folder named in the config. A campaign
     config (training.campaign) resumes from its tracked state: `make campaign`."""
-    from delineo.api import train as run_train
-    from delineo.training.config import TrainConfig
+    from delineo.api import train as run_train  # lazy: loads torch, MONAI; keeps `delineo --help` fast
+    from delineo.training.config import TrainConfig  # lazy: loads torch, MONAI; keeps `delineo --help` fast
 
     command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     cfg = TrainConfig.from_yaml(config)
@@ -62,9 +64,8 @@ def evaluate(
     ),
 ) -> None:
     """Contour every case of a dataset and compare with its reference contours."""
-    from delineo.api import evaluate as run_evaluate
-    from delineo.errors import InputError
-    from delineo.models.registry import resolve_model
+    from delineo.api import evaluate as run_evaluate  # lazy: loads torch, MONAI; keeps `delineo --help` fast
+    from delineo.models.registry import resolve_model  # lazy: loads torch, MONAI; keeps `delineo --help` fast
 
     selected = _structures(cases)
     if (model is None) == (predictions is None):
@@ -86,8 +87,7 @@ def evaluate(
         typer.echo(f"{name:<14}{dice:>8}{hd:>10}{m['n']:>5}")
     typer.echo(f"mean Dice {report['mean_dice']:.4f}; {report['seconds_per_case']:.2f} s/case; report: {out}")
     if model_card:
-        from delineo.training.loop import hardware_description
-        from delineo.inference.predictor import resolve_device
+        from delineo.machine import hardware_description, resolve_device  # lazy: imports torch, keeps `delineo --help` fast
 
         card = resolve_model(model) / "model.json"
         meta = json.loads(card.read_text())
@@ -124,9 +124,8 @@ def quality_fit(
 ) -> None:
     """Fit the model's per-structure quality estimate (estimated Dice, review flag) on held-out cases
     and store it as quality.json in the model folder; run it again after retraining the model."""
-    from delineo.errors import InputError
-    from delineo.inference.quality import fit_quality
-    from delineo.models.registry import resolve_model
+    from delineo.inference.quality_fit import fit_quality  # lazy: loads torch, MONAI; keeps `delineo --help` fast
+    from delineo.models.registry import resolve_model  # lazy: loads torch, MONAI; keeps `delineo --help` fast
 
     selected = _structures(cases)
     if split is not None:
@@ -152,26 +151,60 @@ def quality_fit(
 
 @app.command()
 def contour(
-    input: Path = typer.Argument(..., help="CT as NIfTI (.nii/.nii.gz), a DICOM CT series (folder or zip), or a 2D PNG X-ray."),
+    input: Optional[Path] = typer.Argument(None, help="CT as NIfTI (.nii/.nii.gz), a DICOM CT series (folder or zip), or a 2D PNG X-ray "
+                                           "(or none, with --dicomweb)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundled model name or folder (default: hn-ct for 3D, cxr-jsrt for 2D)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     structures: Optional[str] = typer.Option(None, "--structures", help="Comma-separated subset of the model's structures."),
     no_overview: bool = typer.Option(False, "--no-overview", help="Skip the overview PNGs."),
-    series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM input with several series: the one to contour."),
+    series_uid: Optional[str] = typer.Option(None, "--series-uid", "--series", help="DICOM input (or a --dicomweb study) with several series: the one to contour."),
     bf16: Optional[bool] = typer.Option(
         None, "--bf16/--fp32", help="Network precision: bfloat16 autocast or float32 (default: bf16 on CUDA, and on a CPU with native bf16 for a model checked in bf16 (precision in its model.json), else fp32)."
     ),
+    dicomweb: Optional[str] = typer.Option(None, "--dicomweb", help="Contour a study from this DICOMweb server (e.g. https://pacs/dicom-web) "
+                                           "and store the results back (STOW-RS); needs --study."),
+    study: Optional[str] = typer.Option(None, "--study", "--study-uid", help="--dicomweb: the Study Instance UID."),
+    no_store: bool = typer.Option(False, "--no-store", help="--dicomweb: keep the results in OUT only, do not store them back."),
+    dicomweb_user: Optional[str] = typer.Option(None, "--dicomweb-user", help="--dicomweb: user name (HTTP basic; password from --dicomweb-password)."),
+    dicomweb_password: Optional[str] = typer.Option(None, "--dicomweb-password", envvar="DELINEO_DICOMWEB_PASSWORD", show_envvar=True,
+                                                    help="--dicomweb: password (better in the environment than on the command line)."),
+    dicomweb_token: Optional[str] = typer.Option(None, "--dicomweb-token", envvar="DELINEO_DICOMWEB_TOKEN", show_envvar=True,
+                                                 help="--dicomweb: bearer token (Authorization: Bearer)."),
+    dicomweb_cert: Optional[Path] = typer.Option(None, "--dicomweb-cert", help="--dicomweb: client TLS certificate (PEM; may hold the key)."),
+    dicomweb_key: Optional[Path] = typer.Option(None, "--dicomweb-key", help="--dicomweb: the client certificate's private key (PEM)."),
+    dicomweb_ca: Optional[Path] = typer.Option(None, "--dicomweb-ca", help="--dicomweb: CA bundle (PEM) that signed the server's certificate."),
 ) -> None:
     """Contour one image: writes OUT/segmentations/<ROI>.nii.gz, summary.json and overview PNGs;
-    for DICOM input also OUT/rtstruct.dcm (RT Structure Set) and OUT/seg.dcm (DICOM SEG)."""
-    from delineo.api import contour as run_contour
+    for DICOM input also OUT/rtstruct.dcm (RT Structure Set) and OUT/seg.dcm (DICOM SEG). With
+    --dicomweb URL --study UID the CT series comes from a PACS (QIDO-RS, WADO-RS) and the RT Structure
+    Set and SEG go back into the same study (STOW-RS)."""
+    from delineo.api import contour as run_contour  # lazy: loads torch, MONAI; keeps `delineo --help` fast
 
-    summary = run_contour(input, out, model=model, device=device, structures=_structures(structures), overview=not no_overview,
-                          series_uid=series_uid, bf16=bf16)
+    if dicomweb is not None:
+        from delineo.api import contour_dicomweb  # lazy: loads torch, MONAI; keeps `delineo --help` fast
+        from delineo.dicom.dicomweb import DicomwebAuth  # lazy: loads pydicom, pynetdicom; keeps `delineo --help` fast
+
+        if input is not None or not study:
+            raise ConfigError("--dicomweb URL takes --study UID (and optionally --series UID) instead of an INPUT file")
+        auth = DicomwebAuth(token=dicomweb_token, username=dicomweb_user, password=dicomweb_password,
+                            client_cert=dicomweb_cert, client_key=dicomweb_key, ca_bundle=dicomweb_ca)
+        summary = contour_dicomweb(dicomweb, study, out, series_uid=series_uid, auth=auth, store=not no_store, model=model,
+                                   device=device, structures=_structures(structures), overview=not no_overview, bf16=bf16)
+    else:
+        if input is None:
+            raise ConfigError("give the INPUT to contour (a NIfTI, a DICOM folder or zip, a PNG), or --dicomweb URL --study UID")
+        if study:
+            raise ConfigError("--study goes with --dicomweb URL")
+        summary = run_contour(input, out, model=model, device=device, structures=_structures(structures), overview=not no_overview,
+                              series_uid=series_uid, bf16=bf16)
     _print_summary(summary, out)
     if "rtstruct" in summary:
         typer.echo(f"RT Structure Set: {summary['rtstruct']}" + (f"; DICOM SEG: {summary['seg']}" if "seg" in summary else ""))
+    if "dicomweb" in summary:
+        web = summary["dicomweb"]
+        typer.echo(f"DICOMweb: series {web['series_instance_uid']} from {web['url']}; "
+                   + (f"{len(web['stored'])} result(s) stored back in study {web['study_instance_uid']}" if not no_store else "results not stored back (--no-store)"))
 
 
 def _print_summary(summary: dict, out: Path) -> None:
@@ -194,7 +227,7 @@ def bench_contour(
 ) -> None:
     """Per-stage times and peak memory of end-to-end contouring, and the speed-up over an
     nnU-Net-style sliding window with mirroring TTA on the same model and case."""
-    from delineo.inference.bench import bench_contour as run_bench
+    from delineo.inference.bench import bench_contour as run_bench  # lazy: loads torch, MONAI; keeps `delineo --help` fast
 
     report = run_bench(input, model=model, device=device, repeat=repeat, slow_path=not no_slow_path, slow_mirror=slow_mirror)
     typer.echo(f"{report['model']} on {report['device']} ({report['threads']} threads), median of {repeat}:")
@@ -218,7 +251,7 @@ def bench_contour(
 @app.command("models")
 def list_models() -> None:
     """List the bundled models."""
-    from delineo.models.registry import available_models, resolve_model
+    from delineo.models.registry import available_models, resolve_model  # lazy: loads torch, MONAI; keeps `delineo --help` fast
 
     for name in available_models():
         meta = json.loads((resolve_model(name) / "model.json").read_text())
@@ -228,10 +261,8 @@ def list_models() -> None:
 @app.command()
 def demo(out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output folder.")) -> None:
     """Contour one held-out case of the development data with the bundled model (``make run``)."""
-    from delineo.api import contour as run_contour
-    from delineo.errors import InputError
-    from delineo.models.registry import available_models, resolve_model
-    from delineo.settings import data_dir
+    from delineo.api import contour as run_contour  # lazy: loads torch, MONAI; keeps `delineo --help` fast
+    from delineo.models.registry import available_models, resolve_model  # lazy: loads torch, MONAI; keeps `delineo --help` fast
 
     root = data_dir()
     candidates = []

@@ -11,7 +11,7 @@ import typer
 
 from delineo.cli.app import app
 
-# kept in step with delineo.training.benchmark.METHODS (imported lazily: it pulls in torch)
+# kept in step with delineo.experiments.benchmark.METHODS (imported lazily: it pulls in torch)
 _METHODS_HELP = (
     "baseline (the base config), qam (QAM+OCM), qam_raw (QAM without OCM), bce (binary cross-entropy alone), "
     "nr_dice (noise-robust Dice), "
@@ -56,7 +56,7 @@ def noise_benchmark(
     """Train every method on noisy labels at every noise fraction x level (plus clean) and evaluate on
     clean labels. Finished runs are skipped, an interrupted one resumes from its checkpoint; the results
     cover every finished run in OUT, this call's and earlier ones (same test cases and epochs)."""
-    from delineo.training.benchmark import run_benchmark
+    from delineo.experiments.benchmark import run_benchmark  # lazy: loads torch, MONAI; keeps `delineo --help` fast
 
     command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     results = run_benchmark(
@@ -75,7 +75,7 @@ def noise_summary(
 ) -> None:
     """Pool noise-benchmark replicates: mean ± sd of Dice over training seeds for every method and
     condition, and each method's paired difference from the baseline trained with the same seed."""
-    from delineo.training.benchmark import write_replicate_summary
+    from delineo.experiments.benchmark import write_replicate_summary  # lazy: loads torch, MONAI; keeps `delineo --help` fast
 
     summary = write_replicate_summary(folders, out)
     typer.echo((out / "summary.md").read_text())
@@ -83,7 +83,7 @@ def noise_summary(
 
 
 def _radius(value: str) -> tuple[int, int]:
-    from delineo.training.benchmark import parse_level
+    from delineo.experiments.benchmark import parse_level  # lazy: loads torch, MONAI; keeps `delineo --help` fast
 
     return parse_level(value)
 
@@ -109,7 +109,7 @@ def audit(
 ) -> None:
     """Rank a dataset's labels from most to least suspicious: by agreement with a trained model's
     prediction, or by a quality-awareness module (QAM)."""
-    from delineo.training.audit import audit as run_audit
+    from delineo.experiments.audit import audit as run_audit  # lazy: loads torch, MONAI; keeps `delineo --help` fast
 
     summary = run_audit(
         data, out, model=model, base_config=config, noise_fraction=noise_fraction, noise_radius=_radius(noise_radius),
@@ -144,7 +144,7 @@ def ablation(
 ) -> None:
     """Train each step of an ablation (each adds one change) and compare validation Dice.
     Finished steps are skipped, an interrupted one resumes from its checkpoint."""
-    from delineo.training.ablation import run_ablation
+    from delineo.experiments.ablation import run_ablation  # lazy: loads torch, MONAI; keeps `delineo --help` fast
 
     command = "delineo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     run_ablation(spec, out, epochs=epochs, device=device, max_cases=max_cases, command=command, train_missing=not report_only,

@@ -7,6 +7,12 @@ from __future__ import annotations
 import inspect
 import sys
 
+import click
+import typer
+
+from delineo.cli import app
+from delineo.cli.guide import GUIDE
+
 HEADER = """\
 # Command line
 
@@ -47,12 +53,6 @@ def _cell(text: str) -> str:
 
 def render() -> str:
     """The whole of ``docs/cli.md``."""
-    import click
-    import typer
-
-    from delineo.cli import app
-    from delineo.cli.guide import GUIDE
-
     group = typer.main.get_command(app)
     ctx = click.Context(group, info_name="delineo")
     lines = [HEADER]

@@ -32,6 +32,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from delineo.data.io import Image, as_binary_mask, is_nifti, read_image
+from delineo.data.orientation import to_orientation
 from delineo.errors import InputError
 
 CT_FILE = "ct.nii.gz"
@@ -121,8 +122,6 @@ class SegmentationDataset(Dataset):
             present[c] = True
         source_affine = image.affine
         if self.orientation and image.array.ndim == 3:
-            from delineo.data.orientation import to_orientation
-
             image, reo = to_orientation(image, self.orientation, image_path)
             labels = reo.forward(labels)
         return {

@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import time
 import warnings
-from contextlib import nullcontext
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,36 +31,9 @@ from delineo.data.io import Image, grid_affine, is_png
 from delineo.data.orientation import to_orientation
 from delineo.data.transforms import preprocess, resample
 from delineo.errors import InputError
+from delineo.inference.quality import load_quality, structure_features
+from delineo.machine import autocast_context, bf16_available, resolve_device
 from delineo.models.registry import ModelBundle, load_model
-
-
-def bf16_available(device: torch.device | str) -> bool:
-    """bfloat16 autocast is fast here: any CUDA device, or a CPU whose oneDNN has native bf16
-    (AVX512-BF16 / AMX); on other CPUs bf16 is emulated and slower than fp32."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_context(device: torch.device | str, enabled: bool):
-    """bf16 autocast on ``device`` when ``enabled``, else a no-op context."""
-    device = torch.device(device)
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else nullcontext()
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``auto``/None -> cuda when available, else cpu."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(None, f"device {device!r} requested but no CUDA device is available")
-    return torch.device(device)
 
 
 def _pad_to_multiple(x: torch.Tensor, k: int) -> tuple[torch.Tensor, list[slice]]:
@@ -203,8 +175,6 @@ class Predictor:
             amp = self.device.type == "cuda" or (cfg.get("precision") == "bf16" and bf16_available(self.device))
         self.amp = bool(amp)
         self.timings: dict[str, float] = {}
-        from delineo.inference.quality import load_quality
-
         #: the model's quality estimator (``quality.json`` in its folder), None when it has none or
         #: when it was fitted for other weights or other inference settings
         self.quality = load_quality(self.bundle.path, self.inference_settings)
@@ -277,8 +247,6 @@ class Predictor:
         index = {name: i for i, name in enumerate(self.structures)}
         info: dict[str, dict[str, Any]] = {}
         if features:  # orientation-free numbers: computed before the masks go back to the input's order
-            from delineo.inference.quality import structure_features
-
             channels = [index[name] for name in wanted]
             feats = structure_features(probs[channels], masks[channels], image.spacing_mm)
             for name, f in zip(wanted, feats):

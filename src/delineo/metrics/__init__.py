@@ -1,4 +1,4 @@
-"""Overlap and surface metrics (mm-aware), and model evaluation on a dataset."""
+"""Overlap and surface metrics (mm-aware); evaluating a model on a dataset is :mod:`delineo.inference.evaluate`."""
 
 from delineo.metrics.segmentation import (
     average_surface_distance,

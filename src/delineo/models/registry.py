@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from delineo.data.orientation import CANONICAL, normalise_codes
 from delineo.errors import InputError
 from delineo.models.networks import NetworkSpec, SegUNet, build_network
 from delineo.settings import models_dir
@@ -56,8 +57,6 @@ class ModelBundle:
         disk without one is refused by :func:`load_model`."""
         if self.spec.spatial_dims != 3:
             return None
-        from delineo.data.orientation import CANONICAL
-
         return self.preprocess.get("orientation") or CANONICAL
 
     @property
@@ -103,8 +102,6 @@ def save_model(folder: str | Path, network: SegUNet, meta: dict[str, Any]) -> Pa
     meta = dict(meta)
     meta["network"] = network.spec.to_dict()
     if network.spec.spatial_dims == 3 and not meta.get("preprocess", {}).get("orientation"):
-        from delineo.data.orientation import CANONICAL
-
         # a 3D model made here without a recorded orientation was made on canonical arrays
         meta["preprocess"] = {**meta.get("preprocess", {}), "orientation": CANONICAL}
     state = {k: v.detach().float().cpu().contiguous() for k, v in network.state_dict().items()}
@@ -149,8 +146,6 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
         raise InputError(weights, f"weights do not fit the network in model.json ({exc})") from exc
     network.eval()
     if network.spec.spatial_dims == 3:
-        from delineo.data.orientation import normalise_codes
-
         codes = meta.get("preprocess", {}).get("orientation")
         if not codes:
             raise InputError(

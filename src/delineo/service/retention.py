@@ -19,22 +19,31 @@ import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy import select
 
 from delineo.service import audit
+from delineo.service.config import Settings
+from delineo.service.db import Database
 from delineo.service.models import Study, utcnow
-
-if TYPE_CHECKING:  # pragma: no cover
-    from delineo.service.core import ServiceContext
+from delineo.service.storage import Storage
 
 log = logging.getLogger("delineo.service.retention")
 
 NODE_FOLDERS = ("done", "failed")
 
 
-def purge_expired(ctx: "ServiceContext", days: float | None = None, now: datetime | None = None) -> list[str]:
+class RetentionContext(Protocol):
+    """What retention uses of the service: a :class:`delineo.service.core.ServiceContext` (which
+    imports this module; this one does not import it back)."""
+
+    settings: Settings
+    db: Database
+    storage: Storage
+
+
+def purge_expired(ctx: RetentionContext, days: float | None = None, now: datetime | None = None) -> list[str]:
     """Delete every study created more than ``days`` (default: the setting) ago; returns what
     was deleted (study ids, and ``dicom-node/<folder>/<study>`` for the node's series)."""
     days = ctx.settings.retention_days if days is None else days
@@ -70,7 +79,7 @@ def purge_expired(ctx: "ServiceContext", days: float | None = None, now: datetim
     return deleted
 
 
-def retention_loop(ctx: "ServiceContext", stop: threading.Event) -> None:
+def retention_loop(ctx: RetentionContext, stop: threading.Event) -> None:
     """Purge at start-up, then every ``retention_interval_s`` until ``stop`` is set."""
     log.info("retention: studies older than %g days are deleted (checked every %.0f s)",
              ctx.settings.retention_days, ctx.settings.retention_interval_s)

@@ -16,24 +16,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from delineo.errors import ConfigError, InputError
-from delineo.settings import expand
-
-
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """A YAML file that must hold a mapping; InputError naming the file otherwise."""
-    path = Path(path)
-    try:
-        d = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise InputError(path, "config file does not exist") from exc
-    except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML ({exc})") from exc
-    if not isinstance(d, dict):
-        raise InputError(path, "config must be a YAML mapping")
-    return d
+from delineo.settings import expand, read_yaml_mapping
 
 
 def _from_dict(cls, d: dict[str, Any] | None, where: str):

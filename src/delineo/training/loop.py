@@ -9,33 +9,43 @@ curves (PNG) and history (JSON).
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
-import os
 import math
-import platform
+import os
 import random
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from monai.data import DataLoader
+import torch.distributed as dist
+from monai.data import DataLoader, MetaTensor
+from monai.utils import set_determinism
+from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from delineo.data.datasets import SegmentationDataset, open_dataset, split_cases
+from delineo.data.noise import corrupt_labels
+from delineo.data.orientation import CANONICAL, normalise_codes
 from delineo.data.transforms import model_spacing_mm, preprocess, preprocess_labels, training_augmentation
 from delineo.errors import ConfigError, InputError
-from delineo.inference.predictor import autocast_context, bf16_available, predict_probabilities, resolve_device
+from delineo.inference.predictor import predict_probabilities
+from delineo.machine import autocast_context, bf16_available, hardware_description, resolve_device, set_threads
 from delineo.metrics.segmentation import label_agreement
 from delineo.models.networks import NetworkSpec, build_network, count_parameters
-from delineo.models.registry import json_safe, save_model
+from delineo.models.registry import WEIGHTS, json_safe, load_model, save_model
 from delineo.training import campaign as campaign_state
 from delineo.training.campaign import lr_factor
 from delineo.training.config import TrainConfig
+from delineo.training.distributed import check_weighting, epoch_seed, setup
 from delineo.training.losses import SegmentationLoss, deep_supervision_loss
 from delineo.training.weighting import UniformWeighting, build_weighting
 
@@ -44,8 +54,6 @@ CHECKPOINT = "checkpoint.pt"
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy, PyTorch and MONAI's transforms."""
-    from monai.utils import set_determinism
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -147,8 +155,6 @@ def exclude_audited_contours(items: list[dict[str, Any]], structures: list[str],
     ``f`` of the audited cases that have it contoured, lowest ``agreement_<structure>`` first (the Dice
     of a model's prediction against the contour), get ``present`` = False in ``items`` (in place): the
     image still trains the other structures. Returns what the model card records."""
-    import csv
-
     path = Path(str(spec.get("audit", "")))
     fraction = float(spec.get("fraction", 0.1))
     if not path.is_file():
@@ -189,8 +195,6 @@ def _same_config(saved: Any, current: Any) -> bool:
 def _cache_path(cache_dir: Path, dataset: SegmentationDataset, i: int, spec: dict[str, Any]) -> Path:
     """Where case ``i`` preprocessed by ``spec`` is kept: named by a hash of its files (path, size,
     modification time), the structures, the orientation and the preprocessing, so any change misses."""
-    import hashlib
-
     case = dataset.cases[i]
     files = [dataset.image_path(case)] + [p for s in dataset.structures if (p := dataset.mask_path(case, s)) is not None]
     key = json.dumps({
@@ -220,8 +224,6 @@ def _read_cached(path: Path) -> dict[str, Any]:
 
 def _plain(x) -> torch.Tensor:
     """A torch.Tensor without MONAI's metadata subclass."""
-    from monai.data import MetaTensor
-
     return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
@@ -307,7 +309,7 @@ def validate(network, cases: PreparedCases, inference: dict[str, Any], device, a
 
 def plot_curves(history: list[dict[str, Any]], structures: list[str], path: Path) -> None:
     """Training loss and validation Dice per epoch, as a PNG."""
-    import matplotlib
+    import matplotlib  # here, not at the top: the Agg backend is chosen before pyplot loads (slow, only for plots)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -332,7 +334,7 @@ def plot_curves(history: list[dict[str, Any]], structures: list[str], path: Path
 def write_learning_curve(history: list[dict[str, Any]], structures: list[str], folder: Path, hardware: str) -> None:
     """``learning_curve.json`` + ``.png``: validation Dice per structure against hours of training
     (wall clock on ``hardware``, validation excluded), so anyone can see whether a run still climbs."""
-    import matplotlib
+    import matplotlib  # here, not at the top: the Agg backend is chosen before pyplot loads (slow, only for plots)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -412,10 +414,6 @@ def training_step(network, weighting, loss_fn, optimizer, batch: dict[str, Any],
 def _init_weights(network: torch.nn.Module, source: str, structures: list[str]) -> dict[str, Any]:
     """Load a trained model's weights into ``network`` (same architecture and structures) and
     return what the model card records about the starting point."""
-    import hashlib
-
-    from delineo.models.registry import WEIGHTS, load_model
-
     init = load_model(source)
     if list(init.structures) != list(structures):
         raise ConfigError(f"training.init_weights {source}: its structures {init.structures} differ from {structures}")
@@ -435,25 +433,6 @@ def _init_weights(network: torch.nn.Module, source: str, structures: list[str]) 
     }
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, e.g. "AMD EPYC 9R14"), else the architecture: two
-    hosts of one cloud type can differ, and throughput (epochs per CPU-hour) differs with them."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware_description(device: torch.device) -> str:
-    """"<GPU name> (CUDA)" or "CPU: <model name> (<arch>), <n> cores, torch <n> threads"."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    return f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
-
-
 def train(
     config: TrainConfig | str | Path, *, resume: bool = True, command: str | None = None, budget_cpu_hours: float | None = None,
 ) -> Path:
@@ -468,8 +447,6 @@ def train(
     Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) the N processes train one model
     with DistributedDataParallel (:mod:`delineo.training.distributed`); process 0 alone validates
     and writes the model folder and the checkpoint."""
-    from delineo.training.distributed import setup
-
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config)
     dist_info, device = setup(resolve_device(cfg.training.device))
     try:
@@ -479,107 +456,224 @@ def train(
         campaign_state.restore_stop_handler()
 
 
+@dataclass
+class _Cases:
+    """The cases of a run, preprocessed and in memory, and what was done to their labels."""
+
+    orientation: Any
+    structures: list[str]
+    train_ids: list[str]
+    val_ids: list[str]
+    train: PreparedCases
+    val: PreparedCases | None  # process 0 only: it alone validates
+    absent_empty: dict[str, int] | None = None
+    excluded: dict[str, Any] | None = None
+    noise_records: list | None = None
+
+
+@dataclass
+class _Run:
+    """Everything one training run carries from epoch to epoch (built by :func:`_setup_run`)."""
+
+    cfg: TrainConfig
+    device: torch.device
+    dist_info: Any
+    main: bool  # process 0 (the only one without torchrun): validates, writes, logs
+    amp: bool
+    camp: dict[str, Any] | None
+    cases: _Cases
+    patch: list[int]
+    network: torch.nn.Module
+    model: torch.nn.Module  # what the training step calls: the network, or its DistributedDataParallel wrapper
+    weighting: Any
+    loss_fn: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    sampler: Any
+    loader: Any
+    steps_per_epoch: int
+    budget_cpu_hours: float | None
+    budget_s: float | None
+    cpu_now: dict[str, float]  # CPU seconds of training so far, updated every step (budgeted runs)
+    work_dir: Path
+    output: Path
+    ckpt_path: Path
+    config_dict: dict[str, Any]
+    state: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    segment: dict[str, Any] | None = None
+
+
 def _train(
     cfg: TrainConfig, device: torch.device, dist_info, *, resume: bool, command: str | None, budget_cpu_hours: float | None = None,
 ) -> Path:
-    from delineo.training.distributed import check_weighting, epoch_seed
-
     t = cfg.training
-    main = dist_info.is_main  # process 0 (the only one without torchrun): validates, writes, logs
     camp = campaign_state.campaign_spec(t.campaign) if t.campaign else None
     if camp:
         if t.schedule != "campaign":
             raise ConfigError("training.campaign is set: training.schedule must be campaign")
         budget_cpu_hours = float(camp["cpu_hours"])
-    if t.threads:
-        torch.set_num_threads(int(t.threads))
+    set_threads(t.threads)
     seed_everything(t.seed)
     amp = bool(t.amp and bf16_available(device))  # bf16 autocast: CUDA, or a CPU with native bf16
+    cases = _prepare_cases(cfg, dist_info.is_main)
+    run = _setup_run(cfg, device, dist_info, cases, amp=amp, camp=camp, budget_cpu_hours=budget_cpu_hours)
+    _resume(run, resume)
+    if dist_info.enabled:
+        # built after the weights are in place (all processes loaded the same ones); it broadcasts process 0's
+        run.model = DistributedDataParallel(run.network, device_ids=[device.index] if device.type == "cuda" else None)
+    run.meta = _model_card(run, command)
 
-    # ---- data -----------------------------------------------------------------------------
+    # ---- loop ------------------------------------------------------------------------------
+    autocast = autocast_context(device, amp)
+    if camp and run.main:
+        run.segment = campaign_state.begin_segment(run.state, run.meta["training"]["hardware"], torch.get_num_threads())
+        campaign_state.install_stop_handler()  # put back by train()
+    bar = tqdm(range(run.state["epoch"], t.epochs), desc=f"train {cfg.name}", initial=run.state["epoch"], total=t.epochs,
+               disable=None if run.main else True)
+    for epoch in bar:
+        if run.budget_s and run.state.get("cpu_seconds", 0.0) >= run.budget_s:  # spent before this (resumed) run
+            break
+        t_start = time.perf_counter()  # the epoch's time includes scoring the training labels, if any
+        record, budget_spent = _train_epoch(run, epoch, autocast, t_start)
+        if run.main and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs or budget_spent):
+            _validate_and_keep_best(run, record, epoch)
+        run.state["seconds"] += time.perf_counter() - t_start
+        record["train_seconds"] = round(run.state["seconds"], 1)  # cumulative wall time, for the learning curve
+        run.state["history"].append(record)
+        run.state["epoch"] = epoch + 1
+        if not run.main:  # process 0 validates and writes the checkpoint; the others wait for it
+            dist_info.barrier()
+            if budget_spent:
+                break
+            continue
+        _report_epoch(run, bar, record, epoch, t_start)
+        _checkpoint(run, record)
+        dist_info.barrier()
+        if budget_spent:
+            break
+        if camp and campaign_state.stop_requested():
+            print(f"{cfg.name}: stopped on request after epoch {epoch + 1}; state saved in {camp['state']}", file=sys.stderr, flush=True)
+            break
+
+    if not run.main:
+        dist_info.barrier()  # until process 0 has written the model folder
+        return run.output
+    _finish(run)
+    dist_info.barrier()
+    return run.output
+
+
+# ---- preparing the cases -----------------------------------------------------------------------
+
+
+def _prepare_cases(cfg: TrainConfig, main: bool) -> _Cases:
+    """Open the training and validation cases, preprocess them into memory (or the case cache) and
+    apply the label changes the config asks for (absent as empty, audited exclusions, label noise)."""
+    t = cfg.training
     # 3D cases are brought to the model's orientation (the canonical one unless the config names one)
-    from delineo.data.orientation import CANONICAL, normalise_codes
-
     try:
         orientation = normalise_codes(cfg.preprocess.get("orientation") or CANONICAL)
     except ValueError as exc:
         raise ConfigError(f"preprocess.orientation: {exc}") from exc
-    full = open_dataset(cfg.data.train, cfg.data.structures, cfg.data.train_cases, cfg.data.pixel_spacing_mm, orientation)
-    structures = full.structures
-    if cfg.data.val:
-        train_ids = list(full.cases)
-        val_ds = open_dataset(cfg.data.val, structures, None, cfg.data.pixel_spacing_mm, orientation)
-        val_ids = list(val_ds.cases)
-    else:
-        train_ids, val_ids = split_cases(full.cases, cfg.data.val_fraction, cfg.data.split_seed)
-        val_ds = open_dataset(cfg.data.train, structures, val_ids, cfg.data.pixel_spacing_mm, orientation)
-    if cfg.data.max_cases:
-        train_ids = train_ids[: cfg.data.max_cases]
-    if cfg.data.max_val_cases:
-        val_ids = val_ids[: cfg.data.max_val_cases]
-        val_ds = open_dataset(val_ds.root, structures, val_ids, cfg.data.pixel_spacing_mm, orientation)
-    if not train_ids:
-        raise ConfigError(f"{cfg.data.train}: no training cases left after holding out validation cases ({len(val_ids)})")
-    if not val_ds.presence_matrix().any():
-        raise ConfigError(f"{val_ds.root}: no validation case has any of the structures {', '.join(structures)} contoured")
-    train_ds = open_dataset(cfg.data.train, structures, train_ids, cfg.data.pixel_spacing_mm, orientation)
+    structures, train_ds, val_ds, train_ids, val_ids = _open_splits(cfg, orientation)
     # fast restarts of long runs; a folder name shares the cache between runs (cases are keyed by their preprocessing)
     cache = (Path(t.cache_cases) if isinstance(t.cache_cases, str) else Path(cfg.work_dir or Path("runs") / cfg.name) / "cases") if t.cache_cases else None
     train_cases = PreparedCases(train_ds, cfg.preprocess, "loading training cases", quiet=not main, cache_dir=cache)
     val_cases = PreparedCases(val_ds, cfg.preprocess, "loading validation cases", cache_dir=cache) if main else None
+    cases = _Cases(orientation, structures, train_ids, val_ids, train_cases, val_cases)
 
-    absent_empty = mark_absent_as_empty(train_cases.items, structures, cfg.data.absent_is_empty) if cfg.data.absent_is_empty else None
-
-    excluded = None
+    if cfg.data.absent_is_empty:
+        cases.absent_empty = mark_absent_as_empty(train_cases.items, structures, cfg.data.absent_is_empty)
     if cfg.data.exclude_contours:
-        excluded = exclude_audited_contours(train_cases.items, structures, cfg.data.exclude_contours)
-
-    noise_records = None
+        cases.excluded = exclude_audited_contours(train_cases.items, structures, cfg.data.exclude_contours)
     if t.label_noise:
-        from delineo.data.noise import corrupt_labels
+        cases.noise_records = _corrupt_training_labels(train_cases, dict(t.label_noise), t.seed)
+    return cases
 
-        ln = dict(t.label_noise)
-        labels, noise_records = corrupt_labels(
-            [it["case"] for it in train_cases.items],
-            [it["label"].tensor().numpy() for it in train_cases.items],
-            [it["present"].numpy() for it in train_cases.items],
-            fraction=float(ln.get("fraction", 0.5)),
-            radius=tuple(ln.get("radius", (1, 8))),
-            seed=int(ln.get("seed", t.seed)),
-        )
-        ignore_corrupted = bool(ln.get("ignore_corrupted"))  # the oracle reference: only clean labels count (noise.py)
-        for it, lab, rec in zip(train_cases.items, labels, noise_records):
-            it["label"] = PackedLabel.of(lab)
-            if ignore_corrupted and rec.corrupted:
-                it["present"] = torch.zeros_like(it["present"])
 
-    spatial_dims = train_cases.items[0]["image"].ndim - 1
+def _open_splits(cfg: TrainConfig, orientation) -> tuple[list[str], SegmentationDataset, SegmentationDataset, list[str], list[str]]:
+    """The structures, the training and validation datasets and their case ids."""
+    d = cfg.data
+    full = open_dataset(d.train, d.structures, d.train_cases, d.pixel_spacing_mm, orientation)
+    structures = full.structures
+    if d.val:
+        train_ids = list(full.cases)
+        val_ds = open_dataset(d.val, structures, None, d.pixel_spacing_mm, orientation)
+        val_ids = list(val_ds.cases)
+    else:
+        train_ids, val_ids = split_cases(full.cases, d.val_fraction, d.split_seed)
+        val_ds = open_dataset(d.train, structures, val_ids, d.pixel_spacing_mm, orientation)
+    if d.max_cases:
+        train_ids = train_ids[: d.max_cases]
+    if d.max_val_cases:
+        val_ids = val_ids[: d.max_val_cases]
+        val_ds = open_dataset(val_ds.root, structures, val_ids, d.pixel_spacing_mm, orientation)
+    if not train_ids:
+        raise ConfigError(f"{d.train}: no training cases left after holding out validation cases ({len(val_ids)})")
+    if not val_ds.presence_matrix().any():
+        raise ConfigError(f"{val_ds.root}: no validation case has any of the structures {', '.join(structures)} contoured")
+    train_ds = open_dataset(d.train, structures, train_ids, d.pixel_spacing_mm, orientation)
+    return structures, train_ds, val_ds, train_ids, val_ids
+
+
+def _corrupt_training_labels(train_cases: PreparedCases, ln: dict[str, Any], seed: int) -> list:
+    """``training.label_noise``: corrupt a fraction of the training labels (:mod:`delineo.data.noise`)."""
+    labels, noise_records = corrupt_labels(
+        [it["case"] for it in train_cases.items],
+        [it["label"].tensor().numpy() for it in train_cases.items],
+        [it["present"].numpy() for it in train_cases.items],
+        fraction=float(ln.get("fraction", 0.5)),
+        radius=tuple(ln.get("radius", (1, 8))),
+        seed=int(ln.get("seed", seed)),
+    )
+    ignore_corrupted = bool(ln.get("ignore_corrupted"))  # the oracle reference: only clean labels count (noise.py)
+    for it, lab, rec in zip(train_cases.items, labels, noise_records):
+        it["label"] = PackedLabel.of(lab)
+        if ignore_corrupted and rec.corrupted:
+            it["present"] = torch.zeros_like(it["present"])
+    return noise_records
+
+
+def _network_and_patch(cfg: TrainConfig, cases: _Cases) -> tuple[NetworkSpec, list[int]]:
+    """The network spec for the data and the training patch (the whole image when none is set)."""
+    t = cfg.training
+    items = cases.train.items
+    spatial_dims = items[0]["image"].ndim - 1
     try:
-        spec = NetworkSpec.from_dict({"spatial_dims": spatial_dims, "in_channels": 1, "out_channels": len(structures), **cfg.network})
+        spec = NetworkSpec.from_dict({"spatial_dims": spatial_dims, "in_channels": 1, "out_channels": len(cases.structures), **cfg.network})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"network: {exc}") from exc
     if spec.spatial_dims != spatial_dims:
         raise ConfigError(f"network.spatial_dims={spec.spatial_dims} but the data is {spatial_dims}D")
-    spec.out_channels = len(structures)
+    spec.out_channels = len(cases.structures)
     patch = t.patch_size
     if patch is None:
-        shapes = {tuple(it["image"].shape[1:]) for it in train_cases.items}
+        shapes = {tuple(it["image"].shape[1:]) for it in items}
         if len(shapes) > 1:
             raise ConfigError(f"training images differ in size {sorted(shapes)[:3]}...; set training.patch_size")
         patch = [int(math.ceil(s / spec.divisor) * spec.divisor) for s in next(iter(shapes))]
     if any(p % spec.divisor for p in patch):
         raise ConfigError(f"training.patch_size {patch} must be a multiple of {spec.divisor}")
-    train_cases.transform = training_augmentation(spatial_dims, patch, t.augment, t.foreground_oversample)
+    return spec, patch
 
-    # ---- model, loss, weighting, optimiser ---------------------------------------------------
+
+# ---- the run: model, loader, schedule, resuming ------------------------------------------------
+
+
+def _setup_run(cfg: TrainConfig, device, dist_info, cases: _Cases, *, amp: bool, camp, budget_cpu_hours) -> _Run:
+    """Network, loss, weighting, optimiser, loader and schedule of a run, from its first epoch."""
+    t = cfg.training
+    spec, patch = _network_and_patch(cfg, cases)
+    train_cases = cases.train
+    train_cases.transform = training_augmentation(spec.spatial_dims, patch, t.augment, t.foreground_oversample)
     network, weighting, loss_fn, optimizer = build_training_parts(cfg, spec, device, n_samples=len(train_cases))
     check_weighting(weighting, dist_info)
-    init_record = _init_weights(network, t.init_weights, structures) if t.init_weights else None
+    init_record = _init_weights(network, t.init_weights, cases.structures) if t.init_weights else None
     generator = torch.Generator().manual_seed(t.seed)
     sampler = None
     if dist_info.enabled:  # each process its share of the cases, reshuffled by (seed, epoch)
-        from torch.utils.data.distributed import DistributedSampler
-
         sampler = DistributedSampler(train_cases, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=t.seed)
     # MONAI's DataLoader re-seeds the random transforms in every worker
     loader = DataLoader(
@@ -592,74 +686,84 @@ def _train(
     budget_s = float(budget_cpu_hours) * 3600 if budget_cpu_hours else None
     if budget_s and dist_info.enabled:  # each process would count its own CPU time and decay its own LR
         raise ConfigError("a CPU-time budget is for single-process runs (delineo ablation), not under torchrun")
-    cpu_now = {"used": 0.0}  # CPU seconds of training so far, updated every step (budgeted runs)
+    cpu_now = {"used": 0.0}
     scheduler = _scheduler(cfg, optimizer, total_steps, steps_per_epoch, (lambda: cpu_now["used"] / budget_s) if budget_s else None)
-
     work_dir = Path(cfg.work_dir or Path("runs") / cfg.name)
     work_dir.mkdir(parents=True, exist_ok=True)
-    output = Path(cfg.output)
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best": -1.0, "best_epoch": None, "seconds": 0.0}
-    ckpt_path = work_dir / CHECKPOINT
-    config_dict = cfg.to_dict()
-    if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if _same_config(ckpt.get("config"), config_dict):
-            network.load_state_dict(ckpt["network"])
-            weighting.load_state_dict(ckpt["weighting"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            state = ckpt["state"]
-            generator.set_state(ckpt["generator"])
+    run = _Run(
+        cfg=cfg, device=device, dist_info=dist_info, main=dist_info.is_main, amp=amp, camp=camp, cases=cases, patch=patch,
+        network=network, model=network, weighting=weighting, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+        generator=generator, sampler=sampler, loader=loader, steps_per_epoch=steps_per_epoch,
+        budget_cpu_hours=budget_cpu_hours, budget_s=budget_s, cpu_now=cpu_now, work_dir=work_dir, output=Path(cfg.output),
+        ckpt_path=work_dir / CHECKPOINT, config_dict=cfg.to_dict(),
+        state={"epoch": 0, "history": [], "best": -1.0, "best_epoch": None, "seconds": 0.0},
+    )
+    run.meta = {"init_weights": init_record}  # completed by _model_card
+    return run
+
+
+def _resume(run: _Run, resume: bool) -> None:
+    """Continue from this machine's checkpoint (same config) or, for a campaign, from its tracked
+    state when that is further on; a campaign's learning rate is set to where it stands."""
+    cfg, camp, main = run.cfg, run.camp, run.main
+    if resume and run.ckpt_path.is_file():
+        ckpt = torch.load(run.ckpt_path, map_location=run.device, weights_only=False)
+        if _same_config(ckpt.get("config"), run.config_dict):
+            run.network.load_state_dict(ckpt["network"])
+            run.weighting.load_state_dict(ckpt["weighting"])
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+            run.scheduler.load_state_dict(ckpt["scheduler"])
+            run.state = ckpt["state"]
+            run.generator.set_state(ckpt["generator"])
             torch.set_rng_state(ckpt["torch_rng"])
             np.random.set_state(ckpt["numpy_rng"])
             random.setstate(ckpt["python_rng"])
             if main:
-                print(f"resuming {cfg.name} from epoch {state['epoch']} ({ckpt_path})", file=sys.stderr)
-            if budget_s:
-                cpu_now["used"] = state.get("cpu_seconds", 0.0)
+                print(f"resuming {cfg.name} from epoch {run.state['epoch']} ({run.ckpt_path})", file=sys.stderr)
+            if run.budget_s:
+                run.cpu_now["used"] = run.state.get("cpu_seconds", 0.0)
         elif main:
-            print(f"checkpoint {ckpt_path} is for a different config: starting afresh", file=sys.stderr)
+            print(f"checkpoint {run.ckpt_path} is for a different config: starting afresh", file=sys.stderr)
     if camp and resume and campaign_state.has_state(camp["state"]):
         # the tracked state (committed, survives the machine) unless this machine's own checkpoint is further on
         tracked = json.loads((Path(camp["state"]) / campaign_state.STATE).read_text())["state"]
-        if tracked.get("cpu_seconds", 0.0) >= state.get("cpu_seconds", 0.0):
-            state, saved_config = campaign_state.load_state(camp["state"], network, optimizer, generator)
-            if not _same_config(saved_config, config_dict) and main:
+        if tracked.get("cpu_seconds", 0.0) >= run.state.get("cpu_seconds", 0.0):
+            run.state, saved_config = campaign_state.load_state(camp["state"], run.network, run.optimizer, run.generator)
+            if not _same_config(saved_config, run.config_dict) and main:
                 print(f"note: {camp['state']} was written with other settings than {cfg.name}'s config now", file=sys.stderr)
-            print(f"resuming campaign {cfg.name} from {camp['state']}: epoch {state['epoch']}, "
-                  f"{state.get('cpu_seconds', 0.0) / 3600:.3f} CPU-hours", file=sys.stderr)
-        cpu_now["used"] = state.get("cpu_seconds", 0.0)
+            print(f"resuming campaign {cfg.name} from {camp['state']}: epoch {run.state['epoch']}, "
+                  f"{run.state.get('cpu_seconds', 0.0) / 3600:.3f} CPU-hours", file=sys.stderr)
+        run.cpu_now["used"] = run.state.get("cpu_seconds", 0.0)
     if camp:
-        for g in optimizer.param_groups:  # the learning rate where the campaign stands, from the first step
-            g["lr"] = t.lr * lr_factor(state.get("cpu_seconds", 0.0) / 3600, camp)
-    model = network  # what the training step calls: the network, or its DistributedDataParallel wrapper
-    if dist_info.enabled:
-        from torch.nn.parallel import DistributedDataParallel
+        for g in run.optimizer.param_groups:  # the learning rate where the campaign stands, from the first step
+            g["lr"] = cfg.training.lr * lr_factor(run.state.get("cpu_seconds", 0.0) / 3600, camp)
 
-        # built after the weights are in place (all processes loaded the same ones); it broadcasts process 0's
-        model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
 
+def _model_card(run: _Run, command: str | None) -> dict[str, Any]:
+    """The model.json written with the weights (validation and timings are added as they come)."""
+    cfg, t, c, dist_info, device = run.cfg, run.cfg.training, run.cases, run.dist_info, run.device
+    spatial_dims = c.train.items[0]["image"].ndim - 1
     meta = {
         "name": cfg.name,
         "description": cfg.description,
-        "structures": structures,
+        "structures": c.structures,
         "roi_types": cfg.roi_types,
-        "preprocess": {**cfg.preprocess, "orientation": orientation} if spatial_dims == 3 else cfg.preprocess,
+        "preprocess": {**cfg.preprocess, "orientation": c.orientation} if spatial_dims == 3 else cfg.preprocess,
         "inference": {"patch_size": None, "overlap": 0.5, "mirror": False, "threshold": 0.5, **cfg.inference},
         "postprocess": cfg.postprocess,
         "training": {
-            "data": {"train": cfg.data.train, "n_train": len(train_ids), "val": cfg.data.val or f"{cfg.data.val_fraction:.0%} of train, split seed {cfg.data.split_seed}",
-                     "n_val": len(val_ids), "val_cases": val_ids},
-            "config": config_dict,
+            "data": {"train": cfg.data.train, "n_train": len(c.train_ids), "val": cfg.data.val or f"{cfg.data.val_fraction:.0%} of train, split seed {cfg.data.split_seed}",
+                     "n_val": len(c.val_ids), "val_cases": c.val_ids},
+            "config": run.config_dict,
             "command": command or "delineo train --config <config>",
             "seed": t.seed,
             "device": str(device),
             "hardware": hardware_description(device) if not dist_info.enabled else f"{dist_info.world_size} processes ({dist_info.backend}), each {hardware_description(device)}",
-            "parameters": count_parameters(network),
-            "label_noise": [asdict(r) for r in noise_records] if noise_records else None,
-            "excluded_contours": excluded,
-            "absent_trained_as_empty": absent_empty,
-            "init_weights": init_record,
+            "parameters": count_parameters(run.network),
+            "label_noise": [asdict(r) for r in c.noise_records] if c.noise_records else None,
+            "excluded_contours": c.excluded,
+            "absent_trained_as_empty": c.absent_empty,
+            "init_weights": run.meta.get("init_weights"),
         },
     }
     if dist_info.enabled:
@@ -667,127 +771,128 @@ def _train(
             "world_size": dist_info.world_size, "backend": dist_info.backend, "batch_size_per_process": t.batch_size,
             "note": "DistributedDataParallel: gradients averaged over the processes; one step trains on world_size x batch_size patches",
         }
+    return meta
 
-    # ---- loop ------------------------------------------------------------------------------
-    autocast = autocast_context(device, amp)
-    segment = None
-    if camp and main:
-        segment = campaign_state.begin_segment(state, meta["training"]["hardware"], torch.get_num_threads())
-        campaign_state.install_stop_handler()  # put back by train()
-    patch_voxels = int(np.prod(patch)) * t.batch_size * dist_info.world_size  # all processes together
-    bar = tqdm(range(state["epoch"], t.epochs), desc=f"train {cfg.name}", initial=state["epoch"], total=t.epochs, disable=None if main else True)
-    for epoch in bar:
-        if budget_s and state.get("cpu_seconds", 0.0) >= budget_s:  # spent before this (resumed) run
-            break
-        t_start = time.perf_counter()  # the epoch's time includes scoring the training labels, if any
-        c_start = time.process_time()
-        if weighting.wants_scores(epoch):  # e.g. agreement selection: score every training label first
-            network.eval()
-            weighting.set_scores(*case_agreement(network, train_cases, meta["inference"], device, amp, weighting.agreement_measure), epoch)
-        network.train()
-        weighting.train()
-        losses = []
-        # augmentation randomness is a function of (seed, epoch) (and of the process): a resumed run repeats it exactly
-        train_cases.transform.set_random_state(seed=epoch_seed(t.seed, epoch, dist_info.rank))
-        if sampler is not None:
-            sampler.set_epoch(epoch * 100_003)
-        it = iter(loader)
-        for k in range(steps_per_epoch):
-            try:
-                batch = next(it)
-            except StopIteration:
-                if sampler is not None:
-                    sampler.set_epoch(epoch * 100_003 + k)
-                it = iter(loader)
-                batch = next(it)
-            losses.append(training_step(model, weighting, loss_fn, optimizer, batch, device, autocast))
-            if budget_s:
-                cpu_now["used"] = state.get("cpu_seconds", 0.0) + time.process_time() - c_start
-            scheduler.step()
-        step_s = (time.perf_counter() - t_start) / steps_per_epoch
-        budget_spent = False
-        if budget_s:
-            state["cpu_seconds"] = cpu_now["used"] = state.get("cpu_seconds", 0.0) + time.process_time() - c_start
-            budget_spent = state["cpu_seconds"] >= budget_s
-        epoch_loss = float(np.mean(losses))
-        if dist_info.enabled:  # the mean over all processes' steps
-            import torch.distributed as dist
 
-            total = torch.tensor([epoch_loss], dtype=torch.float64, device=device)
-            dist.all_reduce(total)
-            epoch_loss = float(total.item()) / dist_info.world_size
-        record: dict[str, Any] = {
-            "epoch": epoch + 1, "loss": epoch_loss, "lr": optimizer.param_groups[0]["lr"],
-            "steps_per_s": round(1.0 / step_s, 4), "voxels_per_s": round(patch_voxels / step_s),
+# ---- one epoch ---------------------------------------------------------------------------------
+
+
+def _train_epoch(run: _Run, epoch: int, autocast, t_start: float) -> tuple[dict[str, Any], bool]:
+    """Train ``steps_per_epoch`` steps (``t_start``: when the epoch began); returns the epoch's
+    record and whether the CPU budget is spent."""
+    t, state, network, weighting, sampler = run.cfg.training, run.state, run.network, run.weighting, run.sampler
+    c_start = time.process_time()
+    if weighting.wants_scores(epoch):  # e.g. agreement selection: score every training label first
+        network.eval()
+        weighting.set_scores(*case_agreement(network, run.cases.train, run.meta["inference"], run.device, run.amp, weighting.agreement_measure), epoch)
+    network.train()
+    weighting.train()
+    losses = []
+    # augmentation randomness is a function of (seed, epoch) (and of the process): a resumed run repeats it exactly
+    run.cases.train.transform.set_random_state(seed=epoch_seed(t.seed, epoch, run.dist_info.rank))
+    if sampler is not None:
+        sampler.set_epoch(epoch * 100_003)
+    it = iter(run.loader)
+    for k in range(run.steps_per_epoch):
+        try:
+            batch = next(it)
+        except StopIteration:
+            if sampler is not None:
+                sampler.set_epoch(epoch * 100_003 + k)
+            it = iter(run.loader)
+            batch = next(it)
+        losses.append(training_step(run.model, weighting, run.loss_fn, run.optimizer, batch, run.device, autocast))
+        if run.budget_s:
+            run.cpu_now["used"] = state.get("cpu_seconds", 0.0) + time.process_time() - c_start
+        run.scheduler.step()
+    step_s = (time.perf_counter() - t_start) / run.steps_per_epoch
+    budget_spent = False
+    if run.budget_s:
+        state["cpu_seconds"] = run.cpu_now["used"] = state.get("cpu_seconds", 0.0) + time.process_time() - c_start
+        budget_spent = state["cpu_seconds"] >= run.budget_s
+    epoch_loss = float(np.mean(losses))
+    if run.dist_info.enabled:  # the mean over all processes' steps
+        total = torch.tensor([epoch_loss], dtype=torch.float64, device=run.device)
+        dist.all_reduce(total)
+        epoch_loss = float(total.item()) / run.dist_info.world_size
+    patch_voxels = int(np.prod(run.patch)) * t.batch_size * run.dist_info.world_size  # all processes together
+    record: dict[str, Any] = {
+        "epoch": epoch + 1, "loss": epoch_loss, "lr": run.optimizer.param_groups[0]["lr"],
+        "steps_per_s": round(1.0 / step_s, 4), "voxels_per_s": round(patch_voxels / step_s),
+    }
+    if run.budget_s:
+        record["cpu_seconds"] = round(state["cpu_seconds"], 3)
+    if run.segment is not None:
+        record["segment"] = run.segment["index"]
+    return record, budget_spent
+
+
+# ---- validation, checkpoints, the model folder -------------------------------------------------
+
+
+def _validate_and_keep_best(run: _Run, record: dict[str, Any], epoch: int) -> None:
+    """Validate (process 0) and, on a new best mean Dice, write the model folder with these weights."""
+    v = validate(run.network, run.cases.val, run.meta["inference"], run.device, run.amp)
+    record["val_dice"] = v["per_structure"]
+    record["val_mean_dice"] = v["mean"]
+    state = run.state
+    if state["best_epoch"] is None or v["mean"] > state["best"]:
+        state["best"], state["best_epoch"] = v["mean"], epoch + 1
+        run.meta["training"]["best_epoch"] = epoch + 1
+        run.meta["validation"] = {
+            "mean_dice_model_grid": v["mean"],
+            "dice_model_grid": dict(zip(run.cases.structures, v["per_structure"])),
+            "note": "validation Dice on the model grid during training, used to select the epoch",
         }
-        if budget_s:
-            record["cpu_seconds"] = round(state["cpu_seconds"], 3)
-        if segment is not None:
-            record["segment"] = segment["index"]
-        if main and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs or budget_spent):
-            v = validate(network, val_cases, meta["inference"], device, amp)
-            record["val_dice"] = v["per_structure"]
-            record["val_mean_dice"] = v["mean"]
-            if state["best_epoch"] is None or v["mean"] > state["best"]:
-                state["best"], state["best_epoch"] = v["mean"], epoch + 1
-                meta["training"]["best_epoch"] = epoch + 1
-                meta["validation"] = {
-                    "mean_dice_model_grid": v["mean"],
-                    "dice_model_grid": dict(zip(structures, v["per_structure"])),
-                    "note": "validation Dice on the model grid during training, used to select the epoch",
-                }
-                save_model(output, network, meta)
-                save_quality_module(output, weighting)
-        state["seconds"] += time.perf_counter() - t_start
-        record["train_seconds"] = round(state["seconds"], 1)  # cumulative wall time, for the learning curve
-        state["history"].append(record)
-        state["epoch"] = epoch + 1
-        if not main:  # process 0 validates and writes the checkpoint; the others wait for it
-            dist_info.barrier()
-            if budget_spent:
-                break
-            continue
-        if "val_dice" in record:
-            write_learning_curve(state["history"], structures, output, meta["training"]["hardware"])
-        bar.set_postfix(loss=f"{record['loss']:.4f}", val_dice=f"{record.get('val_mean_dice', float('nan')):.3f}")
-        if bar.disable:  # not a terminal (log file, CI): one line per epoch instead of a bar
-            print(
-                f"{cfg.name} epoch {epoch + 1}/{t.epochs} loss {record['loss']:.4f} "
-                f"val Dice {record.get('val_mean_dice', float('nan')):.4f} ({time.perf_counter() - t_start:.1f} s, "
-                f"{record['steps_per_s']:.2f} steps/s, {record['voxels_per_s'] / 1e6:.2f} Mvoxel/s, {'bf16' if amp else 'fp32'})",
-                file=sys.stderr, flush=True,
-            )
-        torch.save(
-            {
-                "config": config_dict, "network": network.state_dict(), "weighting": weighting.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
-            },
-            work_dir / (CHECKPOINT + ".tmp"),
-        )
-        (work_dir / (CHECKPOINT + ".tmp")).replace(ckpt_path)
-        if camp:  # the tracked state, after every epoch (a stop loses at most one epoch)
-            campaign_state.update_segment(segment, state)
-            campaign_state.save_state(camp["state"], network, optimizer, state, generator, config_dict)
-            if "val_dice" in record and camp.get("results"):
-                campaign_state.write_curve(state, structures, camp)
-        dist_info.barrier()
-        if budget_spent:
-            break
-        if camp and campaign_state.stop_requested():
-            print(f"{cfg.name}: stopped on request after epoch {epoch + 1}; state saved in {camp['state']}", file=sys.stderr, flush=True)
-            break
+        save_model(run.output, run.network, run.meta)
+        save_quality_module(run.output, run.weighting)
 
-    if not main:
-        dist_info.barrier()  # until process 0 has written the model folder
-        return output
-    # final metadata: timing and history beside the weights of the best epoch
+
+def _report_epoch(run: _Run, bar, record: dict[str, Any], epoch: int, t_start: float) -> None:
+    """The learning curve (after a validation) and the progress bar, or one log line per epoch."""
+    t = run.cfg.training
+    if "val_dice" in record:
+        write_learning_curve(run.state["history"], run.cases.structures, run.output, run.meta["training"]["hardware"])
+    bar.set_postfix(loss=f"{record['loss']:.4f}", val_dice=f"{record.get('val_mean_dice', float('nan')):.3f}")
+    if bar.disable:  # not a terminal (log file, CI): one line per epoch instead of a bar
+        print(
+            f"{run.cfg.name} epoch {epoch + 1}/{t.epochs} loss {record['loss']:.4f} "
+            f"val Dice {record.get('val_mean_dice', float('nan')):.4f} ({time.perf_counter() - t_start:.1f} s, "
+            f"{record['steps_per_s']:.2f} steps/s, {record['voxels_per_s'] / 1e6:.2f} Mvoxel/s, {'bf16' if run.amp else 'fp32'})",
+            file=sys.stderr, flush=True,
+        )
+
+
+def _checkpoint(run: _Run, record: dict[str, Any]) -> None:
+    """This machine's checkpoint (everything to resume exactly) and, for a campaign, its tracked state."""
+    tmp = run.work_dir / (CHECKPOINT + ".tmp")
+    torch.save(
+        {
+            "config": run.config_dict, "network": run.network.state_dict(), "weighting": run.weighting.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "state": run.state,
+            "generator": run.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+        },
+        tmp,
+    )
+    tmp.replace(run.ckpt_path)
+    camp = run.camp
+    if camp:  # the tracked state, after every epoch (a stop loses at most one epoch)
+        campaign_state.update_segment(run.segment, run.state)
+        campaign_state.save_state(camp["state"], run.network, run.optimizer, run.state, run.generator, run.config_dict)
+        if "val_dice" in record and camp.get("results"):
+            campaign_state.write_curve(run.state, run.cases.structures, camp)
+
+
+def _finish(run: _Run) -> None:
+    """Final metadata beside the weights of the best epoch: epochs, budget, timing, throughput,
+    the weighting's record; the history and the training curves."""
+    t, state, output, budget_s = run.cfg.training, run.state, run.output, run.budget_s
     final = json.loads((output / "model.json").read_text())
     final["training"]["epochs"] = t.epochs if not budget_s else state["epoch"]
     if budget_s:
         final["training"]["budget"] = {
-            "cpu_hours": budget_cpu_hours, "cpu_seconds_used": round(state.get("cpu_seconds", 0.0), 3),
+            "cpu_hours": run.budget_cpu_hours, "cpu_seconds_used": round(state.get("cpu_seconds", 0.0), 3),
             "epochs_done": state["epoch"], "epochs_cap": t.epochs,
             "ended_by": "budget" if state.get("cpu_seconds", 0.0) >= budget_s else "epochs",
             "note": "CPU time of the training process (user + system, all threads) in training epochs, validation excluded",
@@ -797,15 +902,13 @@ def _train(
     final["training"]["throughput"] = {
         "steps_per_s_median": float(np.median(rates)) if rates else None,
         "voxels_per_s_median": float(np.median([h["voxels_per_s"] for h in state["history"] if h.get("voxels_per_s")])) if rates else None,
-        "bf16_autocast": amp, "threads": torch.get_num_threads(), "patch_size": list(patch), "batch_size": t.batch_size,
+        "bf16_autocast": run.amp, "threads": torch.get_num_threads(), "patch_size": list(run.patch), "batch_size": t.batch_size,
         "note": "per epoch: training steps only (augmentation included, validation excluded)",
     }
-    final["training"]["weighting_record"] = weighting.record([it["case"] for it in train_cases.items])
+    final["training"]["weighting_record"] = run.weighting.record([it["case"] for it in run.cases.train.items])
     (output / "model.json").write_text(json.dumps(json_safe(final), indent=2) + "\n")
     (output / "history.json").write_text(json.dumps(json_safe(state["history"]), indent=1) + "\n")
-    plot_curves(state["history"], structures, output / "training_curves.png")
-    dist_info.barrier()
-    return output
+    plot_curves(state["history"], run.cases.structures, output / "training_curves.png")
 
 
 QUALITY_WEIGHTS = "quality.safetensors"
@@ -817,8 +920,6 @@ def save_quality_module(folder: Path, weighting: torch.nn.Module) -> Path | None
     state = weighting.state_dict()
     if not state:
         return None
-    from safetensors.torch import save_file
-
     path = Path(folder) / QUALITY_WEIGHTS
     save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(path.with_suffix(".tmp")))
     path.with_suffix(".tmp").replace(path)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 
 from delineo.errors import ConfigError
+from delineo.training.robust_losses import generalized_cross_entropy, noise_robust_dice
 
 LOSSES = ("dice", "dice_bce", "bce", "nr_dice", "gce", "dice_gce")
 
@@ -43,15 +44,11 @@ class SegmentationLoss(torch.nn.Module):
         """logits, target: ``(B, C, *spatial)`` -> loss ``(B, C)``."""
         target = target.float()
         if self.kind in ("nr_dice", "gce"):
-            from delineo.training.robust_losses import generalized_cross_entropy, noise_robust_dice
-
             return noise_robust_dice(torch.sigmoid(logits), target) if self.kind == "nr_dice" else generalized_cross_entropy(logits, target)
         if self.kind == "bce":
             return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(2)
         loss = self.dice(logits, target).reshape(logits.shape[:2])
         if self.kind == "dice_gce":
-            from delineo.training.robust_losses import generalized_cross_entropy
-
             loss = loss + generalized_cross_entropy(logits, target)
         if self.kind == "dice_bce":
             bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")

@@ -12,7 +12,7 @@ from torch import nn
 
 from delineo.errors import InputError
 from delineo.inference.predictor import Predictor
-from delineo.metrics.evaluate import evaluate
+from delineo.inference.evaluate import evaluate
 from delineo.metrics.segmentation import dice, hd95
 from delineo.models.networks import NetworkSpec, build_network
 from delineo.models.registry import ModelBundle, save_model

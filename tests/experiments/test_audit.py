@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 
 from delineo.cli import main
 from delineo.errors import ConfigError, InputError
-from delineo.training.audit import _apply_record, _auroc_low_score, audit
+from delineo.experiments.audit import _apply_record, _auroc_low_score, audit
 
 pytestmark = pytest.mark.slow
 

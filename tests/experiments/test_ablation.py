@@ -9,7 +9,7 @@ import yaml
 
 from delineo.cli import main
 from delineo.errors import ConfigError, InputError
-from delineo.training.ablation import apply_overrides, load_ablation, results_markdown, run_ablation, seed_spread
+from delineo.experiments.ablation import apply_overrides, load_ablation, results_markdown, run_ablation, seed_spread
 
 pytestmark = pytest.mark.slow
 
@@ -72,17 +72,17 @@ def test_ablation_trains_each_step_and_resumes(tmp_path, tiny_config, image_data
     md = (out / "results.md").read_text()
     assert "| + Dice loss |" in md and "Δ mean" in md and (out / "results.png").is_file()
     # a second call skips finished steps (no training)
-    import delineo.training.loop as loop
+    import delineo.experiments.ablation as abl
 
     def boom(*a, **k):
         raise AssertionError("retrained a finished step")
 
-    orig = loop.train
-    loop.train = boom
+    orig = abl.train
+    abl.train = boom
     try:
         assert main(["ablation", str(tmp_path / "abl.yaml"), "--out", str(out), "--device", "cpu"]) in (0, None)
     finally:
-        loop.train = orig
+        abl.train = orig
 
 
 def test_results_are_written_after_each_step_and_on_report_only(tmp_path, tiny_config, image_dataset, monkeypatch):
@@ -92,9 +92,9 @@ def test_results_are_written_after_each_step_and_on_report_only(tmp_path, tiny_c
     res = json.loads((out / "results.json").read_text())
     assert res["steps"] == [] and res["not_run"] == ["U-Net", "Res-UNet"]
 
-    import delineo.training.loop as loop
+    import delineo.experiments.ablation as abl
 
-    real_train, calls = loop.train, []
+    real_train, calls = abl.train, []
 
     def interrupted(*a, **k):  # the second step is cut off
         calls.append(1)
@@ -102,7 +102,7 @@ def test_results_are_written_after_each_step_and_on_report_only(tmp_path, tiny_c
             raise RuntimeError("power cut")
         return real_train(*a, **k)
 
-    monkeypatch.setattr(loop, "train", interrupted)
+    monkeypatch.setattr(abl, "train", interrupted)
     with pytest.raises(RuntimeError, match="power cut"):
         run_ablation(tmp_path / "abl.yaml", out, device="cpu")
     res = json.loads((out / "results.json").read_text())
@@ -110,12 +110,10 @@ def test_results_are_written_after_each_step_and_on_report_only(tmp_path, tiny_c
     assert "Not run yet: Res-UNet." in (out / "results.md").read_text()
 
     # finishing the last step writes the results once, not again at the end
-    import delineo.training.ablation as abl
-
     writes = []
     real_write = abl._write_results
     monkeypatch.setattr(abl, "_write_results", lambda *a, **k: writes.append(len(a[6])) or real_write(*a, **k))
-    monkeypatch.setattr(loop, "train", real_train)
+    monkeypatch.setattr(abl, "train", real_train)
     res = run_ablation(tmp_path / "abl.yaml", out, device="cpu")
     assert writes == [2] and [s["step"] for s in res["steps"]] == ["U-Net", "Res-UNet"]
     writes.clear()

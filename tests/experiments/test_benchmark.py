@@ -10,7 +10,7 @@ import delineo.training.loop as loop
 from delineo.cli import main
 from delineo.cli import noise  # noqa: F401  (registers noise-benchmark)
 from delineo.errors import ConfigError
-from delineo.training import benchmark as bm
+from delineo.experiments import benchmark as bm
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def test_noise_benchmark_writes_results_and_resumes(tmp_path, tiny_config, image
             "--fractions", "0.5", "--levels", "1-2", "--epochs", "1", "--device", "cpu", "--base-config", str(cfg_path)]
     calls = []
     real_train = loop.train
-    monkeypatch.setattr(loop, "train", lambda *a, **k: calls.append(a[0].name) or real_train(*a, **k))
+    monkeypatch.setattr(bm, "train", lambda *a, **k: calls.append(a[0].name) or real_train(*a, **k))
     monkeypatch.setattr(bm, "DEFAULT_KEEP", ((0.5, (1, 2)),))  # keep this grid's noisy runs, as for 0.75 / 5-13
     assert main(args) == 0
     assert len(calls) == 4  # 2 methods x (clean + 1 condition)

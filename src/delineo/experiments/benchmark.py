@@ -39,7 +39,11 @@ import numpy as np
 import yaml
 
 from delineo.errors import ConfigError, InputError
-from delineo.training.config import read_yaml_mapping
+from delineo.inference.evaluate import evaluate
+from delineo.machine import hardware_description, resolve_device
+from delineo.settings import read_yaml_mapping
+from delineo.training.config import TrainConfig
+from delineo.training.loop import train
 
 #: name -> (label in tables, overrides of the ``training`` config section)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -160,8 +164,6 @@ def make_config(
 ):
     """The :class:`TrainConfig` of one run: the base config with the method's overrides, the
     label noise, and output/work_dir under ``run_dir``."""
-    from delineo.training.config import TrainConfig
-
     d = copy.deepcopy(base)
     d["name"] = f"noise-{run_dir.name}"
     d["output"] = str(run_dir / "model")
@@ -267,10 +269,6 @@ def run_benchmark(
     (default: the training seed). A replicate with another training seed and the same noisy labels
     (``seed=1, noise_seed=0``) belongs in its own ``out`` (run ids do not name the seed).
     """
-    from delineo.metrics.evaluate import evaluate
-    from delineo.training.loop import hardware_description, train
-    from delineo.inference.predictor import resolve_device
-
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     data, out = Path(data), Path(out)
     if not data.is_dir():

@@ -13,7 +13,9 @@ import numpy as np
 
 from delineo.data.datasets import _check_same_grid, open_dataset
 from delineo.data.io import Image, as_binary_mask, read_image
+from delineo.errors import InputError
 from delineo.inference.predictor import Predictor
+from delineo.inference.quality import agreement_report
 from delineo.metrics.segmentation import structure_metrics
 from delineo.progress import Steps
 
@@ -39,8 +41,6 @@ class SavedPredictions:
     precision = "n/a (saved contours)"
 
     def __init__(self, root: str | Path):
-        from delineo.errors import InputError
-
         self.root = Path(root)
         if not self.root.is_dir():
             raise InputError(self.root, "predictions folder not found")
@@ -51,8 +51,6 @@ class SavedPredictions:
         self.bundle = SimpleNamespace(name=self.root.name, path=self.root, pixel_spacing_mm=None)
 
     def predict_with_quality(self, image: Image, names: list[str], *, case: str) -> tuple[dict[str, np.ndarray], dict]:
-        from delineo.errors import InputError
-
         folder = self.root / case / "segmentations"
         if not folder.is_dir():
             raise InputError(folder, f"no predictions for case {case}")
@@ -107,8 +105,6 @@ def evaluate(
     dataset = open_dataset(data, None, cases, pixel_spacing_mm=spacing)
     wanted = [s for s in predictor.structures if s in dataset.structures]
     if not wanted:
-        from delineo.errors import InputError
-
         raise InputError(data, f"no structure of model {predictor.bundle.name} ({', '.join(predictor.structures)}) is in this dataset ({', '.join(dataset.structures)})")
     dataset = open_dataset(data, wanted, cases, pixel_spacing_mm=spacing)
     per_case: list[dict[str, Any]] = []
@@ -166,8 +162,6 @@ def evaluate(
         "tolerance_mm": tolerance_mm,
     }
     if predictor.quality is not None:
-        from delineo.inference.quality import agreement_report
-
         fitted_on = set(predictor.quality.calibrator.cases)
         n_in = sum(1 for r in per_case if str(r["case"]) in fitted_on)
         report["quality"] = {

@@ -21,7 +21,7 @@ training, or until ``training.epochs``: equal compute for every step, see
 another training seed, beside the first ones (``runs/NN-step-seedS``).
 
 Every step is trained (resumable: a finished step is skipped, an interrupted one resumes from
-its checkpoint) and evaluated with :func:`delineo.metrics.evaluate.evaluate` on the base
+its checkpoint) and evaluated with :func:`delineo.inference.evaluate.evaluate` on the base
 config's validation cases; ``results.json``, ``results.md`` and ``results.png`` are written.
 """
 
@@ -36,7 +36,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from delineo.errors import ConfigError, InputError
-from delineo.training.config import read_yaml_mapping
+from delineo.inference.evaluate import evaluate
+from delineo.machine import hardware_description, resolve_device
+from delineo.settings import read_yaml_mapping
+from delineo.training.config import TrainConfig
+from delineo.training.loop import train
 
 
 def slug(name: str) -> str:
@@ -92,10 +96,6 @@ def run_ablation(
     (each still with the changes of the steps before it), e.g. to run steps on several machines.
     ``budget_cpu_hours`` overrides the file's; ``seed`` trains with that training seed (its runs
     beside the base seed's); ``threads`` sets each step's torch threads (``training.threads``)."""
-    from delineo.metrics.evaluate import evaluate
-    from delineo.training.config import TrainConfig
-    from delineo.training.loop import train
-
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
     base, steps = load_ablation(ablation)
@@ -187,9 +187,6 @@ def _collect_rows(out: Path, steps: list[dict[str, Any]]) -> list[dict[str, Any]
 
 def _write_results(out: Path, ablation, command, epochs, max_cases, device, rows, steps, budget=None) -> dict[str, Any]:
     """``results.json``, ``results.md`` and ``results.png`` of the finished steps."""
-    from delineo.inference.predictor import resolve_device
-    from delineo.training.loop import hardware_description
-
     done = {r["step"] for r in rows if not r.get("extra_seed")}
     results = {
         "ablation": str(ablation),

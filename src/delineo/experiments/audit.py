@@ -37,15 +37,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from delineo.contours.overview import write_overview
 from delineo.data.datasets import open_dataset
 from delineo.data.io import Image
 from delineo.data.noise import corrupt_mask
 from delineo.data.transforms import model_spacing_mm, preprocess, preprocess_labels
 from delineo.errors import ConfigError, InputError
-from delineo.inference.predictor import Predictor, resolve_device
+from delineo.experiments.benchmark import load_base
+from delineo.inference.predictor import Predictor
+from delineo.machine import resolve_device
 from delineo.metrics.segmentation import label_agreement
 from delineo.models.registry import ModelBundle, load_model
-from delineo.training.loop import QUALITY_WEIGHTS
+from delineo.training.config import TrainConfig
+from delineo.training.loop import QUALITY_WEIGHTS, train
 from delineo.training.robust_losses import agreement
 from delineo.training.weighting import build_weighting
 
@@ -101,11 +105,7 @@ def train_audit_model(
     (``"qam"``), optionally corrupting a fraction of the training labels first to evaluate the
     audit; returns the model folder ``out/model``.
     base_config: a training config (YAML) whose data/network/training settings are used; None: the
-    seed's 2D U-Net (:data:`delineo.training.benchmark.DEFAULT_BASE`)."""
-    from delineo.training.benchmark import load_base
-    from delineo.training.config import TrainConfig
-    from delineo.training.loop import train
-
+    seed's 2D U-Net (:data:`delineo.experiments.benchmark.DEFAULT_BASE`)."""
     d = load_base(base_config)
     out = Path(out)
     d["name"] = f"audit-{Path(data).name}"
@@ -255,8 +255,6 @@ def _check_score(scores: np.ndarray, corrupted: np.ndarray) -> dict[str, Any]:
 def _write_worst(ds, rows: list[dict[str, Any]], folder: Path, predictor: Predictor, records: dict) -> list[Path]:
     """Overlay PNG of each listed pair: the image with its given (possibly corrupted) labels as
     solid outlines and the model's prediction dashed, so the disagreement behind the rank shows."""
-    from delineo.contours.overview import write_overview
-
     folder.mkdir(parents=True, exist_ok=True)
     index = {c: i for i, c in enumerate(ds.cases)}
     paths = []
