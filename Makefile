@@ -22,13 +22,15 @@ $(STAMP): pyproject.toml Makefile package-lock.json
 	touch $(STAMP)
 
 # Debian packages the tests use as real peers: dcmtk (echoscu/storescu/storescp), dicom3tools
-# (dciodvfy), Chromium + ChromeDriver for the browser tests. Needs root; skipped when all are present.
-SYSTEM_TOOLS := storescu storescp echoscu dciodvfy chromium chromedriver
+# (dciodvfy), Chromium + ChromeDriver for the browser tests, plastimatch (RT Structure Set interop tests),
+# Orthanc + orthanc-dicomweb (the PACS round trips: tests/dicom/test_orthanc.py, test_dicomweb.py).
+# Needs root; skipped when all are present.
+SYSTEM_TOOLS := storescu storescp echoscu dciodvfy chromium chromedriver plastimatch Orthanc
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then echo "installing Debian packages for:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools chromium chromium-driver; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools chromium chromium-driver plastimatch orthanc orthanc-dicomweb; \
 	else echo "system tools present: $(SYSTEM_TOOLS)"; fi
 
 # What the suite needs from outside the venv and could not get (not root: no apt-get). Loud, never silent:
@@ -41,16 +43,18 @@ check-system:
 		echo ""; echo "################################################################################"; \
 		echo "#  WARNING: this was NOT the whole test suite."; \
 		[ -z "$$missing" ] || { echo "#  Not installed:$$missing"; \
-			echo "#  -> the DICOM node tests (dcmtk, dicom3tools) and the browser tests (Chromium) were skipped."; \
-			echo "#  Install them as root:  sudo make system-deps   (Debian/Ubuntu: dcmtk dicom3tools chromium chromium-driver)"; }; \
+			echo "#  -> the DICOM node tests (dcmtk, dicom3tools), the browser tests (Chromium), the plastimatch interop tests and the Orthanc / DICOMweb tests were skipped."; \
+			echo "#  Install them as root:  sudo make system-deps   (Debian/Ubuntu: dcmtk dicom3tools chromium chromium-driver plastimatch orthanc orthanc-dicomweb)"; }; \
 		[ -z "$$services" ] || { echo "#  Not reachable on 127.0.0.1:$$services"; \
 			echo "#  -> the PostgreSQL / Redis deployment tests were skipped (start them on ports 5432 / 6379)."; }; \
 		echo "################################################################################"; fi
 
 # make test: install, the Debian test peers when running as root (apt-get; otherwise a warning at the
-# end), the whole suite, then the documentation built with --strict (a broken link or a renamed API fails).
+# end), the layer contract (import-linter, pyproject.toml: an upward import or a circle fails), the whole
+# suite, then the documentation built with --strict (a broken link or a renamed API fails).
 test: install $(if $(IS_ROOT),system-deps)
-	@rc=0; $(VENV)/bin/pytest -q || rc=$$?; \
+	@rc=0; $(VENV)/bin/lint-imports --no-cache || rc=$$?; \
+	$(VENV)/bin/pytest -q || rc=$$?; \
 	$(MAKE) --no-print-directory docs || { [ $$rc -ne 0 ] || rc=1; }; \
 	$(MAKE) --no-print-directory check-system; exit $$rc
 

@@ -17,10 +17,14 @@ from typing import Any, Callable, Sequence
 from delineo.contours.checks import anatomy_checks, flagged_structures
 from delineo.contours.overview import write_overview
 from delineo.data.io import Image, read_image, write_mask
+from delineo.dicom.rtstruct import write_rtstruct
+from delineo.dicom.seg import write_seg
+from delineo.dicom.series import is_dicom_input, read_series
 from delineo.errors import InputError
+from delineo.inference.evaluate import evaluate
+from delineo.inference.plausibility import check_ct
 from delineo.inference.predictor import Predictor, with_model_pixel_spacing
 from delineo.inference.quality import quality_text
-from delineo.metrics.evaluate import evaluate
 from delineo.metrics.segmentation import volume_cc
 from delineo.models.registry import available_models
 from delineo.training.loop import train
@@ -28,7 +32,7 @@ from delineo.training.loop import train
 DEFAULT_MODELS = {2: "cxr-jsrt", 3: "hn-ct"}
 log = logging.getLogger("delineo.contour")
 
-__all__ = ["contour", "contour_image", "default_model", "evaluate", "train"]
+__all__ = ["contour", "contour_dicomweb", "contour_image", "default_model", "evaluate", "train"]
 
 #: ``progress(stage, fraction)``: called as a contouring run passes its stages (fraction 0..1)
 Progress = Callable[[str, float], None]
@@ -67,7 +71,9 @@ def contour_image(
     title: the overview's title before the model name (default: the input file's name; the web
     service gives the study's name).
     series: the :class:`delineo.dicom.series.CTSeries` the image came from; then ``rtstruct.dcm``
-    (RT Structure Set) and ``seg.dcm`` (DICOM SEG) referencing it are written too."""
+    (RT Structure Set) and ``seg.dcm`` (DICOM SEG) referencing it are written too.
+    The image is not checked here: callers that take it from outside (:func:`contour`, the DICOM
+    node) run :func:`delineo.inference.plausibility.check_ct` first."""
     out_dir = Path(out_dir)
     seg_dir = out_dir / "segmentations"
     seg_dir.mkdir(parents=True, exist_ok=True)
@@ -114,9 +120,6 @@ def contour_image(
                                                               review=review)]
     predictor.timings["write"] = time.perf_counter() - t0
     if series is not None:
-        from delineo.dicom.rtstruct import write_rtstruct
-        from delineo.dicom.seg import write_seg
-
         _report(progress, "rtstruct", 0.8)
         t1 = time.perf_counter()
         roi_types = predictor.bundle.meta.get("roi_types", {})
@@ -155,11 +158,10 @@ def contour(
 ) -> dict[str, Any]:
     """Contour a NIfTI CT, a DICOM CT series (folder or zip; ``series_uid`` picks one of several)
     or a PNG X-ray with a bundled or given model; see :func:`contour_image`. DICOM input also gives
-    ``rtstruct.dcm`` and ``seg.dcm``. ``bf16``: bfloat16 autocast for the network (default: on
-    CUDA, and on a CPU with native bf16 (AVX-512 BF16, AMX) for a model whose model.json says
-    ``"precision": "bf16"``: one checked to give the same validation Dice as in fp32)."""
-    from delineo.dicom.series import is_dicom_input, read_series
-
+    ``rtstruct.dcm`` and ``seg.dcm``. A volume for a 3D model that is not a plausible CT is refused
+    before contouring (:func:`delineo.inference.plausibility.check_ct`). ``bf16``: bfloat16
+    autocast for the network (default: on CUDA, and on a CPU with native bf16 (AVX-512 BF16, AMX)
+    for a model whose model.json says ``"precision": "bf16"``: one checked to give the same validation Dice as in fp32)."""
     _report(progress, "read", 0.0)
     t0 = time.perf_counter()
     series = None
@@ -171,7 +173,57 @@ def contour(
     read_s = time.perf_counter() - t0
     predictor = Predictor(model or default_model(image.array.ndim), device, amp=bf16)
     image = with_model_pixel_spacing(image, input_path, predictor.bundle)
+    check_ct(image, predictor.bundle, input_path)  # a 3D model's input must be a plausible CT (InputError if not)
     return contour_image(
         image, out_dir, predictor=predictor, structures=structures, source=str(input_path), overview=overview,
         seconds={"read": read_s}, progress=progress, series=series, title=title,
     )
+
+
+def contour_dicomweb(
+    url: str,
+    study_uid: str,
+    out_dir: str | Path,
+    *,
+    series_uid: str | None = None,
+    auth: Any = None,
+    store: bool = True,
+    model: str | None = None,
+    device: str = "auto",
+    structures: Sequence[str] | None = None,
+    overview: bool = True,
+    progress: Progress | None = None,
+    bf16: bool | None = None,
+) -> dict[str, Any]:
+    """Contour a CT series from a DICOMweb server (a PACS) and store the results back: QIDO-RS finds
+    the study's CT series (``series_uid`` picks one when it has several), WADO-RS fetches it into a
+    temporary folder, :func:`contour` contours it (``out_dir`` gets what a DICOM folder gives:
+    ``rtstruct.dcm``, ``seg.dcm``, the NIfTI masks, ``summary.json``), and unless ``store=False``
+    STOW-RS stores the RT Structure Set and SEG into the same study. ``auth``: a
+    :class:`delineo.dicom.dicomweb.DicomwebAuth` (bearer token, basic, client certificate, CA bundle).
+    The summary gets ``dicomweb``: the URL, study, series and the stored SOP Instance UIDs."""
+    import tempfile
+
+    from delineo.dicom.dicomweb import Pacs
+
+    pacs = Pacs(url, auth)
+    _report(progress, "find", 0.0)
+    series_uid = pacs.find_ct_series(study_uid, series_uid)
+    with tempfile.TemporaryDirectory(prefix="delineo-dicomweb-") as tmp:
+        _report(progress, "fetch", 0.05)
+        t0 = time.perf_counter()
+        pacs.fetch_series(study_uid, series_uid, tmp)
+        fetch_s = time.perf_counter() - t0
+        summary = contour(tmp, out_dir, model=model, device=device, structures=structures, overview=overview,
+                          progress=progress, bf16=bf16, title=f"series {series_uid}")
+    summary["input"] = f"{pacs.url} study {study_uid} series {series_uid}"
+    summary["seconds"] = {"fetch": round(fetch_s, 4), **summary["seconds"]}
+    stored: list[str] = []
+    if store:
+        _report(progress, "store", 0.95)
+        t0 = time.perf_counter()
+        stored = pacs.store([summary[k] for k in ("rtstruct", "seg") if k in summary], study_uid)
+        summary["seconds"]["store"] = round(time.perf_counter() - t0, 4)
+    summary["dicomweb"] = {"url": pacs.url, "study_instance_uid": study_uid, "series_instance_uid": series_uid, "stored": stored}
+    (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from delineo.cli.app import app
+from delineo.errors import ConfigError
 
 
 @app.command("dicom-node")
@@ -27,8 +28,7 @@ def dicom_node(
                                 "incomplete and failed series) and exit; exit status 1 when results are undeliverable."),
 ) -> None:
     """Receive CT series by C-STORE, contour each one, send the RT Structure Set (and SEG) on."""
-    from delineo.dicom.node import DicomNode, NodeConfig, format_status, node_status, parse_destination
-    from delineo.errors import ConfigError
+    from delineo.dicom.node import DicomNode, NodeConfig, format_status, node_status, parse_destination  # lazy: loads pydicom, pynetdicom; keeps `delineo --help` fast
 
     if status:
         report = node_status(storage)
@@ -53,15 +53,16 @@ def import_dicom(
     src: Path = typer.Argument(..., help="Folder of a clinic's export: CT series and RT Structure Sets, any layout."),
     dest: Path = typer.Argument(..., help="Case-folder dataset to write: DEST/<case>/ct.nii.gz + segmentations/<ROI>.nii.gz."),
     roi_map: Optional[Path] = typer.Option(None, "--roi-map", help="YAML mapping of ROI names, e.g. 'PTV_7000: PTV70'; unmapped ROIs are skipped."),
+    merge_rois: bool = typer.Option(False, "--merge-rois", help="Two ROIs of one structure set mapped to one name: write their union (default: refuse that structure, naming both)."),
 ) -> None:
     """Turn CT series + RT Structure Sets into a training dataset (one case per structure set)."""
-    from delineo.dicom.importer import import_dicom as run_import
+    from delineo.dicom.importer import import_dicom as run_import, summary_line  # lazy: loads pydicom, torch; keeps `delineo --help` fast
 
-    report = run_import(src, dest, roi_map=roi_map)
+    report = run_import(src, dest, roi_map=roi_map, merge=merge_rois)
     for case in report["cases"]:
-        typer.echo(f"  {case['case']}: {', '.join(case['structures']) or 'no mapped structures'}")
+        typer.echo(f"  {summary_line(case)}")
     for skipped in report["skipped"]:
-        typer.echo(f"  skipped {skipped['source']}: {skipped['reason']}")
+        typer.echo(f"  skipped {skipped['reason']}")
     if report["unmapped_rois"]:
         typer.echo(f"ROI names without a mapping (not imported): {', '.join(sorted(report['unmapped_rois']))}")
     typer.echo(f"{len(report['cases'])} cases written to {dest}")

@@ -5,15 +5,39 @@ contour tracing, fixes the RT ROI Interpreted Type, and reads masks back with it
 conventions; we need PTV/ORGAN types from the model card and a reader that is independent of
 the writer's tracing (scikit-image's marching squares out, polygon filling in).
 
-Contours: on every slice, :func:`skimage.measure.find_contours` traces the 0.5 iso-line of
-the mask (outer boundaries and holes, each island separately); points are mapped through the
-series' voxel -> LPS affine, so they lie in the slice plane in patient coordinates. Holes are
-written as separate contours; readers fill with the even-odd rule (as planning systems do).
+**Writing.** On every slice, :func:`skimage.measure.find_contours` traces the 0.5 iso-line of
+the mask (outer boundaries and holes, each island separately): the polygon runs along the voxel
+edges, through the midpoint between each voxel centre inside and its neighbour outside, cutting
+corners diagonally. Each vertex is then moved :data:`EDGE_INSET` (1/100 of a pixel) towards the
+voxel inside, so a reader that rounds vertices to the nearest pixel centre (rt-utils, any
+OpenCV ``fillPoly`` reader) lands on the boundary voxel, not on a tie that numpy rounds half to
+even; a planning system's polygon area changes by 1/100 of a pixel times the perimeter. Points are
+mapped through the series' voxel -> LPS affine, so they lie in the slice plane in patient
+coordinates. Holes are written as separate contours (even-odd rule, as planning systems read them).
+
+**Reading** (:func:`read_rtstruct`). A pixel is in an ROI on a slice when its centre lies inside
+the even-odd union of the ROI's closed contours on that slice, **or on any of those contours**
+(within :data:`ON_CONTOUR_TOLERANCE`, 1/20 of a pixel). This one rule reads the three conventions
+in use as the masks they were made from:
+
+- polygons around voxel edges (delineo, plastimatch, most planning systems' exports of voxel
+  masks): no pixel centre is within 0.34 pixel of them, the centres inside are the mask;
+- polygons through the centres of the boundary voxels (rt-utils, platipy, OpenCV
+  ``findContours``): the boundary voxels lie on the polygon, and a structure one voxel thick,
+  whose polygon encloses no area, still comes back; a hole's polygon runs through the voxels
+  around the hole, which stay in;
+- smooth polygons drawn by hand: the pixels whose centres are inside, as a planning system fills them.
+
+Strictly-inside filling is :func:`skimage.draw.polygon` per contour (XOR for the even-odd rule);
+the on-contour test is written here (vectorised distance of the pixel centres next to each edge)
+because neither skimage's nor matplotlib's point-in-polygon has a boundary band that is the same
+on both sides of an edge (matplotlib's ``radius`` grows or shrinks with the winding direction).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -38,17 +62,77 @@ PATIENT_STUDY_KEYS = (
 )
 
 
-def slice_contours(mask_2d: np.ndarray) -> list[np.ndarray]:
-    """Closed contours ``[(n, 2) (i, j) voxel coordinates]`` of a 2D mask ``(i, j)``; holes included."""
-    padded = np.pad(mask_2d.astype(np.uint8), 1)
+#: how far (pixels) each written vertex sits inside the voxel edge it was traced on (module docstring)
+EDGE_INSET = 0.01
+#: a pixel centre this close to a contour (pixels) counts as on it, hence in the ROI
+ON_CONTOUR_TOLERANCE = 0.05
+#: a contour this far (fraction of the slice spacing) from the nearest CT slice is refused
+OFF_SLICE_TOLERANCE = 0.1
+
+
+def slice_contours(mask_2d: np.ndarray, inset: float = EDGE_INSET) -> list[np.ndarray]:
+    """Closed contours ``[(n, 2) (i, j) voxel coordinates]`` of a 2D mask ``(i, j)``; holes included.
+
+    Each vertex lies on the edge between a voxel inside and one outside, ``inset`` pixels from the
+    midpoint towards the voxel inside (see the module docstring)."""
+    m = mask_2d.astype(bool)
+    padded = np.pad(m.astype(np.uint8), 1)
     out = []
     for c in find_contours(padded, 0.5):
         c = c - 1.0
         if len(c) >= 4 and np.allclose(c[0], c[-1]):
             c = c[:-1]  # closed: the last point repeats the first, CLOSED_PLANAR implies it
         if len(c) >= 3:
-            out.append(c)
+            out.append(_inset(c, m, inset) if inset else c)
     return out
+
+
+def _inset(c: np.ndarray, mask: np.ndarray, inset: float) -> np.ndarray:
+    """Move each vertex (on a voxel edge: one coordinate half-integer) ``inset`` towards the voxel inside."""
+    c = c.copy()
+    for axis in (0, 1):
+        half = np.abs(c[:, axis] - np.floor(c[:, axis]) - 0.5) < 1e-6
+        if not half.any():
+            continue
+        lo = np.floor(c[half]).astype(int)
+        other = np.rint(c[half, 1 - axis]).astype(int)
+        lo_i = lo[:, axis]
+        idx = [None, None]
+        idx[axis], idx[1 - axis] = lo_i, other
+        inside_lo = np.zeros(len(lo_i), bool)
+        ok = (lo_i >= 0) & (lo_i < mask.shape[axis]) & (other >= 0) & (other < mask.shape[1 - axis])
+        sel = (idx[0][ok], idx[1][ok])
+        inside_lo[ok] = mask[sel]
+        c[half, axis] += np.where(inside_lo, -inset, inset)
+    return c
+
+
+def on_contour(points: np.ndarray, shape: tuple[int, int], tol: float = ON_CONTOUR_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres ``(i, j)`` within ``tol`` pixels of the closed polygon ``points`` ``(n, 2)``
+    (a single point or a two-point contour included), inside ``shape``.
+
+    Each edge is sampled every half pixel; the pixel centres around each sample (floor/ceil of
+    both coordinates: every centre within ``tol`` < 0.5 of the edge is among them) are measured
+    against that edge exactly."""
+    a = np.asarray(points, float).reshape(-1, 2)
+    b = np.roll(a, -1, axis=0)
+    d = b - a
+    length = np.hypot(d[:, 0], d[:, 1])
+    m = np.ceil(length / 0.5).astype(int) + 1
+    seg = np.repeat(np.arange(len(a)), m)
+    start = np.cumsum(m) - m
+    t = (np.arange(len(seg)) - start[seg]) / np.maximum(m[seg] - 1, 1)
+    s = a[seg] + t[:, None] * d[seg]
+    lo, hi = np.floor(s), np.ceil(s)
+    cand = np.concatenate([np.column_stack([x[:, 0], y[:, 1]]) for x in (lo, hi) for y in (lo, hi)])
+    seg4 = np.tile(seg, 4)
+    da, dd = cand - a[seg4], d[seg4]
+    den = np.einsum("ij,ij->i", dd, dd)
+    u = np.clip(np.einsum("ij,ij->i", da, dd) / np.where(den > 0, den, 1.0), 0.0, 1.0)
+    dist = np.hypot(*(da - u[:, None] * dd).T)
+    keep = (dist <= tol) & (cand[:, 0] >= 0) & (cand[:, 1] >= 0) & (cand[:, 0] < shape[0]) & (cand[:, 1] < shape[1])
+    hit = np.unique(cand[keep].astype(int), axis=0)
+    return hit[:, 0], hit[:, 1]
 
 
 def write_rtstruct(
@@ -135,7 +219,7 @@ def write_rtstruct(
                 item.ContourImageSequence = DicomSequence([img])
                 item.ContourGeometricType = "CLOSED_PLANAR"
                 item.NumberOfContourPoints = len(xyz)
-                item.ContourData = [f"{v:.3f}" for v in xyz.ravel()]
+                item.ContourData = [f"{v:.4f}" for v in xyz.ravel()]
                 contours.append(item)
         if contours:
             rc.ContourSequence = DicomSequence(contours)
@@ -155,13 +239,22 @@ def write_rtstruct(
     return path
 
 
-def read_rtstruct(path: str | Path, series: CTSeries) -> dict[str, np.ndarray]:
-    """Rasterise an RT Structure Set on ``series``' grid -> ``{roi_name: bool (i, j, k)}``.
+@dataclass
+class StructureSetROI:
+    """One ROI of a structure set as read: its number, name, mask on the series' grid, and whether
+    the file had any closed contour for it (an ROI without contour data is not an empty structure)."""
 
-    Each closed planar contour is mapped to voxel coordinates and filled (pixel centres inside
-    the polygon); contours of one ROI on one slice combine by the even-odd rule, so holes work.
-    ROIs without contours come back empty. Contours off the series' slices are refused.
-    """
+    number: int
+    name: str
+    mask: np.ndarray
+    has_contours: bool
+
+
+def read_structure_set(path: str | Path, series: CTSeries) -> list[StructureSetROI]:
+    """Every ROI of an RT Structure Set rasterised on ``series``' grid, in file order (see the module
+    docstring for the rule). Refused with the file named: not a structure set, a frame of reference
+    other than the series', contours off the series' slices (beyond :data:`OFF_SLICE_TOLERANCE` of
+    the slice spacing: the message gives the contour's and the nearest slice's position)."""
     path = Path(path)
     try:
         ds = pydicom.dcmread(path)
@@ -169,25 +262,67 @@ def read_rtstruct(path: str | Path, series: CTSeries) -> dict[str, np.ndarray]:
         raise InputError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
     if str(ds.get("Modality", "")) != "RTSTRUCT" or "StructureSetROISequence" not in ds:
         raise InputError(path, "not an RT Structure Set")
+    frames = {str(r.get("ReferencedFrameOfReferenceUID", "")) for r in ds.StructureSetROISequence} - {""}
+    frames |= {str(f.get("FrameOfReferenceUID", "")) for f in ds.get("ReferencedFrameOfReferenceSequence", [])} - {""}
+    if frames and series.frame_of_reference_uid not in frames:
+        raise InputError(path, f"the structure set's frame of reference ({', '.join(sorted(frames))}) is not the CT "
+                               f"series' ({series.frame_of_reference_uid}): the contours are in another coordinate system")
     shape = series.image.shape
     to_voxel = np.linalg.inv(series.lps_affine)
-    names = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
-    masks = {name: np.zeros(shape, bool) for name in names.values()}
+    dz = float(np.linalg.norm(series.lps_affine[:3, 2]))
+    rois = [StructureSetROI(int(r.ROINumber), str(r.ROIName), np.zeros(shape, bool), False)
+            for r in ds.StructureSetROISequence]
+    by_number = {r.number: r for r in rois}
     for rc in ds.get("ROIContourSequence", []):
-        name = names.get(int(rc.ReferencedROINumber))
-        if name is None:
+        roi = by_number.get(int(rc.ReferencedROINumber))
+        if roi is None:
             continue
+        parity = np.zeros(shape, bool)
         for c in rc.get("ContourSequence", []):
+            if str(c.get("ContourGeometricType", "CLOSED_PLANAR")).upper() != "CLOSED_PLANAR" or not c.get("ContourData"):
+                continue  # points and open lines (markers) enclose nothing
             xyz = np.asarray(c.ContourData, float).reshape(-1, 3)
             ijk = (to_voxel @ np.column_stack([xyz, np.ones(len(xyz))]).T).T[:, :3]
             k = int(round(float(np.mean(ijk[:, 2]))))
-            if not (0 <= k < shape[2]) or np.max(np.abs(ijk[:, 2] - k)) > 0.1:
-                raise InputError(path, f"ROI {name!r}: a contour does not lie on a slice of the series")
-            rr, cc = fill_polygon(ijk[:, 0], ijk[:, 1], shape[:2])
-            layer = np.zeros(shape[:2], bool)
-            layer[rr, cc] = True
-            masks[name][:, :, k] ^= layer
-    return masks
+            off = float(np.max(np.abs(ijk[:, 2] - k)))
+            if not (0 <= k < shape[2]):
+                z = float(np.mean(xyz @ (series.lps_affine[:3, 2] / dz)))
+                raise InputError(path, f"ROI {roi.name!r}: a contour at {z:.2f} mm along the slice normal is outside the "
+                                       f"CT series ({_slice_range(series)})")
+            if off > OFF_SLICE_TOLERANCE:
+                z = float(np.mean(xyz @ (series.lps_affine[:3, 2] / dz)))
+                raise InputError(path, f"ROI {roi.name!r}: a contour at {z:.2f} mm along the slice normal lies between CT "
+                                       f"slices ({off * dz:.2f} mm from the nearest; tolerance "
+                                       f"{OFF_SLICE_TOLERANCE * dz:.2f} mm, a tenth of the {dz:.2f} mm spacing)")
+            roi.has_contours = True
+            if len(ijk) >= 3:
+                rr, cc = fill_polygon(ijk[:, 0], ijk[:, 1], shape[:2])
+                layer = np.zeros(shape[:2], bool)
+                layer[rr, cc] = True
+                parity[:, :, k] ^= layer
+            ii, jj = on_contour(ijk[:, :2], shape[:2])
+            roi.mask[ii, jj, k] = True
+        roi.mask |= parity
+    return rois
+
+
+def _slice_range(series: CTSeries) -> str:
+    n = series.lps_affine[:3, 2] / np.linalg.norm(series.lps_affine[:3, 2])
+    first = float(series.lps_affine[:3, 3] @ n)
+    last = float((series.lps_affine @ [0, 0, series.image.shape[2] - 1, 1])[:3] @ n)
+    return f"slices from {first:.2f} to {last:.2f} mm"
+
+
+def read_rtstruct(path: str | Path, series: CTSeries) -> dict[str, np.ndarray]:
+    """Rasterise an RT Structure Set on ``series``' grid -> ``{roi_name: bool (i, j, k)}``.
+
+    Pixel centres inside the even-odd union of an ROI's closed contours on a slice, or on one of
+    them, are in (module docstring). ROIs without contours come back empty; two ROIs with one name
+    come back as their union. Contours off the series' slices are refused."""
+    out: dict[str, np.ndarray] = {}
+    for roi in read_structure_set(path, series):
+        out[roi.name] = out[roi.name] | roi.mask if roi.name in out else roi.mask
+    return out
 
 
 def roi_types(path: str | Path) -> dict[str, str]:
