@@ -17,7 +17,7 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from delineo.service.audit import patient_pseudonym
+from delineo.service.audit import patient_pseudonym, use_secret
 
 from waits import HANG_S, LONG_HANG_S
 
@@ -126,7 +126,9 @@ def test_served_node_writes_the_access_log(tmp_path, ct_dir, tiny_ct_model, stor
     refused = {e["actor"]: e for e in by_action["refuse"]}
     assert "2 instances refused" in refused["CT1"]["detail"] and refused["CT1"]["study_id"] == study_uid
     assert "rejected" in refused["INTRUDER"]["detail"] and refused["INTRUDER"]["address"].startswith("127.0.0.1")
-    # the patient as the pseudonym the web service uses, never the ID or name in clear
+    # the patient as the pseudonym the web service uses (keyed with this installation's secret),
+    # never the ID or name in clear
+    use_secret(home)
     for e in (rec, contour, forward, refused["CT1"]):
         assert e["patient"] == patient_pseudonym("P123")
     for text in (csv_text, page, json.dumps(rows)):

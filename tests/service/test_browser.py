@@ -411,6 +411,9 @@ def test_access_log_link_for_administrators_only(page):
     assert r.status == 201, r.text()
     page.click("#logout-btn")
     page.wait_for_selector("#login-view:not(.hidden)")
+    # the page shows the sign-in form whatever the answer: the session must really be over (the
+    # page's POST passed the Origin check, issue 36 item 10)
+    assert page.request.get(page.base_url + "/api/auth/me").status == 401
     page.fill("#login-user", "plain")
     page.fill("#login-pass", "plain-user-pw-1")
     page.click("#login-form button[type=submit]")

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from delineo.cli.app import app
+from delineo.errors import ConfigError
 
 
 @app.command()
@@ -29,10 +30,8 @@ def serve(
     with --dicom-port also the DICOM node (results under DATA/dicom-node/done, or forwarded)."""
     import uvicorn
 
-    from delineo.service.api import create_app
-    from delineo.service.config import Settings
-
-    from delineo.errors import ConfigError
+    from delineo.service.api import create_app  # lazy: loads FastAPI, SQLAlchemy, huey; keeps `delineo --help` fast
+    from delineo.service.config import Settings  # lazy: loads FastAPI, SQLAlchemy, huey; keeps `delineo --help` fast
 
     loopback = host in ("127.0.0.1", "localhost", "::1")
     if dicom_port is not None and not dicom_allowed_ae and not loopback:
@@ -41,7 +40,7 @@ def serve(
     allowed = None if not dicom_allowed_ae or "*" in dicom_allowed_ae else dicom_allowed_ae
     destination = None
     if dicom_forward:
-        from delineo.dicom.node import parse_destination
+        from delineo.dicom.node import parse_destination  # lazy: loads pydicom, pynetdicom; keeps `delineo --help` fast
 
         destination = parse_destination(dicom_forward)
     overrides = {}
@@ -55,15 +54,15 @@ def serve(
                f"queue {'embedded' if settings.embedded_queue else settings.queue}, API docs at /api/docs)")
     node = audit_db = None
     if dicom_port is not None:
-        from delineo.dicom.node import DicomNode, NodeConfig
-        from delineo.service.audit import node_recorder
-        from delineo.service.db import Database
+        from delineo.dicom.node import DicomNode, NodeConfig  # lazy: loads pydicom, pynetdicom; keeps `delineo --help` fast
+        from delineo.service.audit import node_recorder  # lazy: loads FastAPI, SQLAlchemy, huey; keeps `delineo --help` fast
+        from delineo.service.db import Database  # lazy: loads FastAPI, SQLAlchemy, huey; keeps `delineo --help` fast
 
         audit_db = Database(settings.database_url)  # the node's receive/contour/forward/refuse rows in the access log
         node = DicomNode(NodeConfig(storage=Path(settings.home) / "dicom-node", port=dicom_port, host=host,
                                     allowed_ae=allowed, forward=destination,
                                     idle_seconds=dicom_idle_seconds, model=dicom_model),
-                         on_event=node_recorder(audit_db)).start()
+                         on_event=node_recorder(audit_db, home=settings.home)).start()
         typer.echo(f"delineo: DICOM node DELINEO on {shown}:{dicom_port}, accepting CT from "
                    f"{', '.join(allowed) if allowed else 'any AE title' + (' (loopback only)' if loopback else '')} "
                    f"(contours {'sent to ' + dicom_forward if dicom_forward else 'kept in ' + str(Path(settings.home) / 'dicom-node' / 'done')})")
@@ -81,9 +80,8 @@ def worker(
 ) -> None:
     """Take contouring jobs from the Redis queue (DELINEO_QUEUE=redis://...) until stopped.
     Needs the server's DELINEO_DATABASE_URL and the same DELINEO_HOME (shared folder)."""
-    from delineo.errors import ConfigError
-    from delineo.service.config import Settings
-    from delineo.service.core import ServiceContext
+    from delineo.service.config import Settings  # lazy: loads FastAPI, SQLAlchemy, huey; keeps `delineo --help` fast
+    from delineo.service.core import ServiceContext  # lazy: loads FastAPI, SQLAlchemy, huey; keeps `delineo --help` fast
     from huey.consumer import Consumer
 
     settings = Settings.from_env()
@@ -124,7 +122,7 @@ def stress(
     import shlex
     import sys
 
-    from delineo.service.stress import run_stress, write_report
+    from delineo.service.stress import run_stress, write_report  # lazy: loads FastAPI, SQLAlchemy, huey; keeps `delineo --help` fast
 
     report = run_stress(url, users=users, studies=studies, admin_user=admin_user, admin_password=admin_password,
                         model=model, size=size, max_seconds=max_seconds, progress=True, dicom=dicom, ct_dir=ct_dir,

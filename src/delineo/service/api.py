@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from delineo.service.config import Settings
 from delineo.service.core import ServiceContext
+from delineo.service.csrf import OriginCheckMiddleware
 from delineo.service.headers import SECURITY_HEADERS, SecurityHeadersMiddleware
 from delineo.service.routes import dicom_node
 from delineo.service.routes import audit, auth, models, studies, users
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    # (the last added is the outermost: the Origin check's 403 gets the security headers too)
+    app.add_middleware(OriginCheckMiddleware, allowed_origins=settings.allowed_origins)  # CSRF (csrf.py)
     app.add_middleware(SecurityHeadersMiddleware)  # CSP, nosniff, no framing, HSTS on HTTPS (headers.py)
     app.include_router(dicom_node.router)
     for r in (auth.router, users.router, models.router, studies.router, audit.router):

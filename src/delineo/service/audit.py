@@ -1,18 +1,24 @@
 """The access log: who (a user, a DICOM AE title, or the system) uploaded, viewed, downloaded,
-deleted, contoured or forwarded which study, when and from where; also failed and refused
-sign-ins. Rows go to the ``access_log`` table (administrators read them at ``/audit`` and as CSV
-at ``/api/audit.csv``).
+deleted, contoured or forwarded which study, when and from where; also sign-ins (successful,
+failed, refused), password changes, API tokens made, users made, sessions revoked by an
+administrator and changes to the send destinations. Rows go to the ``access_log`` table
+(administrators read them at ``/audit`` and as CSV at ``/api/audit.csv``).
 
 Never the patient's name or ID in clear: a study is named by its id (service) or its Study
-Instance UID (DICOM node), a patient by :func:`patient_pseudonym`, the same short SHA-256 of the
-Patient ID the DICOM node's log lines use. Study names are not copied (a file name can hold a
-patient's name).
+Instance UID (DICOM node), a patient by :func:`patient_pseudonym`: an HMAC-SHA-256 of the Patient
+ID keyed with this installation's secret (``$DELINEO_HOME/pseudonym.key``, made on first start,
+mode 0600), so a pseudonym cannot be turned back into the ID by trying every record number
+without that file. Study names are not copied (a file name can hold a patient's name).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+import os
+import secrets
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
@@ -28,14 +34,65 @@ log = logging.getLogger("delineo.service.audit")
 
 #: what the log records (``action`` column)
 ACTIONS = ("upload", "view", "download", "contour", "delete", "retention-delete", "receive", "forward", "refuse",
-           "login-failed", "login-refused")
+           "login-failed", "login-refused", "login", "password-change", "token-create", "user-create", "sessions-revoke",
+           "destination-set", "destination-delete")
+
+
+#: the per-installation key of :func:`patient_pseudonym`, beside the database in ``$DELINEO_HOME``
+SECRET_FILE = "pseudonym.key"
+_secret: bytes | None = None
+
+
+def load_secret(home: Path) -> bytes:
+    """This installation's pseudonym key: ``home/pseudonym.key`` (64 hex digits), made with
+    permissions 0600 the first time (atomically: two processes starting together get the same
+    one). Losing or replacing it changes every pseudonym written after; back it up with the database."""
+    path = Path(home) / SECRET_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, (secrets.token_hex(32) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # never replaces a key another process made meanwhile
+            log.info("made the access log's pseudonym key %s: back it up with the database", path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+        log.warning("%s was readable by others; its permissions are now 0600", path)
+    text = path.read_text().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        raise RuntimeError(f"{path}: not a pseudonym key (expected 64 hex digits); restore it from the backup "
+                           "(removing it makes a new key, and patients get new pseudonyms)")
+    return key
+
+
+def use_secret(home: Path) -> None:
+    """Load (or make) the pseudonym key of the installation in ``home`` for this process."""
+    global _secret
+    _secret = load_secret(home)
 
 
 def patient_pseudonym(patient_id: str | None) -> str | None:
-    """A short, stable pseudonym of a Patient ID (as :func:`delineo.dicom.node.patient_tag`)."""
+    """A short, stable pseudonym of a Patient ID: the first 16 hex digits of its HMAC-SHA-256 with
+    the installation's key (:func:`use_secret`); without the key it cannot be reversed by trying IDs."""
     if not patient_id:
         return None
-    return hashlib.sha256(str(patient_id).encode()).hexdigest()[:10]
+    if _secret is None:
+        raise RuntimeError("the access log's pseudonym key is not loaded (delineo.service.audit.use_secret)")
+    return hmac.new(_secret, str(patient_id).encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def client_address(request: "Request | None") -> str | None:
@@ -68,9 +125,12 @@ def record_now(database: "Database", action: str, **kw) -> None:
         log.exception("could not write the access log (%s by %s)", action, kw.get("actor"))
 
 
-def node_recorder(database: "Database"):
+def node_recorder(database: "Database", home: Path | None = None):
     """A callback for the DICOM node: ``(action, ae_title, study_uid, patient_id, address, detail)``
-    -> an access-log row with the AE title as the actor and the Patient ID pseudonymised."""
+    -> an access-log row with the AE title as the actor and the Patient ID pseudonymised (with the
+    key of the installation in ``home``)."""
+    if home is not None:
+        use_secret(home)
 
     def on_event(action: str, ae_title: str, study_uid: str | None = None, patient_id: str | None = None,
                  address: str | None = None, detail: str = "") -> None:

@@ -13,6 +13,11 @@
 ``DELINEO_MAX_UNZIPPED_MB``    total uncompressed size allowed in a zip (default 4096)
 ``DELINEO_MAX_ZIP_RATIO``      compression ratio above which a zip is refused as a bomb (default 200)
 ``DELINEO_MAX_FILES``          files allowed in one upload or zip (default 5000)
+``DELINEO_MAX_VOXELS``         voxels allowed in an uploaded NIfTI, read from its header before any
+                               data (default 268435456 = 512 x 512 x 1024); more gets 413
+``DELINEO_MAX_NIFTI_MB``       uncompressed size allowed for an uploaded NIfTI (declared in its header
+                               and counted while decompressing, so ``.nii.gz`` bombs are refused;
+                               default 2048); more gets 413
 ``DELINEO_UPLOAD_IDLE_S``      an upload that sends nothing for this long is dropped (default 60)
 ``DELINEO_SESSION_IDLE_MIN``   a browser session unused for this long expires (default 720)
 ``DELINEO_ADMIN_PASSWORD``     password of the first ``admin`` (default: random, printed once)
@@ -23,11 +28,20 @@
                                series) older than this many days, each deletion in the access log;
                                0 or unset: keep everything (default)
 ``DELINEO_RETENTION_INTERVAL_S`` how often the server looks for expired studies (default 3600)
-``DELINEO_LOGIN_MAX_FAILURES`` failed sign-ins for one user name before further attempts for it are
-                               refused with 429 (default 5)
-``DELINEO_LOGIN_MAX_FAILURES_PER_ADDRESS`` the same for one client address, any user (default 20)
+``DELINEO_LOGIN_MAX_FAILURES`` failed sign-ins for one user name from one client address before
+                               further attempts for that name from that address are refused with 429
+                               (default 5); the same name from another address is not refused
+``DELINEO_LOGIN_MAX_FAILURES_PER_ADDRESS`` failed sign-ins from one client address, any user names,
+                               before every sign-in from that address is refused (default 20)
 ``DELINEO_LOGIN_LOCKOUT_S``    the window the failures are counted in, and how long the refusal
                                lasts after the last of them (default 300)
+``DELINEO_TOKEN_DAYS``         an API token expires this many days after it is made, unless its maker
+                               asks for fewer (default 90)
+``DELINEO_TOKEN_MAX_DAYS``     the longest life a token may be given (default 365)
+``DELINEO_ALLOWED_ORIGINS``    origins (``https://host[:port]``, comma-separated) besides the server's
+                               own whose pages may send state-changing requests with the session
+                               cookie: the public address when a reverse proxy does not pass the
+                               ``Host`` header on (default: none)
 """
 
 from __future__ import annotations
@@ -47,6 +61,19 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"{name}={raw!r} is not a number") from exc
 
 
+def _origin(text: str) -> str:
+    """``scheme://host[:port]`` as browsers send it in ``Origin`` (lower case, no path, no slash)."""
+    from urllib.parse import urlsplit
+
+    from delineo.service.csrf import normalize_origin
+
+    raw = text.strip().rstrip("/")
+    origin = normalize_origin(raw)
+    if origin is None or urlsplit(raw).path or urlsplit(raw).query or "@" in raw:
+        raise ValueError(f"DELINEO_ALLOWED_ORIGINS: {text.strip()!r} is not an origin like https://contour.example.org[:port]")
+    return origin
+
+
 @dataclass
 class Settings:
     home: Path = field(default_factory=lambda: Path("var"))
@@ -59,6 +86,8 @@ class Settings:
     max_unzipped_mb: float = 4096.0
     max_zip_ratio: float = 200.0
     max_files: int = 5000
+    max_voxels: int = 268_435_456
+    max_nifti_mb: float = 2048.0
     upload_idle_s: float = 60.0
     session_idle_min: float = 720.0
     admin_password: str | None = None
@@ -69,6 +98,9 @@ class Settings:
     login_max_failures: int = 5
     login_max_failures_per_address: int = 20
     login_lockout_s: float = 300.0
+    token_default_days: float = 90.0
+    token_max_days: float = 365.0
+    allowed_origins: tuple[str, ...] = ()
     #: run the embedded queue's consumer threads inside the app (False: tests that drive jobs by hand)
     start_consumer: bool = True
 
@@ -83,6 +115,12 @@ class Settings:
                              f"(DELINEO_JOB_HEARTBEAT_S {self.job_heartbeat_s}), or live jobs would be taken away")
         if self.retention_days < 0:
             raise ValueError(f"DELINEO_RETENTION_DAYS must be 0 (off) or a number of days, got {self.retention_days}")
+        if not 0 < self.token_default_days <= self.token_max_days:
+            raise ValueError(f"DELINEO_TOKEN_DAYS ({self.token_default_days}) must be more than 0 and at most "
+                             f"DELINEO_TOKEN_MAX_DAYS ({self.token_max_days})")
+        if isinstance(self.allowed_origins, str):
+            self.allowed_origins = tuple(self.allowed_origins.split(","))
+        self.allowed_origins = tuple(_origin(o) for o in self.allowed_origins if o.strip())
 
     @property
     def embedded_queue(self) -> bool:
@@ -95,6 +133,10 @@ class Settings:
     @property
     def max_unzipped_bytes(self) -> int:
         return int(self.max_unzipped_mb * 1024 * 1024)
+
+    @property
+    def max_nifti_bytes(self) -> int:
+        return int(self.max_nifti_mb * 1024 * 1024)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -110,6 +152,8 @@ class Settings:
             max_unzipped_mb=_float("DELINEO_MAX_UNZIPPED_MB", 4096.0),
             max_zip_ratio=_float("DELINEO_MAX_ZIP_RATIO", 200.0),
             max_files=int(_float("DELINEO_MAX_FILES", 5000)),
+            max_voxels=int(_float("DELINEO_MAX_VOXELS", 268_435_456)),
+            max_nifti_mb=_float("DELINEO_MAX_NIFTI_MB", 2048.0),
             upload_idle_s=_float("DELINEO_UPLOAD_IDLE_S", 60.0),
             session_idle_min=_float("DELINEO_SESSION_IDLE_MIN", 720.0),
             admin_password=env.get("DELINEO_ADMIN_PASSWORD") or None,
@@ -120,6 +164,9 @@ class Settings:
             login_max_failures=int(_float("DELINEO_LOGIN_MAX_FAILURES", 5)),
             login_max_failures_per_address=int(_float("DELINEO_LOGIN_MAX_FAILURES_PER_ADDRESS", 20)),
             login_lockout_s=_float("DELINEO_LOGIN_LOCKOUT_S", 300.0),
+            token_default_days=_float("DELINEO_TOKEN_DAYS", 90.0),
+            token_max_days=_float("DELINEO_TOKEN_MAX_DAYS", 365.0),
+            allowed_origins=tuple(env.get("DELINEO_ALLOWED_ORIGINS", "").split(",")),
         )
         values.update(overrides)
         return cls(**values)

@@ -40,7 +40,9 @@ class User(Base):
 
 class ApiToken(Base):
     """A browser session (``kind='session'``, cookie) or an API token (``kind='api'``, Bearer).
-    Only the SHA-256 of the random token is stored."""
+    Only the SHA-256 of the random token is stored. An API token has a ``scope`` (``read``,
+    ``contour`` or ``admin``: :data:`delineo.service.security.SCOPES`) and expires at
+    ``expires_at``; a session has its account's full power and expires when idle."""
 
     __tablename__ = "api_tokens"
 
@@ -51,6 +53,8 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    scope: Mapped[str] = mapped_column(String(16), default="contour")
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     user: Mapped[User] = relationship(back_populates="tokens")
 

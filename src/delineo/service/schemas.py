@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime as _datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -41,6 +41,11 @@ class PasswordIn(BaseModel):
 
 class TokenIn(BaseModel):
     name: str = ""
+    scope: Literal["read", "contour", "admin"] = Field(
+        "contour", description="read: GET only; contour: upload, contour, edit, send, delete your studies; "
+                               "admin: also the administrator's routes (administrators only)")
+    days: float | None = Field(None, description="expires after this many days (default DELINEO_TOKEN_DAYS, "
+                                                 "at most DELINEO_TOKEN_MAX_DAYS)")
 
 
 class TokenOut(BaseModel):
@@ -48,11 +53,16 @@ class TokenOut(BaseModel):
     name: str
     token: str | None = Field(None, description="the token itself, shown only when created")
     created_at: datetime
+    scope: str = Field("contour", description="read | contour | admin")
+    expires_at: datetime | None = None
 
 
 class JobIn(BaseModel):
     model: str | None = Field(None, description="model name (GET /api/models); default: the first that fits the study")
-    structures: list[str] | None = Field(None, description="subset of the model's structures (default: all)")
+    structures: list[str] | None = Field(None, description="subset of the model's structures (default: all); a subset of the "
+                                        "current version's model adds to it, keeping the other structures with their corrections and reviews")
+    confirm_replace: bool = Field(False, description="replace structures of the current version that were corrected or reviewed "
+                                  "(without it such a job is refused with 409 naming them; the earlier version is kept either way)")
 
 
 class JobOut(BaseModel):
@@ -132,7 +142,7 @@ class DestinationIn(BaseModel):
 
 class DestinationOut(BaseModel):
     name: str
-    target: str = Field(description="AE@HOST:PORT")
+    target: str = Field(description="AE@HOST:PORT for administrators; other users see the AE title only")
     source: str = Field(description="env (DELINEO_SEND_DESTINATIONS) | admin (set in the page)")
 
 
@@ -147,7 +157,7 @@ class SendOut(BaseModel):
     job: str
     version: int
     destination: str
-    target: str
+    target: str = Field(description="AE@HOST:PORT for administrators; other users see the AE title only")
     files: list[str]
     user: str
     state: str = Field(description="queued | sending | retrying | sent | failed")
@@ -155,3 +165,20 @@ class SendOut(BaseModel):
     error: str | None
     created_at: str
     finished_at: str | None
+
+
+class VersionOut(BaseModel):
+    """A finished job's result, kept as a version of the study's contours."""
+
+    job: str
+    model: str
+    requested: list[str] | None = Field(None, description="the structures the job was asked for (null: all)")
+    structures: list[str] = Field(description="the structures of this version (a subset job's result includes the version it added to)")
+    created_at: datetime
+    finished_at: datetime | None
+    current: bool = Field(description="the version the viewer and the downloads show")
+    based_on: str | None = Field(None, description="the job whose version a subset job added to")
+    approved: int
+    needs_work: int
+    edited: int
+    edit_version: int

@@ -2,7 +2,9 @@
 
 Tokens are 32 random bytes (URL-safe base64) handed to the client once; only their SHA-256 is
 stored, so a database leak does not leak usable tokens. A session cookie is a token of kind
-``session`` that expires after ``DELINEO_SESSION_IDLE_MIN`` minutes without use.
+``session`` that expires after ``DELINEO_SESSION_IDLE_MIN`` minutes without use. An API token
+expires at its ``expires_at`` (``DELINEO_TOKEN_DAYS`` by default, at most ``DELINEO_TOKEN_MAX_DAYS``)
+and carries a scope (:data:`SCOPES`), enforced by :mod:`delineo.service.routes.deps`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from delineo.service.models import ApiToken, User, utcnow
 SESSION_COOKIE = "delineo_session"
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_PASSWORD = 8
+#: what an API token may do: ``read`` (GET only), ``contour`` (everything a user does with their
+#: own studies: upload, contour, edit, send, delete), ``admin`` (also the administrator's routes;
+#: administrators' tokens only). Sessions have their account's full power.
+SCOPES = ("read", "contour", "admin")
 
 _hasher = PasswordHasher()
 
@@ -57,26 +63,49 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_token(db: Session, user: User, kind: str = "api", name: str = "") -> tuple[str, ApiToken]:
+def _aware(d: datetime) -> datetime:
+    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
+def issue_token(db: Session, user: User, kind: str = "api", name: str = "", scope: str | None = None,
+                expires_at: datetime | None = None) -> tuple[str, ApiToken]:
     token = secrets.token_urlsafe(32)
-    row = ApiToken(user_id=user.id, token_hash=token_hash(token), kind=kind, name=name[:128])
+    scope = scope or ("admin" if user.is_admin else "contour")
+    row = ApiToken(user_id=user.id, token_hash=token_hash(token), kind=kind, name=name[:128], scope=scope, expires_at=expires_at)
     db.add(row)
     db.flush()
     return token, row
 
 
-def user_for_token(db: Session, token: str, kind: str | None, session_idle_min: float) -> User | None:
+class TokenExpired(Exception):
+    """An API token past its ``expires_at`` (the message says when it expired)."""
+
+
+def token_row(db: Session, token: str, kind: str | None, session_idle_min: float) -> ApiToken | None:
+    """The live session or API token row for ``token`` (None when unknown, of another kind, or a
+    session idle too long); raises :class:`TokenExpired` for an API token past its expiry."""
     row = db.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash(token)))
     if row is None or (kind is not None and row.kind != kind):
         return None
     now = utcnow()
-    last = row.last_used_at if row.last_used_at.tzinfo else row.last_used_at.replace(tzinfo=timezone.utc)
+    last = _aware(row.last_used_at)
     if row.kind == "session" and now - last > timedelta(minutes=session_idle_min):
         db.delete(row)
         return None
+    if row.expires_at is not None and now >= _aware(row.expires_at):
+        raise TokenExpired(f"this API token ({row.name or 'no name'}) expired on {_aware(row.expires_at):%Y-%m-%d %H:%M} UTC: "
+                           f"sign in and create a new one")
     if now - last > timedelta(seconds=60):  # do not write on every request
         row.last_used_at = now
-    return row.user
+    return row
+
+
+def user_for_token(db: Session, token: str, kind: str | None, session_idle_min: float) -> User | None:
+    try:
+        row = token_row(db, token, kind, session_idle_min)
+    except TokenExpired:
+        return None
+    return row.user if row is not None else None
 
 
 def revoke_token(db: Session, token: str) -> None:

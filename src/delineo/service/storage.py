@@ -135,6 +135,12 @@ class Storage:
         ext = ".nii.gz" if name.lower().endswith(".nii.gz") else ".nii"
         if ext == ".nii.gz" and not _is_gzip(path):
             raise UploadRejected(f"{name}: not a NIfTI image (a .nii.gz file must be gzip-compressed)", 422)
+        from delineo.service.nifti_limits import NiftiRefused, check_nifti_file
+
+        try:  # the header's voxel count and size, then the decompressed size: before nibabel reads the data
+            check_nifti_file(path, max_voxels=self.settings.max_voxels, max_bytes=self.settings.max_nifti_bytes)
+        except NiftiRefused as exc:
+            raise UploadRejected(f"{name}: {exc.message}", exc.status) from None
         staged = path.with_name("ct" + ext)
         path.replace(staged)
         try:

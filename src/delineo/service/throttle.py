@@ -1,11 +1,13 @@
-"""Sign-in throttling: after ``DELINEO_LOGIN_MAX_FAILURES`` failed sign-ins for one user name (or
-``DELINEO_LOGIN_MAX_FAILURES_PER_ADDRESS`` from one client address, any user name) within
-``DELINEO_LOGIN_LOCKOUT_S`` seconds, further attempts are refused (HTTP 429, ``Retry-After``)
-without checking the password, until the oldest of those failures is that old.
+"""Sign-in throttling: after ``DELINEO_LOGIN_MAX_FAILURES`` failed sign-ins for one user name from
+one client address (or ``DELINEO_LOGIN_MAX_FAILURES_PER_ADDRESS`` from one client address, any
+user name) within ``DELINEO_LOGIN_LOCKOUT_S`` seconds, further attempts for that name from that
+address (or from that address at all) are refused (HTTP 429, ``Retry-After``) without checking the
+password, until the oldest of those failures is that old. The same account from another address
+is not refused: a stranger guessing an account's password does not lock its owner out (issue 36).
 
 Failures are rows in the database (``login_failures``), so the count holds across several server
 processes and restarts. An attempt counts for its user name from before its password is checked,
-so attempts sent in parallel cannot get past the limit; for the address only confirmed failures
+so attempts sent in parallel cannot get past the limit (for that name from that address); for the address only confirmed failures
 count (many users behind one proxy sign in at the same time). Refused attempts are not counted (a refusal costs no password check), so
 the lock ends on time; failures and the first refusal of each lock go to the access log.
 """
@@ -42,14 +44,15 @@ def retry_after(db: Session, settings: Settings, username: str, address: str,
     now = utcnow()
     window = timedelta(seconds=settings.login_lockout_s)
     wait, latest = 0.0, None
-    for column, value, limit in ((LoginFailure.username, _key(username), settings.login_max_failures),
-                                 (LoginFailure.address, address[:64], settings.login_max_failures_per_address)):
+    same_address = LoginFailure.address == address[:64]
+    for where, limit, per_address in (((LoginFailure.username == _key(username), same_address), settings.login_max_failures, False),
+                                      ((same_address,), settings.login_max_failures_per_address, True)):
         if limit <= 0:
             continue
-        q = select(LoginFailure.at).where(column == value, LoginFailure.at >= now - window)
+        q = select(LoginFailure.at).where(*where, LoginFailure.at >= now - window)
         if before_id is not None:
             q = q.where(LoginFailure.id < before_id)
-        if column is LoginFailure.address:  # many users behind one address sign in at once: count only real failures
+        if per_address:  # many users behind one address sign in at once: count only real failures
             q = q.where(LoginFailure.confirmed.is_(True))
         times = [_aware(t) for t in db.scalars(q.order_by(LoginFailure.at.desc()).limit(limit))]
         if len(times) >= limit:
@@ -94,6 +97,7 @@ def failed(database: Database, settings: Settings, attempt: int, username: str, 
     log.warning("failed sign-in for %r from %s", username[:64], address)
 
 
-def succeeded(db: Session, username: str) -> None:
-    """A correct password clears the user name's failures, this attempt's too (not the address's)."""
-    db.execute(delete(LoginFailure).where(LoginFailure.username == _key(username)))
+def succeeded(db: Session, username: str, address: str) -> None:
+    """A correct password clears the user name's failures from this address, this attempt's too
+    (not those from other addresses: the owner signing in does not lift a stranger's lock)."""
+    db.execute(delete(LoginFailure).where(LoginFailure.username == _key(username), LoginFailure.address == address[:64]))

@@ -62,9 +62,21 @@ def _iso(dt: datetime) -> str:
     return _utc(dt).isoformat(timespec="seconds")
 
 
+#: what makes a spreadsheet read a cell as a formula (OWASP, CSV injection), also in full width
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def csv_cell(value: object) -> str:
+    """A cell of the CSV export that a spreadsheet shows as text: one starting with = + - @, tab
+    or carriage return (a DICOM peer's AE title, a user name tried at sign-in) gets a leading ``'``
+    (OWASP's rule); the writer quotes every cell."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 Since = Query(None, description="only events at or after this time (ISO 8601)")
 Until = Query(None, description="only events before this time (ISO 8601)")
-Action = Query(None, description="only this action (upload, view, download, contour, delete, retention-delete, receive, forward, refuse, login-failed, login-refused)")
+Action = Query(None, description="only this action (upload, view, download, contour, delete, retention-delete, receive, forward, refuse, login-failed, login-refused, login, password-change, token-create, user-create, sessions-revoke, destination-set, destination-delete)")
 Actor = Query(None, description="only this user name or AE title")
 StudyQ = Query(None, description="only this study (id, or Study Instance UID for the DICOM node)")
 
@@ -84,10 +96,11 @@ def events_csv(since: datetime | None = Since, until: datetime | None = Until, a
                _: User = Depends(admin_user), db: Session = Depends(get_db, scope="function")) -> Response:
     """The access log as CSV (every matching event, newest first; administrators only)."""
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, quoting=csv.QUOTE_ALL)
     w.writerow(COLUMNS)
     for e in _events(db, since, until, action, actor, study, None):
-        w.writerow([_iso(e.at), e.actor_kind, e.actor, e.action, e.study_id or "", e.patient or "", e.address or "", e.detail])
+        w.writerow([csv_cell(v) for v in (_iso(e.at), e.actor_kind, e.actor, e.action, e.study_id or "", e.patient or "",
+                                          e.address or "", e.detail)])
     return Response(buf.getvalue(), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="delineo-access-log.csv"', "Cache-Control": "no-store"})
 

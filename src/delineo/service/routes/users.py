@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from delineo.service import audit
 from delineo.service.models import User
 from delineo.service.routes.auth import user_out
 from delineo.service.routes.deps import admin_user, bearer_token, get_db
@@ -21,7 +22,7 @@ def list_users(_: User = Depends(admin_user), db: Session = Depends(get_db, scop
 
 
 @router.post("", response_model=UserOut, status_code=201)
-def create_user(body: UserIn, _: User = Depends(admin_user), db: Session = Depends(get_db, scope="function")) -> UserOut:
+def create_user(body: UserIn, request: Request, admin: User = Depends(admin_user), db: Session = Depends(get_db, scope="function")) -> UserOut:
     problem = check_new_user(body.username, body.password)
     if problem:
         raise HTTPException(422, problem)
@@ -30,6 +31,8 @@ def create_user(body: UserIn, _: User = Depends(admin_user), db: Session = Depen
     user = User(username=body.username, password_hash=hash_password(body.password), is_admin=body.is_admin)
     db.add(user)
     db.flush()
+    audit.record(db, "user-create", actor=admin.username, address=audit.client_address(request),
+                 detail=f"created user {user.username}" + (" (administrator)" if user.is_admin else ""))
     return user_out(user)
 
 
@@ -54,4 +57,7 @@ def revoke_sessions(user_id: int, request: Request, admin: User = Depends(admin_
     if user is None:
         raise HTTPException(404, "no such user")
     keep = (bearer_token(request) or request.cookies.get(SESSION_COOKIE)) if user.id == admin.id else None
-    return {"revoked": revoke_user_tokens(db, user.id, keep=keep)}
+    revoked = revoke_user_tokens(db, user.id, keep=keep)
+    audit.record(db, "sessions-revoke", actor=admin.username, address=audit.client_address(request),
+                 detail=f"signed {user.username} out everywhere: {revoked} session(s) and token(s) revoked")
+    return {"revoked": revoked}
