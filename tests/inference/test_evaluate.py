@@ -163,3 +163,32 @@ def test_saved_predictions_on_another_grid_name_the_file(tmp_path, shared_case_d
         evaluate(None, ds.root, None, predictions=root)
     with pytest.raises(InputError, match="no <case>/segmentations"):
         evaluate(None, ds.root, None, predictions=tmp_path / "other-tool" / ds.cases[1])
+
+
+def test_unions_and_surface_dice_at_one_voxel(tmp_path, shared_case_dataset, predictor):
+    """Ball + Box scored together ("both"): the predicted union (Ball | not Ball = everything) against
+    the reference union, over the cases where either is contoured; surface Dice at one voxel (3 mm,
+    the largest voxel dimension) reported beside the fixed tolerance, computed by hand here."""
+    from delineo.metrics.segmentation import surface_dice
+
+    ds = shared_case_dataset
+    report = evaluate("ballnet", ds.root, None, predictor=predictor, unions={"both": ["Ball", "Box"]}, progress=False)
+    assert set(report["structures"]) == {"Ball", "Box"}  # the union is not one of the model's structures
+    both = report["unions"]["both"]
+    assert both["members"] == ["Ball", "Box"] and both["n"] == 4
+    ref = {c: ds.masks[c]["Ball"] | (ds.masks[c]["Box"] if c != "case03" else False) for c in ds.cases}  # case03: no Box file
+    expected = [dice(np.ones_like(ref[c], bool), ref[c]) for c in ds.cases]
+    assert both["dice"] == pytest.approx(np.mean(expected), abs=1e-5)
+    box_voxel = [surface_dice(~ds.masks[c]["Ball"], ds.masks[c]["Box"], (2.0, 2.0, 3.0), 3.0) for c in ds.cases if c != "case03"]
+    assert report["structures"]["Box"]["surface_dice_voxel"] == pytest.approx(np.mean(box_voxel), abs=1e-5)
+    assert report["structures"]["Ball"]["surface_dice_voxel"] == 1.0
+    with pytest.raises(InputError, match="Lung"):
+        evaluate("ballnet", ds.root, None, predictor=predictor, unions={"x": ["Ball", "Lung"]}, progress=False)
+
+
+def test_ptv_dose_levels_are_unioned_by_default(shared_case_dataset):
+    meta = {"name": "ballnet", "structures": ["Ball", "Box"], "roi_types": {"Ball": "PTV", "Box": "PTV"},
+            "preprocess": {"intensity": {"kind": "window", "low": 150, "high": 300}}}
+    p = Predictor(ModelBundle(None, meta, BallNet()), "cpu")
+    report = evaluate("ballnet", shared_case_dataset.root, None, predictor=p, progress=False)
+    assert report["unions"]["any PTV"]["members"] == ["Ball", "Box"]

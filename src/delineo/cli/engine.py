@@ -80,11 +80,10 @@ def evaluate(
         if not selected:
             raise InputError(resolve_model(model) / "model.json", "records no validation cases (trained with a separate val folder?)")
     report = run_evaluate(model, data, out, device=device, cases=selected, tolerance_mm=tolerance_mm, bf16=bf16, predictions=predictions)
-    typer.echo(f"{'structure':<14}{'dice':>8}{'hd95 mm':>10}{'n':>5}")
-    for name, m in report["structures"].items():
-        hd = "-" if m["hd95_mm"] is None else f"{m['hd95_mm']:.2f}"
-        dice = "-" if m["dice"] is None else f"{m['dice']:.4f}"
-        typer.echo(f"{name:<14}{dice:>8}{hd:>10}{m['n']:>5}")
+    typer.echo(f"{'structure':<14}{'dice':>8}{'surf. 1 vox':>12}{'hd95 mm':>10}{'n':>5}")
+    for name, m in [*report["structures"].items(), *report.get("unions", {}).items()]:
+        cells = ["-" if m.get(k) is None else f"{m[k]:{f}}" for k, f in (("dice", ".4f"), ("surface_dice_voxel", ".4f"), ("hd95_mm", ".2f"))]
+        typer.echo(f"{name:<14}{cells[0]:>8}{cells[1]:>12}{cells[2]:>10}{m['n']:>5}")
     typer.echo(f"mean Dice {report['mean_dice']:.4f}; {report['seconds_per_case']:.2f} s/case; report: {out}")
     if model_card:
         from delineo.machine import hardware_description, resolve_device  # lazy: imports torch, keeps `delineo --help` fast
@@ -99,6 +98,7 @@ def evaluate(
                 "hardware": hardware_description(resolve_device(device)),
                 "mean_dice": report["mean_dice"],
                 "structures": report["structures"],
+                "unions": report.get("unions", {}),
                 "seconds_per_case": round(report["seconds_per_case"], 3),
                 "precision": report["precision"],
             },
@@ -168,9 +168,9 @@ def contour(
     no_store: bool = typer.Option(False, "--no-store", help="--dicomweb: keep the results in OUT only, do not store them back."),
     dicomweb_user: Optional[str] = typer.Option(None, "--dicomweb-user", help="--dicomweb: user name (HTTP basic; password from --dicomweb-password)."),
     dicomweb_password: Optional[str] = typer.Option(None, "--dicomweb-password", envvar="DELINEO_DICOMWEB_PASSWORD", show_envvar=True,
-                                                    help="--dicomweb: password (better in the environment than on the command line)."),
+                                                    help="--dicomweb: password; better in the environment, DELINEO_DICOMWEB_PASSWORD, than on the command line."),
     dicomweb_token: Optional[str] = typer.Option(None, "--dicomweb-token", envvar="DELINEO_DICOMWEB_TOKEN", show_envvar=True,
-                                                 help="--dicomweb: bearer token (Authorization: Bearer)."),
+                                                 help="--dicomweb: bearer token (Authorization: Bearer); or in DELINEO_DICOMWEB_TOKEN."),
     dicomweb_cert: Optional[Path] = typer.Option(None, "--dicomweb-cert", help="--dicomweb: client TLS certificate (PEM; may hold the key)."),
     dicomweb_key: Optional[Path] = typer.Option(None, "--dicomweb-key", help="--dicomweb: the client certificate's private key (PEM)."),
     dicomweb_ca: Optional[Path] = typer.Option(None, "--dicomweb-ca", help="--dicomweb: CA bundle (PEM) that signed the server's certificate."),

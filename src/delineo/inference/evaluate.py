@@ -79,6 +79,7 @@ def evaluate(
     bf16: bool | None = None,
     progress: bool = True,
     predictions: str | Path | None = None,
+    unions: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Contour every case of ``data`` with ``model`` and compare with its reference masks.
 
@@ -96,6 +97,11 @@ def evaluate(
     structure has ``quality`` and ``review`` beside ``dice``, and ``report["quality"]`` says how well
     the estimate follows Dice (Spearman, mean absolute error, AUROC for Dice < 0.7), per structure
     and overall; cases the estimator was fitted on are estimated out-of-fold.
+    ``unions``: structures also scored together, e.g. ``{"any PTV": ["PTV70", "PTV63", "PTV56"]}``
+    (predicted union against reference union, over the cases where any of them is contoured); by
+    default the model's structures of ROI type PTV when it has two or more (dose levels: whether a
+    region gets 70 or 63 Gy is a prescription the CT does not show). Every structure and union also
+    gets ``surface_dice_voxel``, the surface Dice at one voxel's tolerance.
     Writes ``out`` (JSON) and a box plot ``<out stem>_dice.png`` beside it when ``out`` is given.
     """
     if predictions is not None:
@@ -107,8 +113,12 @@ def evaluate(
     if not wanted:
         raise InputError(data, f"no structure of model {predictor.bundle.name} ({', '.join(predictor.structures)}) is in this dataset ({', '.join(dataset.structures)})")
     dataset = open_dataset(data, wanted, cases, pixel_spacing_mm=spacing)
+    unions = default_unions(predictor, wanted) if unions is None else unions
+    unknown = sorted({n for members in unions.values() for n in members} - set(wanted))
+    if unknown:
+        raise InputError(data, f"unions name structures not scored here: {', '.join(unknown)}")
     per_case: list[dict[str, Any]] = []
-    collected: dict[str, dict[str, list[float]]] = {s: {} for s in wanted}
+    collected: dict[str, dict[str, list[float]]] = {s: {} for s in [*wanted, *unions]}
     quality_rows: list[dict[str, Any]] = []
     seconds = 0.0
     steps = Steps(len(dataset), "evaluate", unit="case") if progress else None
@@ -122,7 +132,7 @@ def evaluate(
         for c, name in enumerate(wanted):
             if not sample["present"][c]:
                 continue
-            m = structure_metrics(masks[name], sample["label"][c], sample["spacing_mm"], tolerance_mm)
+            m = structure_metrics(masks[name], sample["label"][c], sample["spacing_mm"], tolerance_mm, voxel_tolerance=True)
             row[name] = {k: _json_number(v) for k, v in m.items()}
             if "quality" in quality.get(name, {}):
                 row[name]["quality"] = quality[name]["quality"]
@@ -130,13 +140,23 @@ def evaluate(
                 quality_rows.append({"structure": name, "quality": quality[name]["quality"], "dice": m["dice"]})
             for k, v in m.items():
                 collected[name].setdefault(k, []).append(v)
+        for uname, members in unions.items():
+            ks = [wanted.index(n) for n in members]
+            if not any(sample["present"][k] for k in ks):
+                continue
+            ref = np.logical_or.reduce([np.asarray(sample["label"][k], bool) for k in ks])
+            pred = np.logical_or.reduce([np.asarray(masks[n], bool) for n in members])
+            m = structure_metrics(pred, ref, sample["spacing_mm"], tolerance_mm, voxel_tolerance=True)
+            row[uname] = {k: _json_number(v) for k, v in m.items()}
+            for k, v in m.items():
+                collected[uname].setdefault(k, []).append(v)
         per_case.append(row)
         if steps is not None:
             steps.step(str(sample["case"]))
     if steps is not None:
         steps.close()
     structures: dict[str, Any] = {}
-    for name in wanted:
+    for name in [*wanted, *unions]:  # the unions go to report["unions"] below
         vals = collected[name]
         n = len(vals.get("dice", []))
         structures[name] = {
@@ -144,11 +164,13 @@ def evaluate(
             "hd95_mm": _finite_mean(vals.get("hd95_mm", [])),
             "asd_mm": _finite_mean(vals.get("asd_mm", [])),
             f"surface_dice_{tolerance_mm:g}mm": _finite_mean(vals.get("surface_dice", [])),
+            "surface_dice_voxel": _finite_mean(vals.get("surface_dice_voxel", [])),
             "volume_diff_cc": _finite_mean(vals.get("volume_diff_cc", [])),
             "dice_median": float(np.median(vals["dice"])) if n else None,
             "n": n,
             "n_distance_undefined": int(sum(1 for v in vals.get("hd95_mm", []) if not math.isfinite(v))),
         }
+    scored_unions = {u: {"members": unions[u], **structures.pop(u)} for u in unions}
     dices = [v["dice"] for v in structures.values() if v["dice"] is not None]
     report = {
         "model": str(predictor.bundle.path or predictor.bundle.name),
@@ -160,6 +182,8 @@ def evaluate(
         "seconds_per_case": seconds / max(1, len(dataset)),
         "precision": getattr(predictor, "precision", None) or ("bf16" if predictor.amp else "fp32"),
         "tolerance_mm": tolerance_mm,
+        "unions": scored_unions,
+        "note": "surface_dice_voxel: tolerance = the case's largest voxel dimension; unions: predicted union against reference union",
     }
     if predictor.quality is not None:
         fitted_on = set(predictor.quality.calibrator.cases)
@@ -176,6 +200,13 @@ def evaluate(
         out.write_text(json.dumps(report, indent=2) + "\n")
         dice_boxplot(report, out.with_name(out.stem + "_dice.png"))
     return report
+
+
+def default_unions(predictor, wanted: list[str]) -> dict[str, list[str]]:
+    """``{"any PTV": [...]}`` when two or more of ``wanted`` are PTVs by the model's ROI types."""
+    meta = getattr(getattr(predictor, "bundle", None), "meta", None) or {}
+    ptvs = [n for n in wanted if str((meta.get("roi_types") or {}).get(n, "")).upper() == "PTV"]
+    return {"any PTV": ptvs} if len(ptvs) >= 2 else {}
 
 
 def dice_boxplot(report: dict[str, Any], path: Path) -> Path:

@@ -126,12 +126,16 @@ def volume_cc(mask: np.ndarray, spacing_mm: Sequence[float]) -> float:
     return float(np.count_nonzero(mask)) * float(np.prod(spacing_mm)) / (1000.0 if len(spacing_mm) == 3 else 100.0)
 
 
-def structure_metrics(pred, ref, spacing_mm: Sequence[float], tolerance_mm: float = 2.0) -> dict[str, float]:
-    """All metrics for one structure: dice, hd95_mm, asd_mm, surface_dice, volume difference."""
+def structure_metrics(
+    pred, ref, spacing_mm: Sequence[float], tolerance_mm: float = 2.0, voxel_tolerance: bool = False,
+) -> dict[str, float]:
+    """All metrics for one structure: dice, hd95_mm, asd_mm, surface_dice (at ``tolerance_mm``),
+    volume difference; with ``voxel_tolerance`` also ``surface_dice_voxel``, the surface Dice at a
+    tolerance of one voxel (the largest voxel dimension, ``max(spacing_mm)``: ~4 mm on OpenKBP)."""
     pred = np.asarray(pred).astype(bool)
     ref = np.asarray(ref).astype(bool)
     v_pred, v_ref = volume_cc(pred, spacing_mm), volume_cc(ref, spacing_mm)
-    return {
+    out = {
         "dice": dice(pred, ref),
         "hd95_mm": hd95(pred, ref, spacing_mm),
         "asd_mm": average_surface_distance(pred, ref, spacing_mm),
@@ -140,6 +144,9 @@ def structure_metrics(pred, ref, spacing_mm: Sequence[float], tolerance_mm: floa
         "volume_ref_cc": v_ref,
         "volume_diff_cc": v_pred - v_ref,
     }
+    if voxel_tolerance:
+        out["surface_dice_voxel"] = surface_dice(pred, ref, spacing_mm, float(max(spacing_mm)))
+    return out
 
 
 AGREEMENT_MEASURES = ("dice", "soft_dice", "surface")

@@ -1,0 +1,77 @@
+"""The race before the hn-ct campaign (issue 39, item 3): candidate networks at equal CPU budget.
+
+Reads the learning curves that the runs write (validation Dice on the model grid against the run's
+CPU hours, every 5 epochs): candidate A is the campaign itself (its first ``--budget`` CPU-hours
+have exactly the race's settings: same seed, data, warm-up and constant learning rate), the others
+are the steps of ``configs/hn-campaign-race.yaml`` (``delineo ablation ... --out
+benchmarks/results/hn-race``). Writes ``race.json`` and ``race.md`` beside them.
+
+    python benchmarks/campaign_race.py [--budget 1.5]
+
+Per candidate: CPU-hours reached, the mean validation Dice at the last point within the budget,
+Dice gained per CPU-hour, the slope over the last third of the budget (least squares, Dice per
+CPU-hour) and the CPU model(s) it ran on. A candidate that has not reached the budget is marked so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CANDIDATES = {
+    "A: Res-UNet + SE, batch Dice + BCE (the campaign)": ROOT / "benchmarks/results/hn-campaign/learning_curve.json",
+    "B: A + deep supervision": ROOT / "benchmarks/results/hn-race/runs/01-deep-supervision/learning_curve.json",
+    "C: plain U-Net, batch Dice + BCE (today's hn-ct network)": ROOT / "benchmarks/results/hn-race/runs/02-plain-u-net/learning_curve.json",
+}
+
+
+def summarise(curve: dict, budget: float) -> dict:
+    pts = [p for p in curve["points"] if p["cpu_hours"] <= budget * 1.02 and p["mean_dice"] is not None]
+    if not pts:
+        return {"reached_cpu_hours": 0.0, "points": 0}
+    h = np.array([p["cpu_hours"] for p in pts])
+    d = np.array([p["mean_dice"] for p in pts])
+    last = pts[-1]
+    tail = h >= h[-1] - budget / 3
+    slope = float(np.polyfit(h[tail], d[tail], 1)[0]) if tail.sum() >= 2 else None
+    cpus = sorted({s["hardware"] for s in curve.get("segments", []) if s["start_cpu_hours"] <= budget})
+    return {
+        "reached_cpu_hours": round(float(h[-1]), 3), "finished": bool(h[-1] >= budget * 0.98), "points": len(pts),
+        "mean_dice": round(float(d[-1]), 4), "best_mean_dice": round(float(d.max()), 4),
+        "dice_per_cpu_hour": round(float(d[-1] / h[-1]), 4), "slope_last_third": None if slope is None else round(slope, 4),
+        "dice": {k: None if v is None else round(v, 4) for k, v in last["dice"].items()}, "hardware": cpus,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=1.5, help="CPU-hours per candidate")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/hn-race")
+    a = ap.parse_args()
+    rows = {}
+    for name, path in CANDIDATES.items():
+        rows[name] = summarise(json.loads(path.read_text()), a.budget) if path.is_file() else {"reached_cpu_hours": 0.0, "points": 0}
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "race.json").write_text(json.dumps({"budget_cpu_hours": a.budget, "command": "python benchmarks/campaign_race.py",
+                                                 "candidates": rows}, indent=1) + "\n")
+    lines = [f"# The race before the campaign: {a.budget} CPU-hours each, constant learning rate after a 0.25 CPU-hour warm-up", "",
+             "Validation Dice on the model grid (33 OpenKBP validation cases), from each run's learning curve; "
+             "`python benchmarks/campaign_race.py`.", "",
+             "| candidate | CPU-h reached | mean Dice | Dice / CPU-h | slope, last third (Dice / CPU-h) | CPU |", "|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        if not r.get("points"):
+            lines.append(f"| {name} | not run yet | | | | |")
+            continue
+        mark = "" if r["finished"] else " (not finished)"
+        lines.append(f"| {name} | {r['reached_cpu_hours']}{mark} | {r['mean_dice']} | {r['dice_per_cpu_hour']} | "
+                     f"{r['slope_last_third']} | {'; '.join(h.removeprefix('CPU: ') for h in r['hardware'])} |")
+    (a.out / "race.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
