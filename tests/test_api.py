@@ -129,7 +129,7 @@ def test_contour_wrong_dimensionality(tmp_path, model_3d):
         api.contour(png, tmp_path / "o", model=str(model_3d), device="cpu")
 
 
-def test_default_model(tmp_path, monkeypatch, model_3d):
+def test_default_model(tmp_path, monkeypatch, model_3d, shared_case_dataset):
     import shutil
 
     monkeypatch.setenv("DELINEO_MODELS", str(tmp_path))
@@ -137,7 +137,6 @@ def test_default_model(tmp_path, monkeypatch, model_3d):
         api.default_model(3)
     shutil.copytree(model_3d, tmp_path / "hn-ct")
     assert api.default_model(3) == "hn-ct"
-    img = tmp_path / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(np.full((12, 12, 12), -100, np.int16), np.diag([3.0, 3.0, 3.0, 1.0])), str(img))
+    img = shared_case_dataset.ct_path("case00")  # a uniform volume would be refused as not a plausible CT
     summary = api.contour(img, tmp_path / "o", device="cpu", overview=False)
     assert summary["model"] == "tiny-ct"

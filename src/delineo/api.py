@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from delineo.contours.checks import anatomy_checks, flagged_structures
 from delineo.contours.overview import write_overview
@@ -29,6 +30,9 @@ from delineo.metrics.segmentation import volume_cc
 from delineo.models.registry import available_models
 from delineo.training.loop import train
 
+if TYPE_CHECKING:
+    from delineo.dicom.dicomweb import DicomwebAuth
+
 DEFAULT_MODELS = {2: "cxr-jsrt", 3: "hn-ct"}
 log = logging.getLogger("delineo.contour")
 
@@ -36,6 +40,11 @@ __all__ = ["contour", "contour_dicomweb", "contour_image", "default_model", "eva
 
 #: ``progress(stage, fraction)``: called as a contouring run passes its stages (fraction 0..1)
 Progress = Callable[[str, float], None]
+
+
+def _timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    return fn(*args, **kwargs), time.perf_counter() - t0
 
 
 def _report(progress: Progress | None, stage: str, fraction: float) -> None:
@@ -86,9 +95,26 @@ def contour_image(
             log.warning("anatomy check failed for %s: %s", source or "image", check.message)
     _report(progress, "write", 0.7)
     t0 = time.perf_counter()
-    files = {}
-    for name, mask in masks.items():
-        files[name] = str(write_mask(seg_dir / f"{name}.nii.gz", mask, image))
+    # the writers are independent: the DICOM ones and the NIfTI masks run side by side (zlib and
+    # numpy release the GIL), the summary and overview are made meanwhile
+    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="delineo-write")
+    pending: dict[str, Future] = {}
+    if series is not None:
+        _report(progress, "rtstruct", 0.8)
+        roi_types = predictor.bundle.meta.get("roi_types", {})
+        descriptions = {n: "CHECK FAILED: " + "; ".join(m) for n, m in flags.items()}
+        for n, q in quality.items():  # the planning system shows the estimate beside the contour
+            if "quality" in q:
+                descriptions[n] = "; ".join(filter(None, [descriptions.get(n), "delineo " + quality_text(q)]))
+        pending["rtstruct"] = pool.submit(_timed, write_rtstruct, series, masks, out_dir / "rtstruct.dcm", roi_types=roi_types,
+                                          label=predictor.bundle.name, roi_descriptions=descriptions)
+        _report(progress, "seg", 0.9)
+        present = {n: m for n, m in masks.items() if m.any()}
+        if present:  # a SEG needs at least one non-empty segment
+            pending["seg"] = pool.submit(_timed, write_seg, series, present, out_dir / "seg.dcm", roi_types=roi_types,
+                                         model_name=predictor.bundle.name)
+    writes = [pool.submit(write_mask, seg_dir / f"{name}.nii.gz", mask, image) for name, mask in masks.items()]
+    files = {name: str(seg_dir / f"{name}.nii.gz") for name in masks}
     unit = "cc" if image.array.ndim == 3 else "cm2"
     summary = {
         "input": source,
@@ -118,24 +144,17 @@ def contour_image(
     if overview:
         summary["overview"] = [str(p) for p in write_overview(image, masks, out_dir, title=f"{title or Path(source).name} — {predictor.bundle.name}",
                                                               review=review)]
-    predictor.timings["write"] = time.perf_counter() - t0
+    try:
+        for w in writes:
+            w.result()
+        predictor.timings["write"] = time.perf_counter() - t0  # NIfTI masks, summary and overview
+        for key, future in pending.items():  # each writer's own time; they overlap (``outputs``: all of them)
+            path, predictor.timings[key] = future.result()
+            summary[key] = str(path)
+    finally:
+        pool.shutdown(wait=True)
+    predictor.timings["outputs"] = time.perf_counter() - t0
     if series is not None:
-        _report(progress, "rtstruct", 0.8)
-        t1 = time.perf_counter()
-        roi_types = predictor.bundle.meta.get("roi_types", {})
-        descriptions = {n: "CHECK FAILED: " + "; ".join(m) for n, m in flags.items()}
-        for n, q in quality.items():  # the planning system shows the estimate beside the contour
-            if "quality" in q:
-                descriptions[n] = "; ".join(filter(None, [descriptions.get(n), "delineo " + quality_text(q)]))
-        summary["rtstruct"] = str(write_rtstruct(series, masks, out_dir / "rtstruct.dcm", roi_types=roi_types,
-                                                 label=predictor.bundle.name, roi_descriptions=descriptions))
-        predictor.timings["rtstruct"] = time.perf_counter() - t1
-        _report(progress, "seg", 0.9)
-        t1 = time.perf_counter()
-        present = {n: m for n, m in masks.items() if m.any()}
-        if present:  # a SEG needs at least one non-empty segment
-            summary["seg"] = str(write_seg(series, present, out_dir / "seg.dcm", roi_types=roi_types, model_name=predictor.bundle.name))
-            predictor.timings["seg"] = time.perf_counter() - t1
         summary["series_instance_uid"] = series.series_instance_uid
     summary["seconds"] = {k: round(v, 4) for k, v in {**(seconds or {}), **predictor.timings}.items()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -186,7 +205,7 @@ def contour_dicomweb(
     out_dir: str | Path,
     *,
     series_uid: str | None = None,
-    auth: Any = None,
+    auth: "DicomwebAuth | None" = None,
     store: bool = True,
     model: str | None = None,
     device: str = "auto",

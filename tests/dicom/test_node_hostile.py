@@ -11,12 +11,14 @@ import copy
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pynetdicom import AE
@@ -95,6 +97,39 @@ def test_uids_that_name_paths_are_refused_and_nothing_is_written_outside(tmp_pat
             pytest.fail(f"written outside the node's storage: {p}")
         assert not outside.exists() and not Path(f"{outside}.dcm").exists()
         assert [p.name for p in (node_root / "incoming").rglob("*.dcm")] == [f"{ds.SOPInstanceUID}.dcm"]
+
+
+@dcmtk_peers
+def test_an_empty_sop_instance_uid_is_refused_at_once_without_a_traceback(tmp_path, ct_dir, tiny_ct_model, storescp, caplog):
+    """Issue 36, 12: a C-STORE whose SOP Instance UID is empty was dropped by pynetdicom after a
+    traceback in its logging handler; the sender waited for its DIMSE timeout (the association then
+    aborted). Now it gets a failure status at once and the association goes on."""
+    from pynetdicom import evt
+    from pynetdicom._handlers import standard_dimse_sent_handler
+
+    dest_port, _, _ = storescp
+    with caplog.at_level(logging.WARNING), running_node(tmp_path, tiny_ct_model, dest_port) as node:
+        ds = pydicom.dcmread(sorted(ct_dir.glob("*.dcm"))[0])
+        assoc = scu_assoc(node.cfg.port)
+        assoc.dimse_timeout = 15  # today's hang, bounded
+        assoc.unbind(evt.EVT_DIMSE_SENT, standard_dimse_sent_handler)  # this sender's own logger trips on it too
+        try:
+            bad = copy.deepcopy(ds)
+            bad.SOPInstanceUID = ""
+            bad.file_meta.MediaStorageSOPInstanceUID = ""
+            t0 = time.monotonic()
+            status = assoc.send_c_store(bad)
+            assert "Status" in status, "no answer: the node dropped the request"
+            assert int(status.Status) == 0xC000 and "SOPInstanceUID" in str(status.ErrorComment), status
+            assert time.monotonic() - t0 < 10
+            assert assoc.is_established and int(assoc.send_c_store(ds).Status) == 0x0000  # the association goes on
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        assert [p.name for p in (tmp_path / "node" / "incoming").rglob("*.dcm")] == [f"{ds.SOPInstanceUID}.dcm"]
+    tracebacks = [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    assert not tracebacks, [r.getMessage() for r in tracebacks]
+    assert "SOPInstanceUID" in caplog.text  # the node says why it refused
 
 
 # ---- 4. malformed instances -------------------------------------------------------------------
@@ -200,6 +235,87 @@ def test_node_killed_mid_series_waits_after_restart_and_contours_only_the_full_r
     assert len(refs) == len(files)  # the structure set covers the whole series
 
 
+def slow_copy(model: Path, folder: Path) -> Path:
+    """The same model with inference settings that make it slow (4-voxel windows, every flip): on the
+    phantom it takes seconds, long enough to kill a node while it contours."""
+    shutil.copytree(model, folder)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["inference"] = {"patch_size": [4, 4, 4], "overlap": 0.5, "mirror": True}
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+@dcmtk_peers
+def test_node_killed_while_contouring_contours_the_series_again_after_a_restart(tmp_path, ct_dir, tiny_ct_model, storescp, capsys):
+    """Issue 36, 1: a SIGKILL mid-contouring left done/<study>/<series> half-made; after a restart
+    the series was taken for a resend of a contoured one and failed, and --status counted it."""
+    dest_port, out, start_scp = storescp
+    start_scp()
+    files = sorted(ct_dir.glob("*.dcm"))
+    storage, port = tmp_path / "node", free_port()
+    log = (tmp_path / "first-run.log").open("w")
+    first = subprocess.Popen([sys.executable, "-m", "delineo", "dicom-node", "--port", str(port), "--host", "127.0.0.1",
+                              "--storage", str(storage), "--allowed-ae", "TESTSCU", "--idle-seconds", "1",
+                              "--model", str(slow_copy(tiny_ct_model, tmp_path / "slow-ct")), "--device", "cpu",
+                              "--forward", f"TPS@127.0.0.1:{dest_port}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(CTImageStorage)
+        deadline = time.monotonic() + HANG_S
+        while not (assoc := ae.associate("127.0.0.1", port, ae_title="DELINEO")).is_established:
+            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first-run.log").read_text()
+            time.sleep(0.3)
+        for f in files:
+            assert int(assoc.send_c_store(pydicom.dcmread(f)).Status) == 0
+        assoc.release()
+        # contouring has begun when its masks' folder exists (wherever the node makes its result)
+        assert wait_for(lambda: first.poll() is not None or any(storage.rglob("segmentations")), HANG_S)
+        assert first.poll() is None, (tmp_path / "first-run.log").read_text()
+        os.kill(first.pid, signal.SIGKILL)  # the node dies mid-contouring
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        log.close()
+    assert not modalities(out)
+    status = node_status(storage)
+    assert status["done"] == 0 and not status["failed"], status  # not counted as contoured
+    assert main(["dicom-node", "--status", "--storage", str(storage)]) == 0
+    assert "0 series contoured" in capsys.readouterr().out
+    # restarted: the series is contoured again and its structure set sent, once
+    with running_node(tmp_path, tiny_ct_model, dest_port) as node:
+        assert wait_for(lambda: "RTSTRUCT" in modalities(out)), node.events
+        time.sleep(1.0)
+        assert "failed" not in states(node), node.events
+    assert modalities(out).count("RTSTRUCT") == 1
+    status = node_status(storage)
+    assert status["done"] == 1 and not status["failed"] and not status["outbox"], status
+    done = next((storage / "done").glob("*/*"))
+    assert json.loads((done / "received.json").read_text())["images"] == len(files)
+    assert sorted(p.name for p in (storage / "work").rglob("*")) == []  # no half-made result left behind
+    summary = (done / "summary.json").read_text()
+    assert ".contouring" not in summary and str(done.resolve()) in summary  # its files named where they are
+
+
+@dcmtk_peers
+def test_half_made_result_of_an_older_version_is_removed_and_the_series_contoured(tmp_path, ct_dir, tiny_ct_model, storescp):
+    """Storage left by a version that made its result in done/ directly and was killed mid-contouring."""
+    from delineo.dicom.series import read_series
+
+    dest_port, out, start_scp = storescp
+    start_scp()
+    ct = read_series(ct_dir)
+    study, series = ct.datasets[0].StudyInstanceUID, ct.series_instance_uid
+    work = tmp_path / "node" / "work" / study / series
+    shutil.copytree(ct_dir, work)
+    (tmp_path / "node" / "done" / study / series / "segmentations").mkdir(parents=True)
+    assert node_status(tmp_path / "node")["done"] == 0
+    with running_node(tmp_path, tiny_ct_model, dest_port) as node:
+        assert wait_for(lambda: "RTSTRUCT" in modalities(out)), node.events
+        assert "failed" not in states(node), node.events
+    assert node_status(tmp_path / "node")["done"] == 1
+
+
 # ---- 5. tiny series, repeated failures, clean-up ------------------------------------------------
 
 @dcmtk_peers
@@ -223,6 +339,31 @@ def test_tiny_series_fail_with_a_clear_message_in_separate_failed_folders(tmp_pa
         assert not [d for d in e.parent.iterdir() if d.is_dir()]
     assert not modalities(out)
     assert not list((tmp_path / "node" / "work").iterdir()) and not list((tmp_path / "node" / "incoming").iterdir())
+
+
+@dcmtk_peers
+def test_a_series_labelled_ct_that_is_not_a_plausible_ct_is_not_contoured_nor_sent(tmp_path, tiny_ct_model, storescp, caplog):
+    """Issue 36, 4: an MR-like series (Modality CT, nothing below 0) got an RT Structure Set with
+    every ROI; now the node refuses it before contouring, logs why and sends nothing."""
+    from delineo.data.io import Image
+
+    dest_port, out, start_scp = storescp
+    start_scp()
+    image = phantom()[0]
+    write_ct_series(Image(np.where(image.array < -500, 0.0, image.array + 1024.0).astype(np.float32), image.affine),
+                    tmp_path / "mr", patient_id="P123")
+    with caplog.at_level(logging.ERROR, logger="delineo.dicom.node"):
+        with running_node(tmp_path, tiny_ct_model, dest_port) as node:
+            assert storescu(node.cfg.port, sorted((tmp_path / "mr").glob("*.dcm"))).returncode == 0
+            assert wait_for(lambda: "failed" in states(node)), node.events
+            time.sleep(1.0)
+    reason = next(e["reason"] for e in node.events if e["state"] == "failed")
+    assert "not a plausible CT" in reason and "nothing dark" in reason and "series " in reason, reason
+    assert "contoured" not in states(node) and not modalities(out)  # nothing sent
+    assert "not a plausible CT" in caplog.text
+    error = next((tmp_path / "node" / "failed").rglob("error.txt")).read_text()
+    assert "not a plausible CT" in error
+    assert not list((tmp_path / "node" / "done").iterdir()) and not list((tmp_path / "node" / "outbox").iterdir())
 
 
 # ---- 3. the outbox never gives up ----------------------------------------------------------------

@@ -5,8 +5,9 @@
 - Every instance is checked before it is stored (:func:`delineo.dicom.series.instance_problem`):
   UIDs that are not DICOM UIDs (``../x``, ``/abs``), missing geometry, truncated or undecodable
   pixel data are refused with a failure status (0xC000 ... with an Error Comment saying why), so
-  the sender knows it must resend. Paths are made only from validated UIDs and checked to stay
-  inside the storage folder.
+  the sender knows it must resend. A C-STORE request without a SOP Instance UID (which pynetdicom
+  would drop unanswered, leaving the sender waiting) gets the same failure status at once. Paths
+  are made only from validated UIDs and checked to stay inside the storage folder.
 - Every accepted instance is written durably (temporary file, fsync, rename) under
   ``storage/incoming/<study>/<series>/<sop>.dcm`` *before* success is returned to the sender.
 - A series is judged when nothing has arrived for it for ``idle_seconds`` and no association is
@@ -28,6 +29,13 @@
   delivered after ``alert_after_s`` is logged at error level (again every ``alert_every_s``) and
   shown as undeliverable by :func:`node_status` (``delineo dicom-node --status``, the web page's
   administrator view).
+- A result is made in ``work/<study>/<series>.contouring`` and appears in ``done/`` by one rename
+  when it is complete (its images, ``received.json`` and its outbox entry inside it). A node
+  stopped or killed while contouring leaves nothing in ``done/``: after a restart the series is
+  contoured again and its RT Structure Set sent; ``--status`` does not count it as contoured.
+- A series that is not a plausible CT (:func:`delineo.inference.plausibility.check_ct`: values
+  not in Hounsfield units, e.g. an MR labelled CT; noise; NaN; too few slices for the model) is
+  not contoured: nothing is sent, and the reason is logged and kept in ``failed/``.
 - A series that cannot be contoured is moved to ``failed/<study>/<series>.<UTC time>/`` (a new
   folder each time, never nested or overwritten) with ``error.txt``; the node goes on.
 - Logs name studies by UID and patients by a short hash of the Patient ID, never by name.
@@ -56,7 +64,13 @@ from typing import Any, Callable, Sequence
 import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import CTImageStorage, Verification
+
+try:  # pynetdicom's debug-logging handler for received DIMSE messages (private; absent: nothing to wrap)
+    from pynetdicom._handlers import standard_dimse_recv_handler as _standard_dimse_recv
+except ImportError:  # pragma: no cover
+    _standard_dimse_recv = None
 
 from delineo.dicom.scu import c_store
 from delineo.dicom.series import CT_IMAGE_STORAGE, instance_problem, is_valid_uid
@@ -68,6 +82,8 @@ RECEIVING = ".receiving"  # an association is (or was, when the node died) writi
 INTERRUPTED = ".interrupted"  # the association that wrote it ended abnormally; holds the reason
 RECEIVED = "received.json"  # in done/<study>/<series>: which images the result was made from
 SENDER = ".sender.json"  # the calling AE title and address of the association that last wrote the series
+CONTOURING = ".contouring"  # work/<study>/<series>.contouring: a result being made, renamed into done/ when complete
+STAGED = ".outbox"  # in a result being made: its outbox entry, moved to outbox/ once the result is in done/
 FAILED_SEND_PREFIX = "send-"  # failed/send-<series>: where older versions parked undeliverable results
 
 
@@ -294,6 +310,41 @@ class DicomNode:
             self._note_refused(event, f"could not store ({type(exc).__name__})")
             return _failure_status(0xA700, f"could not store ({type(exc).__name__})")
 
+    def _on_conn_open(self, event) -> None:
+        """pynetdicom's logging handler raises on a C-STORE without a SOP Instance UID (a traceback in
+        the log): unbound here, :meth:`_on_dimse_recv` calls it for every message it does not refuse."""
+        if _standard_dimse_recv is not None:
+            event.assoc.unbind(evt.EVT_DIMSE_RECV, _standard_dimse_recv)
+
+    def _on_dimse_recv(self, event) -> None:
+        """A C-STORE request that pynetdicom would drop without an answer (an empty Affected SOP
+        Instance UID, or another required command element missing): refused here with a failure
+        status, so the sender is answered at once instead of waiting for its DIMSE timeout. Other
+        messages go on to pynetdicom's own (debug) logging handler."""
+        msg = event.message
+        try:
+            primitive = msg.message_to_primitive() if type(msg).__name__ == "C_STORE_RQ" else None
+        except Exception:  # noqa: BLE001 - pynetdicom aborts the association on such a message itself
+            primitive = None
+        if primitive is not None and not primitive.is_valid_request:
+            missing = [k for k in primitive.REQUEST_KEYWORDS if getattr(primitive, k) is None]
+            reason = f"invalid or missing {'SOPInstanceUID' if 'AffectedSOPInstanceUID' in missing else ', '.join(missing)} in the C-STORE request"
+            peer = getattr(event.assoc.requestor, "ae_title", "?")
+            log.warning("refused an instance from %s: %s", peer, reason)
+            self._note_refused(event, reason)
+            rsp = C_STORE()
+            rsp.MessageIDBeingRespondedTo = primitive.MessageID if primitive.MessageID is not None else 1
+            rsp.AffectedSOPClassUID = primitive.AffectedSOPClassUID
+            rsp.Status = 0xC000
+            rsp.ErrorComment = reason[:64]
+            try:
+                event.assoc.dimse.send_msg(rsp, msg.context_id)
+            except Exception as exc:  # noqa: BLE001 - the peer then times out, as before; the node goes on
+                log.error("could not answer a malformed C-STORE from %s: %s: %s", peer, type(exc).__name__, exc)
+            return
+        if _standard_dimse_recv is not None:
+            _standard_dimse_recv(event)
+
     def _on_conn_close(self, event) -> None:
         """The end of an association: normal (released) or not (aborted, connection lost)."""
         assoc = event.assoc
@@ -328,7 +379,7 @@ class DicomNode:
         if self.cfg.allowed_ae:
             ae.require_calling_aet = list(self.cfg.allowed_ae)
         handlers = [(evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_CLOSE, self._on_conn_close),
-                    (evt.EVT_REJECTED, self._on_rejected)]
+                    (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_DIMSE_RECV, self._on_dimse_recv), (evt.EVT_CONN_OPEN, self._on_conn_open)]
         self._recover()
         self._server = ae.start_server((self.cfg.host, int(self.cfg.port)), block=False, evt_handlers=handlers)
         for target in (self._watch_series, self._send_outbox):
@@ -358,7 +409,13 @@ class DicomNode:
     def _recover(self) -> None:
         """Take up what a previous run left: series mid-contouring go back to incoming; series
         that were being received when it stopped are marked interrupted; every series waits its
-        idle time again; results parked as undeliverable by older versions go back to the outbox."""
+        idle time again; results parked as undeliverable by older versions go back to the outbox.
+
+        A result is made in ``work/<study>/<series>.contouring`` and renamed into ``done/`` only when
+        complete, so a node killed while contouring leaves no result: the half-made one is removed,
+        the images (moved into it, if they were) go back, and the series is contoured again. A result
+        published but not yet queued for sending is queued now."""
+        self._recover_contouring()
         for folder in list((self.root / "work").glob("*/*")):
             if not (folder.is_dir() and is_valid_uid(folder.parent.name) and is_valid_uid(folder.name)):
                 continue
@@ -388,6 +445,29 @@ class DicomNode:
                 if not dest.exists():
                     os.rename(parked, dest)
                     log.warning("outbox: %s taken up again for sending", dest.name)
+
+    def _recover_contouring(self) -> None:
+        for partial in list((self.root / "work").glob(f"*/*{CONTOURING}")):
+            study, series = partial.parent.name, partial.name[: -len(CONTOURING)]
+            if not (partial.is_dir() and is_valid_uid(study) and is_valid_uid(series)):
+                continue
+            images = self._series_dir("work", study, series)
+            if (partial / "ct").is_dir() and not images.exists():
+                os.rename(partial / "ct", images)  # moved into the result just before it would have been published
+            shutil.rmtree(partial)
+            log.warning("series %s: the node stopped while contouring it; it is contoured again", series)
+        for folder in list((self.root / "work").glob("*/*")):
+            # an older version made its result in done/ directly: a folder there without received.json,
+            # summary.json or images, while the series is still in work, is what a kill mid-contouring left
+            if not (folder.is_dir() and is_valid_uid(folder.parent.name) and is_valid_uid(folder.name)):
+                continue
+            done = self._series_dir("done", folder.parent.name, folder.name)
+            if done.is_dir() and not any((done / name).exists() for name in (RECEIVED, "summary.json", "ct")):
+                shutil.rmtree(done)
+                _remove_if_empty(done.parent)
+                log.warning("series %s: removed the half-made result of a contouring an older version did not finish", folder.name)
+        for staged in list((self.root / "done").glob(f"*/*/{STAGED}")):
+            self._queue(staged)
 
     # ---- deciding --------------------------------------------------------------------------------
     def _watch_series(self) -> None:
@@ -513,34 +593,55 @@ class DicomNode:
             raise SeriesIncomplete(f"series {ct.series_instance_uid}: {n} images arrived, ImagesInAcquisition says {next(iter(expected))}")
 
     def _contour(self, work: Path) -> None:
+        """Contour the series in ``work`` into ``work/<study>/<series>.contouring`` and publish it as
+        ``done/<study>/<series>`` by one rename when it is complete (received.json, the images, the
+        outbox entry staged inside it), then move the outbox entry to ``outbox/``."""
         study, series = work.parent.name, work.name
         for marker in (RECEIVING, INTERRUPTED):
             (work / marker).unlink(missing_ok=True)
         out = self._series_dir("done", study, series)
+        partial = self._inside(work.with_name(series + CONTOURING))
         sender = self._sender(work)  # read before the folder moves
         (work / SENDER).unlink(missing_ok=True)
         t0 = time.perf_counter()
         try:
             from delineo.api import contour_image
             from delineo.dicom.series import read_series
+            from delineo.inference.plausibility import check_ct
 
+            shutil.rmtree(partial, ignore_errors=True)
             ct = read_series(work)
             self._check_consistent(ct)
-            summary = contour_image(ct.image, out, predictor=self._predictor_for(), series=ct, source=f"series {series}",
+            predictor = self._predictor_for()
+            check_ct(ct.image, predictor.bundle, f"series {series}")  # not a plausible CT: failed, nothing sent
+            summary = contour_image(ct.image, partial, predictor=predictor, series=ct, source=f"series {series}",
                                     structures=self.cfg.structures, overview=True)
         except Exception as exc:  # a bad study must not stop the node
-            shutil.rmtree(out, ignore_errors=True)  # half-written results of this attempt
-            _remove_if_empty(out.parent)
+            shutil.rmtree(partial, ignore_errors=True)  # half-written results of this attempt
             reason = str(exc) if isinstance(exc, DelineoError) else f"{type(exc).__name__}: {exc}"
             self._fail(work, study, series, reason.replace(str(work), "<series>"))
             self._record_series("contour", study, sender, f"series {series}: failed: {reason.replace(str(work), '<series>')}")
             return
         record = {"sop_instance_uids": sorted(ct.sop_instance_uids), "images": len(ct.datasets),
                   "contoured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        (out / RECEIVED).write_text(json.dumps(record, indent=1) + "\n")
+        (partial / RECEIVED).write_text(json.dumps(record, indent=1) + "\n")
+        summary_file = partial / "summary.json"  # the files it names, where they will be once published
+        if summary_file.is_file() and str(partial) in summary_file.read_text():
+            summary_file.write_text(summary_file.read_text().replace(json.dumps(str(partial))[1:-1], json.dumps(str(out))[1:-1]))
+        if self.cfg.forward is not None:
+            staged = partial / STAGED
+            staged.mkdir()
+            files = [summary["rtstruct"]] + ([summary["seg"]] if self.cfg.send_seg and "seg" in summary else [])
+            for f in files:
+                shutil.copy2(f, staged / Path(f).name)
+            (staged / "state.json").write_text(json.dumps({"series": series, "study": study, "attempts": 0, "next_try": 0.0,
+                                                           "received_at": time.time()}))
         if self.cfg.keep_images:
-            os.rename(work, out / "ct")
-        else:
+            os.rename(work, partial / "ct")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(partial, out)  # published: whole or not at all
+        _fsync_dir(out.parent)
+        if not self.cfg.keep_images:
             shutil.rmtree(work, ignore_errors=True)
         seconds = time.perf_counter() - t0
         log.info("series %s contoured in %.1f s (%d images, %d structures)", series, seconds, len(ct.datasets), len(summary["structures"]))
@@ -550,17 +651,16 @@ class DicomNode:
         self.events.append({"series": series, "state": "contoured", "seconds": round(seconds, 3), "images": len(ct.datasets)})
         self._record_series("contour", study, sender, f"series {series}: {len(summary['structures'])} structures, "
                             f"model {summary.get('model', '?')}, {seconds:.1f} s")
-        if self.cfg.forward is None:
-            return
+        if (out / STAGED).is_dir():
+            self._queue(out / STAGED)
+
+    def _queue(self, staged: Path) -> None:
+        """Move a published result's staged outbox entry (``done/<study>/<series>/.outbox``) to ``outbox/``."""
+        series = staged.parent.name
         outbox = self._inside(self.root / "outbox" / series)
         if outbox.exists():
             outbox = self._inside(self.root / "outbox" / f"{series}.{_utc_stamp()}")
-        outbox.mkdir(parents=True)
-        files = [summary["rtstruct"]] + ([summary["seg"]] if self.cfg.send_seg and "seg" in summary else [])
-        for f in files:
-            shutil.copy2(f, outbox / Path(f).name)
-        (outbox / "state.json").write_text(json.dumps({"series": series, "study": study, "attempts": 0, "next_try": 0.0,
-                                                       "received_at": time.time()}))
+        os.rename(staged, outbox)
 
     def _fail(self, folder: Path, study: str, series: str, reason: str) -> Path:
         """Move ``folder`` to a new ``failed/<study>/<series>.<UTC time>/`` with ``error.txt``."""
@@ -680,7 +780,11 @@ def node_status(storage: str | Path, alert_after_s: float = NodeConfig.alert_aft
         out["failed"].append({"folder": str(err.parent.relative_to(root)), "reason": err.read_text().strip()[:2000],
                               "failed_at": _iso(err.stat().st_mtime)})
     out["failed"].sort(key=lambda f: f["failed_at"] or "")
-    out["done"] = len([p for p in (root / "done").glob("*/*") if p.is_dir()])
+    # a result is renamed into done/ when complete; a folder there without its records is what an
+    # older version left when it was stopped mid-contouring: not counted (the node removes it)
+    out["done"] = len([p for p in (root / "done").glob("*/*")
+                       if p.is_dir() and any((p / name).exists() for name in (RECEIVED, "summary.json", "ct"))])
+    out["contouring"] = sorted(p.name for p in (root / "work").glob("*/*") if p.is_dir() and is_valid_uid(p.name))
     out["undeliverable"] = sum(1 for o in out["outbox"] if o["undeliverable"])
     return out
 
@@ -698,6 +802,8 @@ def format_status(status: dict[str, Any]) -> str:
                      f"{'; last error: ' + o['last_error'] if o['last_error'] else ''}")
     for s in status["incoming"]:
         lines.append(f"  incoming {s['series']}: {s['images']} images{' (incomplete: waiting for a resend)' if s['incomplete'] else ''}")
+    for series in status.get("contouring", []):
+        lines.append(f"  contouring {series} (not contoured yet)")
     for f in status["failed"][-20:]:
         lines.append(f"  failed {f['folder']}: {f['reason'].splitlines()[0] if f['reason'] else ''}")
     return "\n".join(lines)
