@@ -191,7 +191,7 @@ def test_patient_pseudonym_is_keyed_with_a_per_installation_secret(client, setti
     assert len(key) == 32
     assert pseudonym == hmac.new(key, b"SYNTH001", hashlib.sha256).hexdigest()[:16]
     # the same key on the next start; another installation has its own
-    from delineo.service.audit import load_secret
+    from delineo.pseudonym import load_secret
 
     assert load_secret(settings.home) == key
     other = load_secret(tmp_path / "other-installation")
@@ -247,7 +247,7 @@ def test_users_see_no_server_paths_and_only_administrators_see_where_sends_go(cl
     assert client.put("/api/send/destinations/TPS", json={"address": "TPS@10.20.30.40:11112"}).status_code == 200
     assert client.put("/api/send/destinations/Down", json={"address": "DOWN@127.0.0.1:9"}).status_code == 200
     bob = _user(client, "bob")
-    sid = upload(bob, [("series.zip", dicom_series_zip(16, 6))]).json()["id"]
+    sid = upload(bob, [("series.zip", dicom_series_zip(16, 8))]).json()["id"]
     job = bob.post(f"/api/studies/{sid}/jobs", json={}).json()["id"]
     assert wait_job(bob, job)["state"] == "done"
 

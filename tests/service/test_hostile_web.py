@@ -138,7 +138,7 @@ def test_security_headers_on_every_response(client):
 
 @pytest.mark.parametrize("kind", ["nifti", "dicom"])
 def test_volume_endpoint_serves_only_the_study_image(client, kind):
-    data = [("ct.nii.gz", nifti_bytes(16))] if kind == "nifti" else [("series.zip", dicom_series_zip(16, 6))]
+    data = [("ct.nii.gz", nifti_bytes(16))] if kind == "nifti" else [("series.zip", dicom_series_zip(16, 8))]
     sid = upload(client, data).json()["id"]
     ok = client.get(f"/api/studies/{sid}/volume/ct.nii.gz")
     assert ok.status_code == 200 and ok.content[:2] == b"\x1f\x8b"

@@ -148,7 +148,7 @@ def test_edit_and_approval_in_the_rt_structure_set(client):
 
     if not dicom_available():
         pytest.skip("delineo.dicom is not importable")
-    sid = upload(client, [("series.zip", dicom_series_zip(16, 6))]).json()["id"]
+    sid = upload(client, [("series.zip", dicom_series_zip(16, 8))]).json()["id"]
     job = client.post(f"/api/studies/{sid}/jobs", json={}).json()["id"]
     assert wait_job(client, job)["state"] == "done"
     names = [s["name"] for s in client.get(f"/api/studies/{sid}").json()["structures"]]
@@ -207,7 +207,7 @@ def test_reference_rt_structure_set(client):
 
     if not dicom_available():
         pytest.skip("delineo.dicom is not importable")
-    sid = upload(client, [("series.zip", dicom_series_zip(16, 6))]).json()["id"]
+    sid = upload(client, [("series.zip", dicom_series_zip(16, 8))]).json()["id"]
     job = client.post(f"/api/studies/{sid}/jobs", json={}).json()["id"]
     assert wait_job(client, job)["state"] == "done"
     rt = client.get(f"/api/studies/{sid}/results/rtstruct").content
@@ -236,7 +236,7 @@ def test_send_to_a_destination(client, tps):
     assert client.put("/api/send/destinations/TPS", json={"address": "nonsense"}).status_code == 422
     r = client.put("/api/send/destinations/TPS", json={"address": tps["address"]})
     assert r.status_code == 200 and r.json()[0]["target"] == tps["address"]
-    sid = upload(client, [("series.zip", dicom_series_zip(16, 6))]).json()["id"]
+    sid = upload(client, [("series.zip", dicom_series_zip(16, 8))]).json()["id"]
     job = client.post(f"/api/studies/{sid}/jobs", json={}).json()["id"]
     assert wait_job(client, job)["state"] == "done"
     name = client.get(f"/api/studies/{sid}").json()["structures"][0]["name"]

@@ -48,7 +48,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -75,6 +74,7 @@ except ImportError:  # pragma: no cover
 from delineo.dicom.scu import c_store
 from delineo.dicom.series import CT_IMAGE_STORAGE, instance_problem, is_valid_uid
 from delineo.errors import ConfigError, DelineoError
+from delineo.pseudonym import keyed_pseudonym, load_secret
 
 log = logging.getLogger("delineo.dicom.node")
 
@@ -99,9 +99,10 @@ def parse_destination(text: str) -> tuple[str, str, int]:
         raise ConfigError(f"forward destination {text!r}: expected AE@HOST:PORT (AE title of at most 16 characters)") from None
 
 
-def patient_tag(ds) -> str:
-    """A short, stable pseudonym for log lines: never the patient's name."""
-    return hashlib.sha256(str(ds.get("PatientID", "")).encode()).hexdigest()[:10]
+def patient_tag(ds, key: bytes) -> str:
+    """A short, stable pseudonym for log lines: never the patient's name or ID; keyed with the
+    node's ``pseudonym.key`` (:mod:`delineo.pseudonym`), so it cannot be reversed by trying IDs."""
+    return keyed_pseudonym(key, str(ds.get("PatientID", "")), 12)
 
 
 class SeriesIncomplete(DelineoError):
@@ -208,6 +209,7 @@ class DicomNode:
         self.root = Path(config.storage).resolve()
         for sub in ("incoming", "work", "done", "failed", "outbox"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._pseudonym_key = load_secret(self.root)  # for the patient pseudonym of log lines
         self._last_seen: dict[Path, float] = {}
         self._open: dict[int, set[Path]] = {}  # association id -> series folders it wrote to
         self._held: set[Path] = set()  # interrupted series already reported as waiting for a resend
@@ -300,7 +302,7 @@ class DicomNode:
                         ae, address = _peer(event.assoc)
                         (folder / SENDER).write_text(json.dumps({"ae_title": ae, "address": address}))
             if new_series:
-                log.info("receiving series %s (patient %s)", series, patient_tag(ds))
+                log.info("receiving series %s (patient %s)", series, patient_tag(ds, self._pseudonym_key))
             _durable_write(ds, target)
             with self._lock:
                 self._last_seen[folder] = time.monotonic()

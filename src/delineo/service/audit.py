@@ -13,16 +13,13 @@ without that file. Study names are not copied (a file name can hold a patient's 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import os
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from delineo.pseudonym import keyed_pseudonym, load_secret
 from delineo.service.models import AccessEvent, Study, utcnow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,44 +36,7 @@ ACTIONS = ("upload", "view", "download", "contour", "delete", "retention-delete"
 
 
 #: the per-installation key of :func:`patient_pseudonym`, beside the database in ``$DELINEO_HOME``
-SECRET_FILE = "pseudonym.key"
 _secret: bytes | None = None
-
-
-def load_secret(home: Path) -> bytes:
-    """This installation's pseudonym key: ``home/pseudonym.key`` (64 hex digits), made with
-    permissions 0600 the first time (atomically: two processes starting together get the same
-    one). Losing or replacing it changes every pseudonym written after; back it up with the database."""
-    path = Path(home) / SECRET_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, (secrets.token_hex(32) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # never replaces a key another process made meanwhile
-            log.info("made the access log's pseudonym key %s: back it up with the database", path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o600)
-        log.warning("%s was readable by others; its permissions are now 0600", path)
-    text = path.read_text().strip()
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) < 16:
-        raise RuntimeError(f"{path}: not a pseudonym key (expected 64 hex digits); restore it from the backup "
-                           "(removing it makes a new key, and patients get new pseudonyms)")
-    return key
 
 
 def use_secret(home: Path) -> None:
@@ -92,7 +52,7 @@ def patient_pseudonym(patient_id: str | None) -> str | None:
         return None
     if _secret is None:
         raise RuntimeError("the access log's pseudonym key is not loaded (delineo.service.audit.use_secret)")
-    return hmac.new(_secret, str(patient_id).encode(), hashlib.sha256).hexdigest()[:16]
+    return keyed_pseudonym(_secret, str(patient_id))
 
 
 def client_address(request: "Request | None") -> str | None:
