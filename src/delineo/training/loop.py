@@ -528,7 +528,8 @@ def _train(
     # ---- loop ------------------------------------------------------------------------------
     autocast = autocast_context(device, amp)
     if camp and run.main:
-        run.segment = campaign_state.begin_segment(run.state, run.meta["training"]["hardware"], torch.get_num_threads())
+        run.segment = campaign_state.begin_segment(run.state, run.meta["training"]["hardware"], torch.get_num_threads(),
+                                                   "bf16" if amp else "fp32")
         campaign_state.install_stop_handler()  # put back by train()
     bar = tqdm(range(run.state["epoch"], t.epochs), desc=f"train {cfg.name}", initial=run.state["epoch"], total=t.epochs,
                disable=None if run.main else True)
