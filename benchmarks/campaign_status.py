@@ -1,0 +1,55 @@
+"""Where the hn-ct campaign stands (issue 39), from its committed state: one row per segment (the
+machine, threads, precision, epochs and CPU-hours it added), the schedule's phase and learning rate,
+the last validation Dice. Writes ``benchmarks/results/hn-campaign/status.md``.
+
+    python benchmarks/campaign_status.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = ROOT / "benchmarks/results/hn-campaign/state/state.json"
+
+
+def main() -> None:
+    doc = json.loads(STATE.read_text())
+    state, t = doc["state"], doc["config"]["training"]
+    spec = t["campaign"]
+    hours = state.get("cpu_seconds", 0.0) / 3600
+    phase = "warm-up" if hours < spec["warmup_cpu_hours"] else "constant" if hours < spec["constant_until_cpu_hours"] else "decay"
+    steps = state["epoch"] * t["steps_per_epoch"]
+    lines = [
+        "# The hn-ct campaign: where it stands", "",
+        f"State saved {doc['saved_utc']}: epoch {state['epoch']} ({steps} steps of {t['batch_size']} x "
+        f"{'x'.join(map(str, t['patch_size']))}), **{hours:.2f} of {spec['cpu_hours']} CPU-hours**, {phase} phase "
+        f"(warm-up to {spec['warmup_cpu_hours']}, constant to {spec['constant_until_cpu_hours']}, {spec['decay']} decay to "
+        f"{spec['cpu_hours']}); size of the state folder: "
+        f"{sum(f.stat().st_size for f in STATE.parent.iterdir()) / 1e6:.1f} MB.", "",
+        "| segment | started (UTC) | ended (UTC) | machine | threads | precision | epochs | CPU-hours | CPU-s per epoch | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in state.get("segments", []):
+        ep = s.get("end_epoch", s["start_epoch"]) - s["start_epoch"]
+        ch = s.get("end_cpu_hours", s["start_cpu_hours"]) - s["start_cpu_hours"]
+        per = f"{ch * 3600 / ep:.0f}" if ep else "-"
+        lines.append(f"| {s['index']} | {s['started_utc']} | {s.get('ended_utc', '-')} | {s['hardware'].removeprefix('CPU: ')} | "
+                     f"{s['threads']} | {s.get('precision') or 'not recorded'} | {ep} | {ch:.3f} | {per} | {s.get('commit') or '-'} |")
+    val = [h for h in state["history"] if h.get("val_mean_dice") is not None]
+    lines.append("")
+    if val:
+        h = val[-1]
+        lines.append(f"Last validation (epoch {h['epoch']}, {h['cpu_seconds'] / 3600:.2f} CPU-hours): mean Dice {h['val_mean_dice']:.3f} "
+                     "on the model grid, 33 OpenKBP validation cases; the curve: `learning_curve.png`.")
+    else:
+        lines.append(f"No validation yet (every {t['val_every']} epochs).")
+    lines += ["", f"`python {Path(__file__).relative_to(ROOT)}`"]
+    out = STATE.parent.parent / "status.md"
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
