@@ -210,8 +210,9 @@ def test_job_lifecycle_results_and_delete(client):
     assert client.get(f"/api/studies/{sid}/masks/..%2Fsummary.json").status_code == 404
     # structures subset
     r = client.post(f"/api/studies/{sid}/jobs", json={"model": "tiny-ct", "structures": ["Box"]})
-    assert wait_job(client, r.json()["id"])["state"] == "done"
-    assert [s["name"] for s in client.get(f"/api/studies/{sid}").json()["structures"]] == ["Box"]
+    assert wait_job(client, r.json()["id"])["structures"] == ["Box"]
+    # the subset job contoured Box and added it to the current version (issue 37): Ball is kept
+    assert [s["name"] for s in client.get(f"/api/studies/{sid}").json()["structures"]] == ["Ball", "Box"]
     # delete removes rows and files
     home = client.app.state.ctx.settings.home
     assert (home / "studies" / sid).is_dir()

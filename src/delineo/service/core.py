@@ -21,6 +21,7 @@ from delineo.service.config import Settings
 from delineo.service.db import Database
 from delineo.service.models import Job, Study, utcnow
 from delineo.service.queue import JobQueue
+from delineo.service.retention import retention_loop
 from delineo.service.storage import Storage
 
 log = logging.getLogger("delineo.service")
@@ -48,6 +49,9 @@ class ServiceContext:
         global _current
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
+        from delineo.service.audit import use_secret
+
+        use_secret(settings.home)  # the access log's pseudonym key, beside the database (made on first start)
         self.db = Database(settings.database_url)
         self.storage = Storage(settings)
         self.queue = JobQueue(settings, _run_job_task)
@@ -82,8 +86,6 @@ class ServiceContext:
             self._reaper = threading.Thread(target=self._reap_loop, name="delineo-reaper", daemon=True)
             self._reaper.start()
         if (admin if retention is None else retention) and self.settings.retention_days > 0:
-            from delineo.service.retention import retention_loop
-
             self._retention = threading.Thread(target=retention_loop, args=(self, self._stop), name="delineo-retention", daemon=True)
             self._retention.start()
         return password
@@ -207,7 +209,9 @@ class ServiceContext:
                 summary = json.loads(summary_path.read_text())
                 summary["service_seconds"] = round(time.perf_counter() - t0, 3)
                 summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-            if not self._publish(job_id, attempt, work, out):
+            carried = self._add_to_current(study_id, job_id, model, structures, work, source if kind == "dicom" else None,
+                                           image=source, title=title)
+            if not self._publish(job_id, attempt, work, out, carried):
                 shutil.rmtree(work, ignore_errors=True)
                 with self.db.session() as s:
                     if s.get(Job, job_id) is None:  # the study was deleted meanwhile: leave no folder behind
@@ -221,9 +225,46 @@ class ServiceContext:
         finally:
             beat_stop.set()
 
-    def _publish(self, job_id: str, attempt: int, work: Path, out: Path) -> bool:
+    def _add_to_current(self, study_id: str, job_id: str, model: str, structures: list[str] | None, work: Path,
+                        dicom_input: Path | None, image: Path | None = None, title: str = "") -> tuple | None:
+        """A job on a subset of the model's structures adds to the study's current version (see
+        :mod:`delineo.service.versions`): the other structures are copied into ``work`` with their
+        corrections; returns what :meth:`_publish` needs to carry their reviews over, or None."""
+        if not structures:
+            return None
+        from delineo.service import review, versions
+
+        with self.db.session() as s:
+            study = s.get(Study, study_id)
+            if study is None:
+                return None
+            base = versions.current_job(self.storage.study_dir(study_id), [j for j in study.jobs if j.id != job_id])
+            if base is None or base.model != model:
+                return None
+            base_id = base.id
+        sd = self.storage.study_dir(study_id)
+        base_dir = review.result_dir(sd, self.storage.results_dir(study_id, base_id), base_id)
+        state = versions.merge_into(work, base_dir, review.read_state(sd, base_id), base_job=base_id, subset=list(structures))
+        try:
+            versions.write_merged_dicom(work, dicom_input, model)
+        except Exception:  # noqa: BLE001 - the masks are merged; the DICOM files stay the subset's
+            log.exception("writing the merged RT Structure Set of job %s failed", job_id)
+        if image is not None and (work / "overview.png").is_file():
+            try:
+                versions.write_merged_overview(work, image, title)
+            except Exception:  # noqa: BLE001 - the overview stays the subset's
+                log.exception("drawing the merged overview of job %s failed", job_id)
+        return (state, dicom_input, model) if state else None
+
+    def _publish(self, job_id: str, attempt: int, work: Path, out: Path, carried: tuple | None = None) -> bool:
         """Set ``done`` and move ``work`` to ``out`` in one transaction, if ``attempt`` still holds
-        the job. Readers see ``done`` only once the files are in place."""
+        the job. Readers see ``done`` only once the files are in place (with ``carried``: the
+        reviews and corrections a subset job keeps, see :meth:`_add_to_current`)."""
+        if carried:
+            from delineo.service import versions
+
+            study_dir = out.parent.parent
+            versions.carry_over(study_dir, job_id, work, *carried)
         with self.db.session() as s:
             done = s.execute(update(Job).where(Job.id == job_id, Job.state == "running", Job.attempts == attempt).values(
                 state="done", stage="done", progress=1.0, finished_at=utcnow(), heartbeat_at=utcnow())).rowcount
@@ -295,7 +336,9 @@ class ServiceContext:
             for f in sorted((results / "segmentations").glob("*.nii.gz")):
                 zf.write(f, f"segmentations/{f.name}")
             if (results / "summary.json").is_file():
-                zf.write(results / "summary.json", "summary.json")
+                from delineo.service.public import public_summary_bytes
+
+                zf.writestr("summary.json", public_summary_bytes(results / "summary.json"))  # no server paths
         return buf.getvalue()
 
 

@@ -8,6 +8,8 @@ the version number, each structure's review (state, user, time, note) and the hi
 For DICOM studies the RT Structure Set and SEG of the copy are written again from the edited
 masks; the RT Structure Set carries each review in its ROI observation (ROI Interpreter = the
 reviewer) and ROI Description, and is ``APPROVED`` (reviewer, date, time) once every structure is.
+The model's own ROI Description (failed anatomy checks, the quality estimate) stays on every
+structure that was not edited, reviewed or not.
 """
 
 from __future__ import annotations
@@ -177,6 +179,23 @@ def review_text(r: dict | None, edited: bool) -> str:
     return "; ".join(parts)
 
 
+def model_description(row: dict) -> str:
+    """The ROI Description the model's result gave a structure: failed anatomy checks and the
+    quality estimate (as :func:`delineo.api.contour_image` writes them)."""
+    parts = []
+    flags = [str(f) for f in row.get("flags") or []]
+    if flags:
+        parts.append("CHECK FAILED: " + "; ".join(flags))
+    q = row.get("quality")
+    if isinstance(q, dict):
+        q = q.get("quality")
+    if isinstance(q, (int, float)):
+        from delineo.inference.quality import quality_text
+
+        parts.append("delineo " + quality_text({"quality": float(q), "review": bool(row.get("review"))}))
+    return "; ".join(parts)
+
+
 def _write_dicom(d: Path, state: dict, dicom_input: Path | None, model: str) -> None:
     """RT Structure Set and SEG of the edited masks, with the reviews in the RT Structure Set."""
     if dicom_input is None or not (d / "rtstruct.dcm").is_file():
@@ -193,13 +212,17 @@ def _write_dicom(d: Path, state: dict, dicom_input: Path | None, model: str) -> 
     series = read_series(dicom_input)
     masks = {n: np.asanyarray(nib.load(str(d / "segmentations" / f"{n}.nii.gz")).dataobj) > 0 for n in names}
     roi_types = {n: s.get("roi_type", "ORGAN") for n, s in summary["structures"].items()}
+    reviewed = bool(state.get("reviews") or state.get("edited"))
     write_rtstruct(series, masks, d / "rtstruct.dcm", roi_types=roi_types, label=model,
-                   description=f"{model} auto-contours, reviewed in delineo (version {state['version']})")
+                   description=f"{model} auto-contours, reviewed in delineo (version {state['version']})" if reviewed else f"{model} auto-contours")
     ds = pydicom.dcmread(d / "rtstruct.dcm")
     numbers = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
     for roi in ds.StructureSetROISequence:
         name = str(roi.ROIName)
-        text = review_text(state["reviews"].get(name), name in state["edited"])
+        edited = name in state["edited"]
+        # the model's own words (failed checks, quality estimate) stay until the contour is edited
+        text = "; ".join(filter(None, [review_text(state["reviews"].get(name), edited),
+                                       "" if edited else model_description(summary["structures"].get(name, {}))]))
         if text:
             roi.ROIDescription = text[:1024]
         if name in state["edited"]:

@@ -22,13 +22,13 @@ from starlette.requests import ClientDisconnect
 
 from delineo.contours.colors import structure_color
 from delineo.service import audit
-from delineo.service.core import ServiceContext, latest_done_job
+from delineo.service.core import ServiceContext
 from delineo.service.models import Job, Study, User, new_id
 from delineo.service.routes.deps import admin_user, current_user, get_ctx, get_db, visible_study
 from delineo.service.routes.models import model_info, pick_model
 from delineo.service.schemas import (DestinationIn, DestinationOut, JobIn, JobOut, ReferenceOut, ReviewIn, ReviewOut, SendIn, SendOut,
-                                     StructureOut, StudyOut)
-from delineo.service import reference, review, send
+                                     StructureOut, StudyOut, VersionOut)
+from delineo.service import reference, review, send, versions
 from delineo.service.storage import UploadRejected, dir_size
 
 log = logging.getLogger("delineo.service.upload")
@@ -69,6 +69,12 @@ def available_results(ctx: ServiceContext, study: Study, job: Job | None) -> lis
     return [k for k in RESULT_KINDS if k in kinds]
 
 
+def current_job(ctx: ServiceContext, study: Study) -> Job | None:
+    """The job whose result is the study's current version: the newest done job, or an earlier
+    one the user restored (:mod:`delineo.service.versions`)."""
+    return versions.current_job(ctx.storage.study_dir(study.id), study.jobs)
+
+
 PRIVATE_INFO = ("patient_id",)
 
 
@@ -81,7 +87,7 @@ def study_out(ctx: ServiceContext, s: Study, viewer: User | None = None) -> Stud
     info = {k: v for k, v in info.items() if k not in PRIVATE_INFO and not k.startswith("_")}
     return StudyOut(id=s.id, name=s.name, kind=s.kind, owner=s.owner.username, size_bytes=s.size_bytes, info=info,
                     created_at=s.created_at, latest_job=job_out(latest) if latest else None,
-                    results=available_results(ctx, s, latest_done_job(s)), patient_id=patient,
+                    results=available_results(ctx, s, current_job(ctx, s)), patient_id=patient,
                     study_date=info.get("study_date"), model=latest.model if latest else None)
 
 
@@ -91,6 +97,8 @@ class StudyDetail(StudyOut):
     result_job: str | None = None
     edit_version: int = 0
     checks: list[dict[str, Any]] = []
+    #: DICOM studies: slice positions along the normal (LPS mm) with their Instance Numbers, voxel spacing
+    dicom_geometry: dict[str, Any] | None = None
 
 
 def _quality(s: dict) -> dict[str, Any] | None:
@@ -332,10 +340,11 @@ def list_studies(all: bool = Query(False, description="administrators: every use
 
 
 @router.get("/api/studies/{study_id}", response_model=StudyDetail)
-def get_study(study_id: str, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> StudyDetail:
+def get_study(study_id: str, job: str | None = Query(None, description="open an earlier version: a done job's id (default: the current version)"),
+              user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> StudyDetail:
     study = visible_study(study_id, user, db)
     base = study_out(ctx, study, user)
-    done = latest_done_job(study)
+    done = _result_job(ctx, study, job) if job else current_job(ctx, study)
     version, checks = 0, []
     if done is not None:
         version = int(review.read_state(ctx.storage.study_dir(study.id), done.id).get("version", 0))
@@ -343,9 +352,17 @@ def get_study(study_id: str, user: User = Depends(current_user), db: Session = D
             checks = [c for c in json.loads((current_results(ctx, study, done) / "summary.json").read_text()).get("checks", []) if isinstance(c, dict)]
         except (OSError, ValueError):
             checks = []
+    geometry = None
+    if study.kind == "dicom":
+        from delineo.service.dicom_view import geometry as dicom_geometry
+
+        try:
+            geometry = dicom_geometry(ctx.storage.input_path(study.id, study.input_path), ctx.storage.study_dir(study.id) / "view" / "geometry.json")
+        except Exception:  # noqa: BLE001 - the viewer falls back to RAS millimetres and slice numbers
+            log.exception("reading the DICOM geometry of study %s failed", study.id)
     return StudyDetail(**base.model_dump(), jobs=[job_out(j) for j in study.jobs],
                        structures=structures_of(ctx, study, done), result_job=done.id if done else None,
-                       edit_version=version, checks=checks)
+                       edit_version=version, checks=checks, dicom_geometry=geometry)
 
 
 @router.delete("/api/studies/{study_id}", status_code=204)
@@ -375,7 +392,14 @@ def start_job(study_id: str, body: JobIn, request: Request, user: User = Depends
         unknown = [s for s in body.structures if s not in info["structures"]]
         if unknown:
             raise HTTPException(422, f"model {name} has no structure {', '.join(unknown)} (it has {', '.join(info['structures'])})")
-    job = Job(study_id=study.id, model=name, structures_json=json.dumps(body.structures or None))
+    structures = body.structures if body.structures and set(body.structures) != set(info["structures"]) else None
+    current = current_job(ctx, study)
+    work = versions.replaced_work(ctx.storage.study_dir(study.id), current, name, structures, info["structures"])
+    if work and not body.confirm_replace:
+        listed = ", ".join(f"{n} ({w})" for n, w in work.items())
+        raise HTTPException(409, f"this would replace structures that were corrected or reviewed: {listed}. "
+                                 "Send confirm_replace: true to contour them again (the current version is kept and can be restored).")
+    job = Job(study_id=study.id, model=name, structures_json=json.dumps(structures))
     db.add(job)
     db.flush()
     audit.record(db, "contour", actor=user.username, study=study, address=audit.client_address(request), detail=f"model {name}, job {job.id}")
@@ -394,6 +418,35 @@ def get_job(job_id: str, user: User = Depends(current_user), db: Session = Depen
     return job_out(job)
 
 
+# ---- versions --------------------------------------------------------------------------------
+
+@router.get("/api/studies/{study_id}/versions", response_model=list[VersionOut])
+def list_versions(study_id: str, user: User = Depends(current_user), db: Session = Depends(get_db, scope="function"),
+                  ctx: ServiceContext = Depends(get_ctx)) -> list[VersionOut]:
+    """Every finished job's result, kept as a version (newest first), with its approvals and
+    corrections; ``current`` marks the one the viewer and the downloads show. Open one with
+    ``GET /api/studies/{id}?job=<job>`` (masks and results take ``?job=`` too)."""
+    study = visible_study(study_id, user, db)
+    return [VersionOut(**v) for v in versions.listing(ctx.storage.study_dir(study.id), study.jobs)]
+
+
+@router.post("/api/studies/{study_id}/versions/{job_id}/restore", response_model=list[VersionOut])
+def restore_version(study_id: str, job_id: str, request: Request, user: User = Depends(current_user),
+                    db: Session = Depends(get_db, scope="function"), ctx: ServiceContext = Depends(get_ctx)) -> list[VersionOut]:
+    """Make an earlier version current again (with its own corrections and reviews); nothing is
+    deleted, and a job finishing later becomes current as usual."""
+    study = visible_study(study_id, user, db)
+    if any(j.state in ("queued", "running") for j in study.jobs):
+        raise HTTPException(409, "this study is being contoured; restore a version when the job is done")
+    try:
+        versions.restore(ctx.storage.study_dir(study.id), study.jobs, job_id, user=user.username)
+    except KeyError:
+        raise HTTPException(404, "no finished job with this id in this study") from None
+    audit.record(db, "restore", actor=user.username, study=study, address=audit.client_address(request), detail=f"job {job_id}")
+    db.commit()
+    return [VersionOut(**v) for v in versions.listing(ctx.storage.study_dir(study.id), study.jobs)]
+
+
 # ---- results ---------------------------------------------------------------------------------
 
 def _result_job(ctx: ServiceContext, study: Study, job_id: str | None) -> Job:
@@ -404,7 +457,7 @@ def _result_job(ctx: ServiceContext, study: Study, job_id: str | None) -> Job:
         if job.state != "done":
             raise HTTPException(409, f"the job is {job.state}, not done")
         return job
-    job = latest_done_job(study)
+    job = current_job(ctx, study)
     if job is None:
         raise HTTPException(404, "no results yet: start a contouring job and wait until it is done")
     return job
@@ -440,6 +493,11 @@ def get_result(study_id: str, kind: str, request: Request, job: str | None = Que
     if not path.is_file():
         why = " (DICOM results are written for DICOM uploads)" if kind in ("rtstruct", "seg") and study.kind != "dicom" else ""
         raise HTTPException(404, f"no {kind} result for this study{why}")
+    if kind == "summary":  # without the server's paths (relative names only)
+        from delineo.service.public import public_summary_bytes
+
+        return Response(public_summary_bytes(path, ctx.settings.home), media_type=media,
+                        headers={"Content-Disposition": f'attachment; filename="{_download_name(study, fname)}"'})
     return FileResponse(path, media_type=media, filename=_download_name(study, fname))
 
 
@@ -489,7 +547,7 @@ def get_volume(study_id: str, filename: str, request: Request, user: User = Depe
 
     image = read_image(src)
     affine = np.eye(4)
-    job = latest_done_job(study)
+    job = current_job(ctx, study)
     if job is not None:
         masks = sorted((ctx.storage.results_dir(study.id, job.id) / "segmentations").glob("*.nii.gz"))
         if masks:
@@ -536,10 +594,32 @@ async def put_mask(study_id: str, filename: str, request: Request, job: str | No
     """Store a corrected mask of one structure (from the viewer's brush, eraser, interpolation)
     as a new version of the result; the model's original is kept (``?original=true``). The RT
     Structure Set, SEG, NIfTI and summary downloads then carry it."""
-    data = await request.body()
-    if len(data) > ctx.settings.max_upload_bytes:
-        raise HTTPException(413, "the mask is larger than an upload may be")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > ctx.settings.max_upload_bytes:
+        raise HTTPException(413, f"{filename[:120]}: the mask is larger than the {ctx.settings.max_upload_mb:.0f} MB an upload may be")
     name = filename[: -len(".nii.gz")] if filename.endswith(".nii.gz") else filename[: -len(".nii")] if filename.endswith(".nii") else filename
+
+    def grid() -> tuple[int, ...]:
+        """The structure's grid, from its header (no data read), before the body is."""
+        import nibabel as nib
+
+        with ctx.db.session() as db:
+            study = visible_study(study_id, user, db)
+            current = current_results(ctx, study, _result_job(ctx, study, job)) / "segmentations" / f"{name}.nii.gz"
+            if PurePosixPath(name).name != name or not current.is_file():
+                raise HTTPException(404, f"no structure {name!r} in this study's results")
+            return tuple(nib.load(str(current)).shape)
+
+    from delineo.service.nifti_limits import NiftiRefused, receive_mask
+
+    shape = await run_in_threadpool(grid)
+    try:  # streamed: the header checked against the grid first, the decompressed size bounded by it
+        data = await receive_mask(request.stream(), shape, max_compressed=ctx.settings.max_upload_bytes, idle_s=ctx.settings.upload_idle_s)
+    except NiftiRefused as exc:
+        log.info("mask upload refused (%s): %s", exc.status, exc.message)
+        raise HTTPException(exc.status, f"{filename[:120]}: {exc.message}") from None
+    except ClientDisconnect:
+        raise HTTPException(400, "the upload was interrupted") from None
 
     def work() -> ReviewOut:
         with ctx.db.session() as db:
@@ -594,7 +674,7 @@ def _reference_out(ctx: ServiceContext, study: Study) -> ReferenceOut:
     meta = reference.info(sd)
     if meta is None:
         return ReferenceOut(present=False)
-    job = latest_done_job(study)
+    job = current_job(ctx, study)
     rows: list[dict[str, Any]] = []
     if job is not None:
         version = int(review.read_state(sd, job.id).get("version", 0))
@@ -615,7 +695,7 @@ async def upload_reference(study_id: str, request: Request, user: User = Depends
     s = ctx.settings
     with ctx.db.session() as db:
         study = visible_study(study_id, user, db)
-        job = latest_done_job(study)
+        job = current_job(ctx, study)
         grid = None
         if job is not None:
             grid = next(iter(sorted((current_results(ctx, study, job) / "segmentations").glob("*.nii.gz"))), None)
@@ -680,26 +760,41 @@ def get_reference_mask(study_id: str, filename: str, user: User = Depends(curren
 def list_destinations(user: User = Depends(current_user), ctx: ServiceContext = Depends(get_ctx)) -> list[DestinationOut]:
     """Where contours can be sent (planning systems, PACS): set by an administrator
     (``DELINEO_SEND_DESTINATIONS`` or ``PUT /api/send/destinations/{name}``)."""
-    return [DestinationOut(name=n, target=f"{d['ae']}@{d['host']}:{d['port']}", source=d["source"])
-            for n, d in sorted(send.destinations(ctx.settings.home).items())]
+    return [DestinationOut(name=n, target=f"{d['ae']}@{d['host']}:{d['port']}" if user.is_admin else d["ae"], source=d["source"])
+            for n, d in sorted(send.destinations(ctx.settings.home).items())]  # host and port: administrators only
+
+
+def _send_out(rec: dict, user: User) -> SendOut:
+    """A send as the API shows it: the destination's host and port only to administrators."""
+    if user.is_admin:
+        return SendOut(**rec)
+    ae, _, where = str(rec.get("target") or "").partition("@")
+    error = rec.get("error")
+    if error and where:
+        error = error.replace("@" + where, "").replace(where, "the destination")
+    return SendOut(**{**rec, "target": ae, "error": error})
 
 
 @router.put("/api/send/destinations/{name}", response_model=list[DestinationOut], tags=["send"])
-def put_destination(name: str, body: DestinationIn, user: User = Depends(admin_user), ctx: ServiceContext = Depends(get_ctx)) -> list[DestinationOut]:
+def put_destination(name: str, body: DestinationIn, request: Request, user: User = Depends(admin_user), ctx: ServiceContext = Depends(get_ctx)) -> list[DestinationOut]:
     """Administrators: add or change a destination (``AE@HOST:PORT``)."""
     try:
         send.save_destination(ctx.settings.home, name, body.address)
     except Exception as exc:  # noqa: BLE001 - ValueError, ConfigError
         raise HTTPException(422, str(exc)) from None
+    audit.record_now(ctx.db, "destination-set", actor=user.username, address=audit.client_address(request),
+                     detail=f"send destination {name[:64]!r} = {body.address[:128]}")
     return list_destinations(user, ctx)
 
 
 @router.delete("/api/send/destinations/{name}", status_code=204, tags=["send"])
-def delete_destination(name: str, user: User = Depends(admin_user), ctx: ServiceContext = Depends(get_ctx)) -> Response:
+def delete_destination(name: str, request: Request, user: User = Depends(admin_user), ctx: ServiceContext = Depends(get_ctx)) -> Response:
     try:
         send.save_destination(ctx.settings.home, name, None)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
+    audit.record_now(ctx.db, "destination-delete", actor=user.username, address=audit.client_address(request),
+                     detail=f"send destination {name[:64]!r} removed")
     return Response(status_code=204)
 
 
@@ -731,7 +826,7 @@ def send_study(study_id: str, body: SendIn, request: Request, job: str | None = 
     audit.record(db, "forward", actor=user.username, study=study, address=audit.client_address(request),
                  detail=f"queued to {body.destination}, job {j.id} version {version}")
     db.commit()
-    return SendOut(**rec)
+    return _send_out(rec, user)
 
 
 @router.get("/api/studies/{study_id}/sends", response_model=list[SendOut], tags=["send"])
@@ -739,4 +834,4 @@ def list_sends(study_id: str, user: User = Depends(current_user), db: Session = 
                ctx: ServiceContext = Depends(get_ctx)) -> list[SendOut]:
     """The study's sends, newest first: queued, sending, retrying, sent or failed (with the reason)."""
     study = visible_study(study_id, user, db)
-    return [SendOut(**r) for r in send.sends_for(ctx.settings.home, study.id)]
+    return [_send_out(r, user) for r in send.sends_for(ctx.settings.home, study.id)]

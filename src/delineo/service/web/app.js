@@ -161,6 +161,7 @@ function showMissing(id, message) {
 }
 $("study-list").addEventListener("click", (e) => { const li = e.target.closest("li[data-id]"); if (li) select(li.dataset.id); });
 async function select(id) {
+  if (id !== state.selected) state.openJob = null;  // an earlier version opened in another study
   state.selected = id; location.hash = id;
   document.querySelectorAll("#study-list li").forEach((li) => li.classList.toggle("selected", li.dataset.id === id));
   await loadDetail();
@@ -169,7 +170,7 @@ async function loadDetail() {
   if (!state.selected) return;
   const id = state.selected;
   let d;
-  try { d = await api(`/api/studies/${id}`); }
+  try { d = await api(`/api/studies/${id}${state.openJob ? `?job=${state.openJob}` : ""}`); }
   catch (err) { if (/^(404|403)|no such study/i.test(err.message)) showMissing(id, err.message); else toast(err.message); return; }
   if (state.selected !== id) return;
   $("missing-study").classList.add("hidden");
@@ -179,6 +180,7 @@ async function loadDetail() {
   renderStudy(d);
   renderReference(state.reference);
   refreshSends();
+  refreshVersions();
 }
 
 // ---- sending to a planning system ---------------------------------------------------------------
@@ -222,16 +224,23 @@ $("dest-form").addEventListener("submit", async (e) => {
 
 // ---- reference contours ------------------------------------------------------------------------
 const REF_COLOR = [255, 230, 0];
+// a reference structure is drawn dashed in the colour of the result's structure of its name (as
+// planning systems draw a second set); yellow only when the result has no such structure
+const normName = (n) => String(n).toLowerCase().replace(/[\s_-]+/g, "");
+function refColor(name) { const s = state.detail?.structures?.find((x) => normName(x.name) === normName(name)); return s ? s.color : REF_COLOR; }
+const refLayer = (r) => `${r} (reference)`;
 const fmtNum = (v, digits) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
 function renderReference(ref) {
   const has = !!(ref && ref.present);
   $("reference-table").classList.toggle("hidden", !has);
   $("reference-info").innerHTML = has
-    ? `<span class="swatch" style="background:rgb(${REF_COLOR})"></span> ${esc(ref.source)} · ${ref.structures.length} structures · ${esc(ref.user)}, ${fmtShort(ref.at)}`
+    ? `<span class="swatch dashed" style="border-color:var(--muted)"></span> dashed, in each structure's colour · ${esc(ref.source)} · ${ref.structures.length} structures · ${esc(ref.user)}, ${fmtShort(ref.at)}`
     : "Compare with a clinician's contours: upload an RT Structure Set or NIfTI masks (one per structure).";
+  const hidden = state.refHidden || (state.refHidden = new Set());
+  const tick = (r) => r ? `<input type="checkbox" class="ref-vis" data-ref="${esc(r)}" ${hidden.has(r) ? "" : "checked"} aria-label="show the reference ${esc(r)}"><span class="swatch dashed" style="border-color:rgb(${refColor(r)})"></span>` : "";
   $("reference-rows").innerHTML = has ? ref.metrics.map((m) => m.structure && m.reference
-    ? `<tr><td>${esc(m.structure)}</td><td class="num">${fmtNum(m.dice, 3)}</td><td class="num">${fmtNum(m.hd95_mm, 1)}</td><td class="num">${fmtNum(m.surface_dice, 3)}</td></tr>`
-    : `<tr class="muted"><td>${esc(m.structure || m.reference)}</td><td colspan="3">${m.structure ? "not in the reference" : "only in the reference"}</td></tr>`).join("") : "";
+    ? `<tr><td>${tick(m.reference)}${esc(m.structure)}</td><td class="num">${fmtNum(m.dice, 3)}</td><td class="num">${fmtNum(m.hd95_mm, 1)}</td><td class="num">${fmtNum(m.surface_dice, 3)}</td></tr>`
+    : `<tr class="muted"><td>${tick(m.reference)}${esc(m.structure || m.reference)}</td><td colspan="3">${m.structure ? "not in the reference" : "only in the reference"}</td></tr>`).join("") : "";
 }
 $("reference-input").addEventListener("change", async (e) => {
   const d = state.detail; const files = [...e.target.files]; e.target.value = "";
@@ -246,8 +255,17 @@ $("reference-input").addEventListener("change", async (e) => {
     state.loadedFor = null; renderStudy(d);  // load the reference into the viewer
   } catch (err) { $("reference-error").textContent = `Reference refused: ${err.message}`; renderReference(state.reference); }
 });
-$("reference-show").addEventListener("change", (e) => {
-  for (const L of state.viewer?.layers || []) if (L.reference) state.viewer.setVisible(L.name, e.target.checked);
+function referenceVisibility() {
+  const shownNow = {}; const all = $("reference-show").checked; const hidden = state.refHidden || new Set();
+  for (const L of state.viewer?.layers || []) if (L.reference) shownNow[L.name] = all && !hidden.has(L.refName);
+  return shownNow;
+}
+$("reference-show").addEventListener("change", () => state.viewer?.setVisibleMany(referenceVisibility()));
+$("reference-rows").addEventListener("change", (e) => {
+  const cb = e.target.closest("input.ref-vis"); if (!cb) return;
+  const hidden = state.refHidden || (state.refHidden = new Set());
+  if (cb.checked) hidden.delete(cb.dataset.ref); else hidden.add(cb.dataset.ref);
+  state.viewer?.setVisibleMany(referenceVisibility());
 });
 
 // ---- study view --------------------------------------------------------------------------------
@@ -259,7 +277,8 @@ function renderStudy(d) {
   const i = d.info || {};
   const parts = [d.kind === "dicom" ? `DICOM ${i.modality || ""} series, ${i.slices} slices` : d.kind === "png" ? "X-ray image (PNG)" : "NIfTI volume"];
   if (i.shape) parts.push(i.shape.join(" × ") + " voxels");
-  if (i.spacing_mm) parts.push(i.spacing_mm.map((v) => +v.toFixed(2)).join(" × ") + " mm");
+  const spacing = i.spacing_mm || d.dicom_geometry?.spacing_mm;
+  if (spacing) parts.push(spacing.map((v) => +Number(v).toFixed(2)).join(" × ") + " mm voxels");
   if (d.patient_id) parts.unshift(`Patient ID ${d.patient_id}`);
   if (d.study_date) parts.push(`study date ${d.study_date}`);
   parts.push(fmtSize(d.size_bytes), `uploaded ${fmtDate(d.created_at)}`);
@@ -271,7 +290,7 @@ function renderStudy(d) {
   for (const a of document.querySelectorAll("#downloads a")) {
     const ok = d.results.includes(a.dataset.kind);
     a.classList.toggle("disabled", !ok);
-    a.href = ok ? `/api/studies/${d.id}/results/${a.dataset.kind}` : "#";
+    a.href = ok ? `/api/studies/${d.id}/results/${a.dataset.kind}${state.openJob ? `?job=${d.result_job}` : ""}` : "#";
     a.setAttribute("download", "");
   }
   const noDicom = d.results.length && !d.results.includes("rtstruct");
@@ -324,11 +343,70 @@ $("contour-btn").addEventListener("click", async () => {
   const all = [...document.querySelectorAll("#structure-picks input")];
   const chosen = all.filter((c) => c.checked).map((c) => c.value);
   if (!chosen.length) { toast("Choose at least one structure."); return; }
+  const body = { model: $("model-select").value, structures: chosen.length === all.length ? null : chosen };
   try {
     $("contour-btn").disabled = true;
-    await api(`/api/studies/${d.id}/jobs`, { method: "POST", json: { model: $("model-select").value, structures: chosen.length === all.length ? null : chosen } });
+    try { await api(`/api/studies/${d.id}/jobs`, { method: "POST", json: body }); }
+    catch (err) {
+      // the server names corrected or reviewed structures the job would replace: ask first
+      if (!/corrected or reviewed/.test(err.message)) throw err;
+      if (!await askReplace(err.message)) { $("contour-btn").disabled = false; return; }
+      await api(`/api/studies/${d.id}/jobs`, { method: "POST", json: { ...body, confirm_replace: true } });
+    }
+    state.openJob = null;
     await refreshStudies(); await loadDetail();
   } catch (err) { toast(err.message); $("contour-btn").disabled = false; }
+});
+function askReplace(message) {
+  const m = /replace structures that were corrected or reviewed: (.*?)\. Send/.exec(message);
+  $("replace-text").textContent = `Contouring again replaces ${m ? m[1] : "structures that were corrected or reviewed"}; their corrections and reviews are not carried into the new version.`;
+  const dlg = $("replace-dialog");
+  return new Promise((resolve) => {
+    const done = (ok) => { $("replace-ok").onclick = $("replace-cancel").onclick = dlg.oncancel = null; dlg.close(); resolve(ok); };
+    $("replace-ok").onclick = () => done(true);
+    $("replace-cancel").onclick = () => done(false);
+    dlg.oncancel = (e) => { e.preventDefault(); done(false); };
+    dlg.showModal();
+  });
+}
+
+// ---- versions: every job's result is kept; open or restore an earlier one ----------------------
+async function refreshVersions() {
+  const d = state.detail; if (!d) return;
+  let list = [];
+  try { list = await api(`/api/studies/${d.id}/versions`); } catch (_) { return; }
+  if (state.detail?.id !== d.id) return;
+  state.versions = list;
+  $("no-versions").classList.toggle("hidden", list.length > 0);
+  const shown = d.result_job;
+  $("version-list").innerHTML = list.map((v, i) => {
+    const what = v.requested ? `${v.requested.map(esc).join(", ")} contoured again` : `${v.structures.length} structures`;
+    const work = [v.approved ? `${v.approved} approved` : "", v.needs_work ? `${v.needs_work} needs work` : "", v.edited ? `${v.edited} edited` : ""].filter(Boolean).join(", ");
+    return `<li data-job="${esc(v.job)}" class="${v.job === shown ? "shown" : ""}${v.current ? " current" : ""}">
+      <div class="vrow"><span><strong>${list.length - i}</strong> · ${fmtShort(v.finished_at || v.created_at)}</span>${v.current ? '<span class="chip done">current</span>' : ""}</div>
+      <div class="muted small">${esc(v.model)} · ${what}${work ? ` · ${work}` : ""}</div>
+      <div class="vbuttons">${v.job === shown ? "" : `<button type="button" class="mini" data-open>Open</button>`}${v.current ? "" : `<button type="button" class="mini" data-restore>Restore</button>`}</div></li>`;
+  }).join("");
+  const opened = state.openJob && list.find((v) => v.job === state.openJob && !v.current);
+  $("version-banner").classList.toggle("hidden", !opened);
+  $("version-banner").innerHTML = opened ? `Showing version ${list.length - list.indexOf(opened)} (${fmtShort(opened.finished_at)}), not the current one: read only. <button type="button" class="mini" data-restore="${esc(opened.job)}">Restore it</button> <button type="button" class="mini" data-current>Back to current</button>` : "";
+}
+async function openVersion(job) {
+  const cur = state.versions?.find((v) => v.current);
+  state.openJob = cur && cur.job === job ? null : job;
+  await loadDetail();
+}
+async function restoreVersion(job) {
+  const d = state.detail; if (!d) return;
+  try { await api(`/api/studies/${d.id}/versions/${job}/restore`, { method: "POST" }); state.openJob = null; await loadDetail(); toast("Version restored: it is the current one again"); }
+  catch (err) { toast(err.message); }
+}
+for (const el of [$("version-list"), $("version-banner")]) el.addEventListener("click", (e) => {
+  const b = e.target.closest("button"); if (!b) return;
+  const job = b.dataset.restore || b.closest("li[data-job]")?.dataset.job;
+  if (b.dataset.current !== undefined) openVersion(null);
+  else if (b.dataset.restore !== undefined) restoreVersion(job);
+  else if (b.dataset.open !== undefined) openVersion(job);
 });
 $("delete-btn").addEventListener("click", async () => {
   const d = state.detail; if (!d || !confirm(`Delete “${d.name}” and all its results?`)) return;
@@ -345,7 +423,8 @@ function flagsOf(s) {
 }
 function renderStructures(rows) {
   $("no-structures").classList.toggle("hidden", rows.length > 0);
-  const editable = (state.detail?.info?.dims || 3) === 3;
+  const readOnly = !!state.openJob;  // an earlier version: look, restore, but do not change it
+  const editable = (state.detail?.info?.dims || 3) === 3 && !readOnly;
   // flagged first: failed anatomy checks or "needs work", then a quality estimate below the model's threshold
   const rank = (x) => (x.flags.length > (x.s.quality?.review ? 1 : 0) ? 0 : x.s.quality?.review ? 1 : 2);
   const sorted = rows.map((s, i) => ({ s, i, flags: flagsOf(s) })).sort((a, b) => rank(a) - rank(b) || a.i - b.i);
@@ -357,7 +436,7 @@ function renderStructures(rows) {
     <td class="name" title="Go to ${esc(s.name)}"><span class="swatch" style="background:rgb(${s.color})"></span><span>${esc(s.name)}</span>${s.edited ? '<span class="chip edited" title="corrected in delineo">edited</span>' : ""}${s.quality ? `<span class="chip quality${s.quality.review ? " low" : ""}" title="quality estimate: the Dice this contour would have against an expert's, estimated by the model${s.quality.review ? " (below its review threshold: check first)" : ""}">Q ${Number(s.quality.quality).toFixed(2)}</span>` : ""}${flags.length ? `<span class="flag" title="${esc(flags.join("; "))}">⚠ ${esc(flags[0])}</span>` : ""}</td>
     <td class="num">${s.empty ? '<span class="muted">empty</span>' : `${s.volume.toFixed(s.volume < 10 ? 2 : s.volume < 100 ? 1 : 0)} ${esc(s.unit)}`}</td>
     <td class="review"${who}>
-      <button type="button" class="mini ok ${r?.state === "approved" ? "active" : ""}" data-review="approved" aria-label="approve ${esc(s.name)}" title="Approved">✓</button><button type="button" class="mini bad ${r?.state === "needs_work" ? "active" : ""}" data-review="needs_work" aria-label="${esc(s.name)} needs work" title="Needs work">✗</button>${editable ? `<button type="button" class="mini" data-edit aria-label="correct ${esc(s.name)}" title="Correct with brush and eraser">✎</button>` : ""}
+      <button type="button" class="mini ok ${r?.state === "approved" ? "active" : ""}" data-review="approved" aria-label="approve ${esc(s.name)}" title="Approved"${readOnly ? " disabled" : ""}>✓</button><button type="button" class="mini bad ${r?.state === "needs_work" ? "active" : ""}" data-review="needs_work" aria-label="${esc(s.name)} needs work" title="Needs work"${readOnly ? " disabled" : ""}>✗</button>${editable ? `<button type="button" class="mini" data-edit aria-label="correct ${esc(s.name)}" title="Correct with brush and eraser">✎</button>` : ""}
     </td></tr>`;
   }).join("");
   const reviewed = rows.filter((s) => s.review);
@@ -441,7 +520,18 @@ function viewer() {
 function showLocation(loc) {
   const parts = [];
   if (loc.value !== null && loc.value !== undefined && !(state.detail?.info?.dims === 2)) parts.push(`<strong>${Math.round(loc.value)} HU</strong>`);
-  if (loc.mm) parts.push(`${Array.from(loc.mm).slice(0, 3).map((v) => v.toFixed(1)).join(", ")} mm`);
+  // a DICOM study: the planning system's patient coordinates (LPS: x and y of RAS negated) and the
+  // Instance Number of the image the point lies on; otherwise the NIfTI's RAS millimetres
+  const g = state.detail?.kind === "dicom" ? state.detail.dicom_geometry : null;
+  if (loc.mm && g) {
+    const p = [-loc.mm[0], -loc.mm[1], loc.mm[2]];
+    parts.push(`<span title="DICOM patient coordinates (LPS), as planning systems show them">${p.map((v) => (Math.abs(v) < 0.05 ? 0 : v).toFixed(1)).join(", ")} mm (DICOM LPS)</span>`);
+    const at = p[0] * g.normal[0] + p[1] * g.normal[1] + p[2] * g.normal[2];
+    let best = null;
+    for (const [pos, n] of g.slices) if (!best || Math.abs(pos - at) < Math.abs(best[0] - at)) best = [pos, n];
+    const half = (g.spacing_mm?.[2] || 1) / 2 + 0.01;
+    if (best && Math.abs(best[0] - at) <= half) parts.push(`<span title="DICOM Instance Number of this image">instance ${best[1]}</span>`);
+  } else if (loc.mm) parts.push(`<span title="NIfTI world coordinates (RAS)">${Array.from(loc.mm).slice(0, 3).map((v) => v.toFixed(1)).join(", ")} mm (RAS)</span>`);
   if (loc.slice) parts.push(`slice ${Math.round(loc.slice[0]) + 1} / ${loc.slice[1]}`);
   if (loc.inside.length) parts.push(`in ${loc.inside.map(esc).join(", ")}`);
   $("cursor-info").innerHTML = parts.join(" · ");
@@ -457,11 +547,14 @@ async function loadViewer(d, job) {
   const n = await v.load({
     ctUrl: `/api/studies/${d.id}/volume/ct.nii.gz`, window: range, is2d,
     masks: [...shown.map((s) => ({ name: s.name, color: s.color, url: `/api/studies/${d.id}/masks/${encodeURIComponent(s.name)}.nii.gz?job=${job}` })),
-      ...ref.map((r) => ({ name: `${r} (reference)`, color: REF_COLOR, reference: true, url: `/api/studies/${d.id}/reference/masks/${encodeURIComponent(r)}.nii.gz` }))],
+      ...ref.map((r) => ({ name: refLayer(r), refName: r, color: refColor(r), reference: true, dashed: true, url: `/api/studies/${d.id}/reference/masks/${encodeURIComponent(r)}.nii.gz` }))],
   });
-  if (!$("reference-show").checked) for (const L of v.layers) if (L.reference) v.setVisible(L.name, false);
   if (state.detail?.id !== d.id) return;  // another study was chosen meanwhile
-  document.querySelectorAll("#structure-rows tr").forEach((tr) => v.setVisible(tr.dataset.name, tr.querySelector(".vis").checked));
+  // every tick box at once: one overlay update (issue 37)
+  const shownNow = {};
+  Object.assign(shownNow, referenceVisibility());
+  document.querySelectorAll("#structure-rows tr").forEach((tr) => { shownNow[tr.dataset.name] = tr.querySelector(".vis").checked; });
+  v.setVisibleMany(shownNow);
   $("view-buttons").querySelectorAll("button").forEach((b) => { b.disabled = is2d && b.dataset.view !== "axial"; });
   $("window-select").disabled = is2d;
   setView(is2d ? "axial" : state.view);

@@ -38,6 +38,14 @@ export function edgeOf(mask, nx, ny, nz, skip) {
   return out;
 }
 
+/** [first, last + 1] linear index of a mask's voxels ([0, 0] when empty). */
+function maskRange(mask) {
+  let a = 0, z = mask.length;
+  while (a < z && !mask[a]) a++;
+  while (z > a && !mask[z - 1]) z--;
+  return [a, z];
+}
+
 /** World mm (RAS) -> voxel indices in the file's own order, from the NIfTI affine. */
 function mm2native(vol, mm) {
   if (!vol._inv) {
@@ -89,30 +97,54 @@ export class Viewer {
     return nv;
   }
 
-  /** Load the CT and the structures' masks. `masks`: [{name, url, color: [r, g, b]}]. */
+  /** Load the CT and the structures' masks. `masks`: [{name, url, color: [r, g, b]}].
+   *
+   * Speed (issue 37): NiiVue redoes every layer's 3D texture whenever anything changes, so one
+   * layer per structure made each toggle cost N texture passes and a load N^2/2. The masks are
+   * read without being added to the scene, and drawn as ONE colour overlay (RGBA, composed here:
+   * where structures overlap, their colours are mixed), so a load costs two texture updates (CT,
+   * overlay) and a toggle one (the overlay). */
   async load({ ctUrl, masks, window: range, is2d }) {
     const nv = await this.init();
+    const { NVImage } = await niivue();
     this.cancelEdit();
-    const vols = [{ url: ctUrl, name: "ct.nii.gz", colormap: "gray", ...(range ? { cal_min: range[0], cal_max: range[1] } : {}) }];
-    for (const s of masks) {
-      const key = `delineo-${s.name}`;
-      // transparent below the mask's value (alpha 0 at index 0): the CT shows through
-      nv.addColormap(key, { R: [0, s.color[0]], G: [0, s.color[1]], B: [0, s.color[2]], A: [0, 255], I: [0, 255] });
-      vols.push({ url: s.url, name: `${s.name}.nii.gz`, colormap: key, opacity: 1, cal_min: 0.5, cal_max: 1 });
-    }
-    await nv.loadVolumes(vols);
-    if (range) this.setWindow(range);
+    this.viewZoom = {};  // a new image: every view fitted again
+    const t0 = performance.now(); const ms = () => Math.round(performance.now() - t0);
+    this.stats = { updates: 0, ms: {} };
+    this.overlay = null; this._drawn = null; this._sum = null;
+    const ct = { url: ctUrl, name: "ct.nii.gz", colormap: "gray", ...(range ? { cal_min: range[0], cal_max: range[1] } : {}) };
+    const [, ...vols] = await Promise.all([
+      nv.loadVolumes([ct]),
+      ...masks.map((s) => NVImage.loadFromUrl({ url: s.url, name: `${s.name}.nii.gz` })),
+    ]);
+    this.stats.updates++; this.stats.ms.read = ms();
+    if (range) { const v = this.ct; v.cal_min = range[0]; v.cal_max = range[1]; }
     this.is2d = !!is2d;
     this.layers = masks.map((s, i) => {
-      const vol = nv.volumes[i + 1];
+      const vol = vols[i];
       const mask = new Uint8Array(vol.img.length);
       for (let k = 0; k < mask.length; k++) mask[k] = vol.img[k] > 0.5 ? 1 : 0;
-      return { name: s.name, color: s.color, vol, mask, visible: true, reference: !!s.reference };
+      return { name: s.name, color: s.color, vol, mask, visible: true, reference: !!s.reference, refName: s.refName, dashed: !!s.dashed, edges: {} };
     });
-    this.refreshOverlays();
     this.fitted = true;
-    this.setView(this.is2d ? "axial" : this.view);
-    return vols.length;
+    this.view = this.is2d ? "axial" : this.view;
+    const types = { axial: nv.sliceTypeAxial, coronal: nv.sliceTypeCoronal, sagittal: nv.sliceTypeSagittal, multi: nv.sliceTypeMultiplanar };
+    nv.setSliceType(types[this.view]);
+    if (vols.length) {
+      // the one overlay: the first mask's grid, four bytes (RGBA) a voxel
+      const o = vols[0].clone();
+      o.hdr.datatypeCode = 2304; o.hdr.numBitsPerVoxel = 32; o.hdr.scl_slope = 1; o.hdr.scl_inter = 0;
+      o.img = new Uint8Array(vols[0].img.length * 4);
+      o.name = "structures"; o.opacity = 1; o.colormap = "gray";
+      this.overlay = o;
+      this._compose(); this.stats.ms.compose = ms();
+      nv.addVolume(o);  // one texture update for the overlay (and the CT's window)
+      this.stats.updates++; this.stats.ms.overlay = ms();
+    } else {
+      nv.updateGLVolume(); this.stats.updates++;
+    }
+    this.fit(); this.stats.ms.fit = ms();
+    return 1 + masks.length;
   }
 
   get ct() { return this.nv?.volumes?.[0] || null; }
@@ -121,7 +153,20 @@ export class Viewer {
     const v = this.ct; if (!v) return;
     if (range) { v.cal_min = range[0]; v.cal_max = range[1]; }
     else { v.cal_min = v.robust_min ?? v.global_min; v.cal_max = v.robust_max ?? v.global_max; }
-    this.nv.updateGLVolume();
+    // the CT's layer only (the overlay's texture is unchanged)
+    this._refreshLayer(0);
+  }
+  /** Redo one layer's texture (0: the CT, 1: the structures' overlay) and draw; the whole scene
+   * (every layer) when NiiVue's internals differ from what this expects. */
+  _refreshLayer(i) {
+    const nv = this.nv; const vol = nv.volumes[i]; if (!vol) return;
+    this.stats = this.stats || { updates: 0 };
+    this.stats.updates++;
+    try {
+      if (i === 0 && nv.volumes.length > 1) throw new Error("the overlay is blended with the CT's texture");
+      nv.refreshLayers(vol, i);
+      nv.drawScene();
+    } catch (_) { nv.updateGLVolume(); }
   }
 
   /** The axis (0..2, native order) across the current view's slices, or -1 for several views. */
@@ -131,32 +176,104 @@ export class Viewer {
     return Math.abs(vol.permRAS[ras]) - 1;
   }
 
-  /** Write each overlay's voxels for the current mode, view, visibility and opacity. */
-  refreshOverlays() {
-    const nv = this.nv; if (!nv) return;
-    for (const L of this.layers) {
-      const v = L.vol;
-      const [nx, ny, nz] = [v.hdr.dims[1], v.hdr.dims[2], Math.max(1, v.hdr.dims[3])];
-      const src = this.prefs.mode === "outline" ? edgeOf(L.mask, nx, ny, nz, nz === 1 ? 2 : this._sliceAxis(v)) : L.mask;
-      const editingThis = this.editing && this.editing.layer === L;
-      v.img.set(src);
-      v.opacity = !L.visible || editingThis ? 0 : this.prefs.mode === "outline" ? 1 : this.prefs.opacity;
+  /** What the overlay shows: each structure's voxels (filled) or edge (outline, in the plane on
+   * screen), mixed where they overlap, at the fill opacity. Returns false when nothing changed. */
+  _compose() {
+    const o = this.overlay; if (!o) return false;
+    const filled = this.prefs.mode !== "outline";
+    const shown = this.layers.filter((L) => L.visible && !(this.editing && this.editing.layer === L));
+    const key = JSON.stringify([filled, filled ? this.prefs.opacity : 1, shown.map((L) => L.name), filled && !shown.some((L) => L.dashed) ? -1 : this._sliceAxis(o), this._maskVersion || 0]);
+    if (key === this._drawn) return false;
+    this._drawn = key;
+    const n = o.img.length / 4;
+    // only the voxels between the first and last of the structures (and of what was drawn before)
+    if (!this._sum || this._sum.length !== 3 * n) { this._sum = new Uint16Array(3 * n); this._count = new Uint8Array(n); this._range = [0, n]; }
+    const sum = this._sum, count = this._count, img = o.img;
+    let [lo, hi] = this._range;
+    sum.fill(0, 3 * lo, 3 * hi); count.fill(0, lo, hi); img.fill(0, 4 * lo, 4 * hi);
+    lo = n; hi = 0;
+    for (const L of shown) {
+      // a dashed set (reference contours) is always drawn as a dashed outline
+      const src = L.dashed ? this._dashes(L) : filled ? L.mask : this._edges(L);
+      const [a, z] = L.range || (L.range = maskRange(L.mask));
+      if (a >= z) continue;
+      lo = Math.min(lo, a); hi = Math.max(hi, z);
+      const [r, g, b] = L.color;
+      for (let i = a; i < z; i++) if (src[i]) { const j = 3 * i; sum[j] += r; sum[j + 1] += g; sum[j + 2] += b; count[i]++; }
     }
-    nv.updateGLVolume();
+    if (lo > hi) lo = hi = 0;
+    this._range = [lo, hi];
+    const alpha = Math.round(255 * (filled ? this.prefs.opacity : 1));
+    for (let i = lo; i < hi; i++) {
+      const c = count[i]; if (!c) continue;
+      const j = 3 * i, k = 4 * i;
+      img[k] = sum[j] / c; img[k + 1] = sum[j + 1] / c; img[k + 2] = sum[j + 2] / c; img[k + 3] = alpha;
+    }
+    return true;
+  }
+  /** The outline in dashes: edge voxels in runs of three, three left out (along each row). */
+  _dashes(L) {
+    const v = L.vol; const nx = v.hdr.dims[1], ny = v.hdr.dims[2];
+    const axis = Math.max(1, v.hdr.dims[3]) === 1 ? 2 : this._sliceAxis(v);
+    const key = `d${axis}`;
+    if (!L.edges[key]) {
+      const e = this._edges(L); const out = new Uint8Array(e.length);
+      for (let i = 0; i < e.length; i++) if (e[i]) {
+        const x = i % nx, y = Math.floor(i / nx) % ny, z = Math.floor(i / (nx * ny));
+        // the two coordinates in the plane on screen
+        const [a, b] = axis === 0 ? [y, z] : axis === 1 ? [x, z] : [x, y];
+        if (Math.floor((a + b) / 3) % 2 === 0) out[i] = 1;
+      }
+      L.edges[key] = out;
+    }
+    return L.edges[key];
+  }
+  _edges(L) {
+    const v = L.vol;
+    const [nx, ny, nz] = [v.hdr.dims[1], v.hdr.dims[2], Math.max(1, v.hdr.dims[3])];
+    const axis = nz === 1 ? 2 : this._sliceAxis(v);
+    if (!L.edges[axis]) L.edges[axis] = edgeOf(L.mask, nx, ny, nz, axis);
+    return L.edges[axis];
+  }
+
+  /** Draw the overlay for the current mode, view, visibility and opacity: one texture update,
+   * none when nothing changed. */
+  refreshOverlays() {
+    const nv = this.nv; if (!nv || !this.overlay) return;
+    const t0 = performance.now();
+    if (!this._compose()) return;
+    const t1 = performance.now();
+    this._refreshLayer(1);
+    if (this.stats) this.stats.last = { compose_ms: Math.round(t1 - t0), texture_ms: Math.round(performance.now() - t1) };
   }
 
   setMode(mode) { this.prefs.mode = mode; savePrefs(this.prefs); this.refreshOverlays(); }
   setFillOpacity(x) { this.prefs.opacity = x; savePrefs(this.prefs); this.refreshOverlays(); }
   setVisible(name, on) { const L = this.layers.find((l) => l.name === name); if (L) { L.visible = on; this.refreshOverlays(); } }
+  /** Several structures shown or hidden at once ({name: bool}): one update. */
+  setVisibleMany(map) { for (const L of this.layers) if (L.name in map) L.visible = !!map[L.name]; this.refreshOverlays(); }
   setRadiological(on) { this.prefs.radiological = on; savePrefs(this.prefs); this.nv?.setRadiologicalConvention(on); }
 
   setView(view) {
+    const nv = this.nv;
+    // zoom and pan belong to a view: keep the one left (when the user changed it), fit or restore the next
+    if (nv && this.view !== view) this._keepViewZoom();
     this.view = view;
-    const nv = this.nv; if (!nv) return;
+    if (!nv) return;
     const types = { axial: nv.sliceTypeAxial, coronal: nv.sliceTypeCoronal, sagittal: nv.sliceTypeSagittal, multi: nv.sliceTypeMultiplanar };
     nv.setSliceType(types[view]);
     this.refreshOverlays();
-    if (this.fitted) this.fit();
+    const kept = this.viewZoom?.[view];
+    if (kept) { this.fitted = false; nv.setPan2Dxyzmm([...kept]); this._thinCrosshair(kept[3]); }
+    else if (this.fitted || this.ct) this.fit();
+  }
+  _keepViewZoom() {
+    const nv = this.nv; if (!nv || !this.ct) return;
+    this.viewZoom = this.viewZoom || {};
+    const p = [...nv.scene.pan2Dxyzmm];
+    const f = this._fitPan;
+    if (f && p.every((x, k) => Math.abs(x - f[k]) < 1e-6)) delete this.viewZoom[this.view];
+    else this.viewZoom[this.view] = p;
   }
 
   /** Move the cross-hair to the middle of a structure (the centroid of its voxels, on a voxel of it). */
@@ -188,15 +305,21 @@ export class Viewer {
 
   // ---- zoom and pan ---------------------------------------------------------------------------
   get zoomFactor() { return this.nv ? this.nv.scene.pan2Dxyzmm[3] : 1; }
+  /** Zoom about the middle of the view: the point shown there stays there (a scene point x is
+   * drawn at x * zoom + pan, the scene's centre fixed). */
   zoom(factor) {
     const nv = this.nv; if (!nv) return;
     const p = nv.scene.pan2Dxyzmm;
+    const z = Math.min(12, Math.max(0.5, p[3] * factor));
+    const [smn, smx] = nv.sceneExtentsMinMax(true);
+    const pan = [0, 1, 2].map((k) => { const c = (smn[k] + smx[k]) / 2; return c - (c - p[k]) * (z / p[3]); });
     this.fitted = false;
-    nv.setPan2Dxyzmm([p[0], p[1], p[2], Math.min(12, Math.max(0.5, p[3] * factor))]);
-    this._thinCrosshair(nv.scene.pan2Dxyzmm[3]);
+    nv.setPan2Dxyzmm([pan[0], pan[1], pan[2], z]);
+    this._thinCrosshair(z);
   }
   resetView() {
     const nv = this.nv; if (!nv) return;
+    if (this.viewZoom) delete this.viewZoom[this.view];
     this.fit();
     if (this.ct && !this.editing) this.setWindow(this.lastWindow ?? null);
   }
@@ -255,6 +378,7 @@ export class Viewer {
     zoom = Math.min(8, Math.max(1, zoom));
     const pan = [0, 1, 2].map((k) => (zoom === 1 ? 0 : (smn[k] + smx[k]) / 2 - ((body.mn[k] + body.mx[k]) / 2) * zoom));
     nv.setPan2Dxyzmm([pan[0], pan[1], pan[2], zoom]);
+    this._fitPan = [...nv.scene.pan2Dxyzmm];
     this._thinCrosshair(zoom);
   }
   /** Keep the cross-hair about 1-2 screen pixels wide whatever the zoom (its width is in mm). */
@@ -342,6 +466,7 @@ export class Viewer {
     const offset = Math.round(new DataView(bytes.buffer, bytes.byteOffset).getFloat32(108, true));
     const voxels = bytes.subarray(offset);
     if (voxels.length === L.mask.length) for (let k = 0; k < L.mask.length; k++) L.mask[k] = voxels[k] > 0 ? 1 : 0;
+    L.edges = {}; L.range = null; this._maskVersion = (this._maskVersion || 0) + 1;
     this.cancelEdit();
     return bytes;
   }
