@@ -118,8 +118,8 @@ def write_image(path: str | Path, image: Image) -> Path:
 
 def write_mask(path: str | Path, mask: np.ndarray, like: Image) -> Path:
     """Write a binary mask on ``like``'s grid: uint8 {0,1} for NIfTI, {0,255} for PNG."""
-    mask = np.asarray(mask).astype(bool)
-    values = mask.astype(np.uint8) * (255 if is_png(path) else 1)
+    mask = np.asarray(mask, dtype=bool)  # no copy of a bool mask; NIfTI gets its bytes as uint8 {0,1}
+    values = mask.astype(np.uint8) * 255 if is_png(path) else mask.view(np.uint8)
     return write_image(path, like.like(values))
 
 

@@ -208,8 +208,14 @@ def write_rtstruct(
         rc.ROIDisplayColor = [int(v) for v in structure_color(name, number - 1)]
         rc.ReferencedROINumber = number
         contours = []
-        for k in np.flatnonzero(mask.reshape(-1, mask.shape[2]).any(0)):
-            for c in slice_contours(mask[:, :, k]):
+        # only the slices in the structure's extent, each traced inside the structure's in-plane box
+        # (slice_contours pads by a voxel: the same polygons, shifted back by the box's corner)
+        i_hit, j_hit = np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(mask.any(axis=(0, 2)))
+        i0, j0 = (int(i_hit[0]), int(j_hit[0])) if i_hit.size else (0, 0)
+        inplane = mask[i0:int(i_hit[-1]) + 1, j0:int(j_hit[-1]) + 1] if i_hit.size else mask
+        for k in np.flatnonzero(inplane.reshape(-1, mask.shape[2]).any(0)):
+            for c in slice_contours(inplane[:, :, k]):
+                c = c + (i0, j0)
                 ijk = np.column_stack([c, np.full(len(c), k), np.ones(len(c))])
                 xyz = (series.lps_affine @ ijk.T).T[:, :3]
                 item = Dataset()

@@ -53,10 +53,19 @@ def write_seg(
             algorithm_identification=algorithm,
             display_color=hd.color.CIELabColor(*_to_lab(structure_color(name, number - 1))),
         ))
-    # frames in the order of the source images: (slices, rows, columns, segments)
-    pixels = np.stack([np.transpose(masks[n], (2, 1, 0)) for n in names], axis=-1).astype(np.uint8)
+    # frames only for the slices where a segment is present (empty frames are omitted from the SEG
+    # anyway; this saves building and scanning them): (slices, rows, columns, segments)
+    occupied = np.zeros(series.image.shape[2], bool)
+    for n in names:
+        m = np.asarray(masks[n])
+        occupied |= m.reshape(-1, m.shape[2]).any(0)
+    hit = np.flatnonzero(occupied)
+    k0, k1 = (int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 1)
+    pixels = np.empty((k1 - k0, *series.image.shape[1::-1], len(names)), np.uint8)
+    for s, n in enumerate(names):
+        pixels[..., s] = np.transpose(np.asarray(masks[n])[:, :, k0:k1], (2, 1, 0))
     seg = hd.seg.Segmentation(
-        source_images=_with_type2_attributes(series.datasets),
+        source_images=_with_type2_attributes(series.datasets[k0:k1]),
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,

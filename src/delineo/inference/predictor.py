@@ -7,7 +7,10 @@ Stages (timed separately, see :attr:`Predictor.timings`):
                    voxels above an intensity threshold, plus a margin; the rest is background);
                    intensity normalisation and resampling to the model's ``spacing_mm``
 2. ``model``       whole-volume or MONAI sliding-window inference, optional mirroring TTA
-3. ``postprocess`` probabilities resampled to the input grid, threshold, one label per voxel within
+3. ``postprocess`` probabilities resampled to the input grid (each structure, or each group of exclusive
+                   ones, inside its own box: the input voxels whose model-grid neighbours reach
+                   the threshold, or the quality estimate's floor; the same values as resampling
+                   the whole grid at a cost proportional to the structures), threshold, one label per voxel within
                    each group of mutually exclusive structures (``exclusive``: the most probable
                    one), keep the N largest connected components per structure (MONAI
                    ``KeepLargestConnectedComponent``)
@@ -29,9 +32,9 @@ from monai.transforms.utils import generate_spatial_bounding_box
 
 from delineo.data.io import Image, grid_affine, is_png
 from delineo.data.orientation import to_orientation
-from delineo.data.transforms import preprocess, resample
+from delineo.data.transforms import preprocess
 from delineo.errors import InputError
-from delineo.inference.quality import load_quality, structure_features
+from delineo.inference.quality import FLOOR, load_quality, structure_features
 from delineo.machine import autocast_context, bf16_available, resolve_device
 from delineo.models.registry import ModelBundle, load_model
 
@@ -138,6 +141,90 @@ def foreground_box(array: np.ndarray, spacing_mm: Sequence[float], threshold: fl
     return tuple(slice(max(0, int(b)), min(n, int(e))) for b, e, n in zip(start, end, array.shape))
 
 
+def _units(channels: Sequence[int], groups: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The channels to post-process together: each exclusive group that holds a wanted channel
+    (its members compete per voxel), and every other wanted channel alone."""
+    units, done = [], set()
+    for c in channels:
+        if c in done:
+            continue
+        group = next((list(g) for g in groups if c in g and len(g) > 1), [c])
+        units.append(group)
+        done.update(group)
+    return units
+
+
+def _source_index(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output voxel of a linear resampling ``n_in`` -> ``n_out`` (``align_corners=False``,
+    as :func:`torch.nn.functional.interpolate`): the two source voxels and the second one's weight."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
+
+
+def input_box(probs: torch.Tensor, low: float, shape: Sequence[int]) -> tuple[slice, ...] | None:
+    """The box of the output grid ``shape`` where linear resampling of ``probs`` (``(C, *model grid)``)
+    can reach ``low`` in any channel: the output voxels whose source voxels touch the model-grid
+    bounding box of the voxels >= ``low``; None when none is."""
+    above = (probs >= low).any(0)
+    if not bool(above.any()):
+        return None
+    out = []
+    for axis, n_out in enumerate(shape):
+        other = [d for d in range(above.ndim) if d != axis]
+        hit = torch.nonzero(above.any(dim=other[0], keepdim=True).any(dim=other[1], keepdim=True).flatten()
+                            if len(other) == 2 else above.any(dim=other[0]).flatten()).flatten().cpu().numpy()
+        lo, hi = int(hit.min()), int(hit.max())
+        i0, i1, _ = _source_index(above.shape[axis], int(n_out))
+        j = np.flatnonzero(((i0 >= lo) & (i0 <= hi)) | ((i1 >= lo) & (i1 <= hi)))
+        out.append(slice(int(j.min()), int(j.max()) + 1))
+    return tuple(out)
+
+
+def resample_box(probs: torch.Tensor, shape: Sequence[int], region: Sequence[slice]) -> torch.Tensor:
+    """``region`` of :func:`delineo.data.transforms.resample` ``(probs, shape, "linear")``, computed
+    axis by axis from the source voxels it needs only (the same weights; float rounding aside)."""
+    p = probs.float()
+    for axis, (n_out, r) in enumerate(zip(shape, region)):
+        n_in = p.shape[axis + 1]
+        if n_in == n_out:
+            p = p.narrow(axis + 1, r.start, r.stop - r.start)
+            continue
+        i0, i1, w = _source_index(n_in, int(n_out))
+        i0, i1, w = i0[r], i1[r], w[r]
+        first = int(i0.min())
+        part = p.narrow(axis + 1, first, int(i1.max()) + 1 - first)
+        view = [1] * p.ndim
+        view[axis + 1] = len(w)
+        w = torch.as_tensor(w, dtype=p.dtype, device=p.device).view(view)
+        a = part.index_select(axis + 1, torch.as_tensor(i0 - first, device=p.device))
+        b = part.index_select(axis + 1, torch.as_tensor(i1 - first, device=p.device))
+        p = a * (1 - w) + b * w
+    return p
+
+
+def _tight(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of a bool array's true voxels, None when it has none."""
+    if not mask.any():
+        return None
+    out = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(d for d in range(mask.ndim) if d != axis)))
+        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(out)
+
+
+def _backward_box(reo, where: Sequence[slice], shape: Sequence[int]) -> tuple[slice, ...]:
+    """A box in the target orientation (array ``shape``) -> the same voxels' box in the input's order."""
+    out = []
+    for target_axis, flip in reo.ornt:
+        t = int(target_axis)
+        s, n = where[t], int(shape[t])
+        out.append(s if flip > 0 else slice(n - s.stop, n - s.start))
+    return tuple(out)
+
+
 def with_model_pixel_spacing(image: Image, path, bundle: ModelBundle) -> Image:
     """A PNG stores no pixel size: give an image read from one the model's training pixel size."""
     return Image(image.array, grid_affine((bundle.pixel_spacing_mm,) * 2)) if is_png(path) else image
@@ -239,30 +326,63 @@ class Predictor:
         probs = self.probabilities_on_model_grid(x)
         self._sync()
         t2 = time.perf_counter()
-        probs = resample(probs, body.shape, "linear")
-        masks = (probs >= self.threshold).cpu().numpy()
-        masks = keep_exclusive(probs, masks, self.structures, self.bundle.postprocess.get("exclusive", []))
-        masks = keep_largest_components(masks, self.structures, self.bundle.postprocess.get("keep_largest", {}))
-        t3 = time.perf_counter()
         index = {name: i for i, name in enumerate(self.structures)}
+        groups = [[index[n] for n in g if n in index] for g in self.bundle.postprocess.get("exclusive", [])]
+        keep = self.bundle.postprocess.get("keep_largest", {})
+        lo = min(self.threshold, FLOOR) if features else self.threshold
+        boxed: dict[int, tuple[tuple[slice, ...], np.ndarray]] = {}
         info: dict[str, dict[str, Any]] = {}
+        quality_s = 0.0
+        for unit in _units([index[name] for name in wanted], groups):
+            # the unit's probabilities on the input grid inside the box where any may reach ``lo``
+            # (linear interpolation of values below ``lo`` stays below it): the same values as
+            # resampling the whole grid, at a cost proportional to the structures
+            region = input_box(probs[unit], lo, body.shape)
+            if region is None:
+                continue
+            p = resample_box(probs[unit], body.shape, region)
+            m = (p >= self.threshold).cpu().numpy()
+            names = [self.structures[c] for c in unit]
+            m = keep_exclusive(p, m, names, [names] if len(unit) > 1 else [])
+            m = keep_largest_components(m, names, keep)
+            for k, c in enumerate(unit):
+                boxed[c] = (region, m[k])
+            if features:
+                tq = time.perf_counter()
+                for k, c in enumerate(unit):
+                    name = self.structures[c]
+                    if name in wanted:
+                        f = structure_features(p[k:k + 1], m[k:k + 1], image.spacing_mm)[0]
+                        info[name] = {"features": {key: round(v, 6) for key, v in f.items()}}
+                quality_s += time.perf_counter() - tq
+            del p
         if features:  # orientation-free numbers: computed before the masks go back to the input's order
-            channels = [index[name] for name in wanted]
-            feats = structure_features(probs[channels], masks[channels], image.spacing_mm)
-            for name, f in zip(wanted, feats):
-                info[name] = {"features": {k: round(v, 6) for k, v in f.items()}}
+            tq = time.perf_counter()
+            empty = structure_features(torch.zeros((1, 1)), np.zeros((1, 1), bool), image.spacing_mm)[0]
+            for name in wanted:
+                if name not in info:  # nothing reached the floor: the features of an empty structure
+                    info[name] = {"features": {key: round(v, 6) for key, v in empty.items()}}
                 if self.quality is not None:
-                    info[name].update(self.quality.estimate(name, f, case))
+                    info[name].update(self.quality.estimate(name, info[name]["features"], case))
+            info = {name: info[name] for name in wanted}
+            quality_s += time.perf_counter() - tq
         del probs
-        t4 = time.perf_counter()
-        if masks.shape[1:] != image.shape:  # the body box back into the whole image (background elsewhere)
-            full = np.zeros((masks.shape[0], *image.shape), dtype=bool)
-            full[(slice(None), *box)] = masks
-            masks = full
-        if reo is not None:  # back to the input's own voxel order: every voxel where it came from
-            masks = reo.backward(masks)
+        t3 = time.perf_counter()
+        out = {}
+        for name in wanted:  # each structure's box placed into the whole input (background elsewhere)
+            full = np.zeros(reo.input_shape if reo is not None else image.shape, dtype=bool)  # calloc: pages outside the box stay untouched
+            region, m = boxed.get(index[name], (None, None))
+            tight = None if m is None else _tight(m)
+            if tight is not None:
+                where = tuple(slice((b.start or 0) + r.start + t.start, (b.start or 0) + r.start + t.stop)
+                              for b, r, t in zip(box, region, tight))
+                sub = m[tight]
+                if reo is not None and not reo.identity:  # back to the input's own voxel order: every voxel where it came from
+                    where, sub = _backward_box(reo, where, image.shape), reo.backward(sub)
+                full[where] = sub
+            out[name] = full
         t5 = time.perf_counter()
-        self.timings = {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": (t3 - t2) + (t5 - t4)}
+        self.timings = {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": (t3 - t2 - quality_s) + (t5 - t3)}
         if features:
-            self.timings["quality"] = t4 - t3
-        return {name: masks[index[name]] for name in wanted}, info
+            self.timings["quality"] = quality_s
+        return out, info
