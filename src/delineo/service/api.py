@@ -19,6 +19,7 @@ from delineo.service.csrf import OriginCheckMiddleware
 from delineo.service.headers import SECURITY_HEADERS, SecurityHeadersMiddleware
 from delineo.service.routes import dicom_node
 from delineo.service.routes import audit, auth, models, studies, users
+from delineo.service.routes import pacs
 from delineo.settings import REPO_ROOT
 
 log = logging.getLogger("delineo.service")
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dicom_node.router)
     for r in (auth.router, users.router, models.router, studies.router, audit.router):
         app.include_router(r)
+    app.include_router(pacs.router)  # DICOMweb PACS: configure, search, contour from, store to
 
     @app.get("/api/health", tags=["meta"])
     def health() -> dict:

@@ -1,7 +1,8 @@
 """The access log: who (a user, a DICOM AE title, or the system) uploaded, viewed, downloaded,
 deleted, contoured or forwarded which study, when and from where; also sign-ins (successful,
 failed, refused), password changes, API tokens made, users made, sessions revoked by an
-administrator and changes to the send destinations. Rows go to the ``access_log`` table
+administrator and changes to the send destinations; PACS configured, searched, fetched from and
+stored to. Rows go to the ``access_log`` table
 (administrators read them at ``/audit`` and as CSV at ``/api/audit.csv``).
 
 Never the patient's name or ID in clear: a study is named by its id (service) or its Study
@@ -32,7 +33,7 @@ log = logging.getLogger("delineo.service.audit")
 #: what the log records (``action`` column)
 ACTIONS = ("upload", "view", "download", "contour", "delete", "retention-delete", "receive", "forward", "refuse",
            "login-failed", "login-refused", "login", "password-change", "token-create", "user-create", "sessions-revoke",
-           "destination-set", "destination-delete")
+           "destination-set", "destination-delete", "pacs-set", "pacs-delete", "pacs-search", "pacs-fetch", "pacs-store")
 
 
 #: the per-installation key of :func:`patient_pseudonym`, beside the database in ``$DELINEO_HOME``

@@ -141,3 +141,24 @@ class LoginFailure(Base):
     address: Mapped[str] = mapped_column(String(64), index=True)
     #: False while the password is being checked (the attempt already counts for its user name)
     confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class PacsServer(Base):
+    """A PACS (DICOMweb server) an administrator configured for the web page's search and
+    contouring (:mod:`delineo.service.routes.pacs`). ``auth``: none | basic (``username`` and the
+    password in ``secret``) | bearer (the token in ``secret``); ``secret`` is never sent to a browser.
+    ``ca_bundle``, ``client_cert``, ``client_key``: PEM files on the server, for HTTPS."""
+
+    __tablename__ = "pacs_servers"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(String(1024))
+    auth: Mapped[str] = mapped_column(String(16), default="none")
+    username: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    secret: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ca_bundle: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    client_cert: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    client_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    timeout_s: Mapped[float] = mapped_column(Float, default=120.0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(64), default="")
