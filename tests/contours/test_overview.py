@@ -117,3 +117,85 @@ def test_dashed_second_set_in_the_same_colour(tmp_path, recorded):
     assert (solid_mask > 0.5).sum() == given.sum() and (dashed_mask > 0.5).sum() == model.sum()
     assert solid["linestyles"] == "solid" and dashed["linestyles"] == "dashed"
     assert np.allclose(solid["colors"][0], dashed["colors"][0])
+
+
+def _hn_like(shape=(160, 160, 40), body=(30, 30, 12), spacing=(3.0, 3.0, 2.5)):
+    """A small 'body' (soft tissue, 30 x 30 x 12 voxels) in a large field of view of air (-1000 HU)."""
+    vol = np.full(shape, -1000.0, np.float32)
+    lo = [(s - b) // 2 for s, b in zip(shape, body)]
+    sl = tuple(slice(a, a + b) for a, b in zip(lo, body))
+    vol[sl] = 40.0
+    masks = {}
+    names = ["Brainstem", "SpinalCord", "LeftParotid", "RightParotid", "Mandible", "Esophagus", "Larynx", "PTV70"]
+    for i, n in enumerate(names):
+        m = np.zeros(shape, bool)
+        c = [a + b // 2 for a, b in zip(lo, body)]
+        m[c[0] - 4 + i % 4: c[0] + i % 4, c[1] - 3: c[1] + 3, c[2] - 2: c[2] + 2] = True
+        masks[n] = m
+    return Image(vol, grid_affine(spacing)), masks, lo, body
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """The extents (display units) of every axes and legend of each figure write_overview saves."""
+    import matplotlib.figure
+
+    figures = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def spy(self, *a, **k):
+        out = savefig(self, *a, **k)
+        self.canvas.draw()
+        r = self.canvas.get_renderer()
+        legends = [*self.legends, *(ax.get_legend() for ax in self.axes if ax.get_legend() is not None)]
+        figures.append({"axes": [ax.get_window_extent(r) for ax in self.axes if ax.get_visible() and ax.images],
+                        "legends": [lg.get_window_extent(r) for lg in legends],
+                        "figure": self.bbox})
+        return out
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    return figures
+
+
+def test_legend_does_not_overlap_a_panel(tmp_path, saved_figures):
+    image, masks, _, _ = _hn_like()
+    review = {n: "(quality 0.41)" for n in ("Brainstem", "LeftParotid", "RightParotid")}
+    write_overview(image, masks, tmp_path, title="a long title " * 3, review=review)
+    assert len(saved_figures) == 4  # overview.png and the three single views
+    for fig in saved_figures:
+        assert fig["legends"]
+        for legend in fig["legends"]:
+            for ax in fig["axes"]:
+                assert not legend.overlaps(ax), f"legend {legend} overlaps a panel {ax}"
+            # the legend lies inside the figure: no label is cut at its edge
+            assert legend.x0 >= fig["figure"].x0 - 1 and legend.x1 <= fig["figure"].x1 + 1
+
+
+def test_panels_are_cropped_to_the_body(tmp_path, recorded):
+    image, masks, lo, body = _hn_like()
+    write_overview(image, masks, tmp_path, per_view=False)
+    shown = [x.shape for x, _ in recorded["imshow"]]
+    # display arrays are (rows, cols): axial (y, x), coronal (z, x), sagittal (z, y); the body box plus a
+    # margin (10 mm: about 4 voxels of 3 mm, 4 of 2.5 mm), not the 160 x 160 x 40 grid
+    bx, by, bz = body
+    assert len(shown) == 3
+    (ay, ax_), (cz, cx), (sz, sy) = shown
+    for n, b in ((ax_, bx), (ay, by), (cx, bx), (sy, by)):
+        assert b <= n <= b + 2 * 4 + 1, shown
+    for n in (cz, sz):
+        assert bz <= n <= bz + 2 * 4 + 1, shown
+    # every structure is still outlined in each panel
+    assert len(recorded["contour"]) == 3 * len(masks)
+
+
+def test_crop_keeps_structures_outside_the_body_and_skips_non_ct(tmp_path, recorded):
+    image, masks, lo, body = _hn_like()
+    far = np.zeros(image.shape, bool)
+    far[5:8, 80, 20] = True  # a structure in the air, far from the body, in the axial slice shown
+    write_overview(image, {"Far": far}, tmp_path, per_view=False)
+    (ay, ax_) = recorded["imshow"][0][0].shape
+    assert ax_ >= 160 - 5 - (160 - body[0]) // 2  # reaches from the body to x = 5
+    recorded["imshow"].clear()
+    # an image with no value below 0 (not a CT in HU): nothing is cropped
+    write_overview(Image(np.full((20, 22, 6), 100.0), grid_affine((1.0, 1.0, 1.0))), {}, tmp_path / "b", per_view=False)
+    assert recorded["imshow"][0][0].shape == (22, 20)

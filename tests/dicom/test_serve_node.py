@@ -62,6 +62,20 @@ def test_serve_with_dicom_node_contours_a_stored_series(tmp_path, ct_dir, tiny_c
             assert proc.poll() is None, log.read_text()
             assert time.time() < deadline, "no RT Structure Set under dicom-node/done"
             time.sleep(0.3)
+        # the web page tells administrators where the node's series went (issue 37 item 9): listed read only
+        import http.cookiejar
+        import json
+
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        login = urllib.request.Request(f"http://127.0.0.1:{http_port}/api/auth/login", method="POST",
+                                       data=json.dumps({"username": "admin", "password": "serve-node-test"}).encode(),
+                                       headers={"Content-Type": "application/json"})
+        assert opener.open(login, timeout=30).status == 200
+        with opener.open(f"http://127.0.0.1:{http_port}/api/dicom-node", timeout=30) as r:
+            node = json.loads(r.read())
+        series = next((home / "dicom-node" / "done").rglob("rtstruct.dcm")).parent.name
+        assert [c["series"] for c in node["contoured"]] == [series] and node["contoured"][0]["structures"] > 0, node
+        assert node["storage"] == str(home / "dicom-node") and "--status" in node["status_command"]
         # a calling AE title not on the list is refused by the same node
         other = subprocess.run([dcmtk("storescu"), "-aet", "INTRUDER", "-aec", "DELINEO", "127.0.0.1", str(dicom_port), files[0]],
                                capture_output=True)

@@ -127,6 +127,27 @@ def test_upload_zip_of_nifti_and_dicom(client):
     assert r.status_code == 201 and r.json()["name"] == "My CT" and r.json()["info"]["slices"] == 5, r.text
 
 
+def test_same_series_uploaded_twice_is_kept_and_names_the_earlier_study(client):
+    """Issue 37 item 9: a second upload of the same series (DICOM: Series Instance UID; NIfTI: the
+    same file) is stored, and the answer names the owner's earlier study; other users' are not named."""
+    series = dicom_series_zip(16, 8)
+    first = upload(client, [("series.zip", series)]).json()
+    assert first["duplicate_of"] == []
+    again = upload(client, [("again.zip", series)])
+    assert again.status_code == 201, again.text
+    assert [(d["id"], d["name"], d["match"]) for d in again.json()["duplicate_of"]] == [(first["id"], first["name"], "series")]
+    assert {first["id"], again.json()["id"]} <= {s["id"] for s in client.get("/api/studies").json()}
+    assert upload(client, [("other.zip", dicom_series_zip(16, 8))]).json()["duplicate_of"] == []  # another series
+    data = nifti_bytes(16, seed=3)
+    n1 = upload(client, [("a.nii.gz", data)]).json()
+    n2 = upload(client, [("b.nii.gz", data)]).json()
+    assert [(d["id"], d["match"]) for d in n2["duplicate_of"]] == [(n1["id"], "file")]
+    assert upload(client, [("c.nii.gz", nifti_bytes(16, seed=4))]).json()["duplicate_of"] == []
+    assert "_sha256" not in n2["info"]
+    alice = _user(client)  # another user's upload of the same file: no word of the admin's study
+    assert upload(alice, [("b.nii.gz", data)]).json()["duplicate_of"] == []
+
+
 @pytest.mark.parametrize("files,status,words", [
     ([("notes.txt", b"hello")], 415, "not a DICOM file"),
     ([("ct.nii.gz", b"\x1f\x8b garbage")], 422, "ct.nii.gz"),

@@ -171,6 +171,48 @@ def test_edit_and_approval_in_the_rt_structure_set(client):
     assert len(contours) == 4  # the edited block spans 4 slices
 
 
+def test_one_structure_set_version_per_change_set(client):
+    """Issue 37 item 9: review clicks do not each raise the RT Structure Set's version; the changes
+    between two downloads (or sends) of the DICOM results are one version."""
+    import io
+
+    import pydicom
+
+    from service.svc import dicom_available, dicom_series_zip
+
+    if not dicom_available():
+        pytest.skip("delineo.dicom is not importable")
+    sid = upload(client, [("series.zip", dicom_series_zip(16, 8))]).json()["id"]
+    job = client.post(f"/api/studies/{sid}/jobs", json={}).json()["id"]
+    assert wait_job(client, job)["state"] == "done"
+    names = [s["name"] for s in client.get(f"/api/studies/{sid}").json()["structures"]]
+
+    def rtstruct():
+        r = client.get(f"/api/studies/{sid}/results/rtstruct")
+        assert r.status_code == 200, r.text
+        return pydicom.dcmread(io.BytesIO(r.content))
+
+    clicks = [(names[0], "approved"), (names[1], "needs_work"), (names[1], None), (names[1], "approved")]
+    for n, state in clicks:
+        r = client.put(f"/api/studies/{sid}/reviews/{n}", json={"state": state})
+        assert r.status_code == 200 and r.json()["set_version"] == 1, r.json()
+    d = client.get(f"/api/studies/{sid}").json()
+    assert d["edit_version"] == len(clicks) and d["set_version"] == 1
+    first = rtstruct()
+    assert first.SeriesDescription.endswith("(version 1)"), first.SeriesDescription
+    assert first.ApprovalStatus == "APPROVED"
+    again = rtstruct()  # a second download without a change: the same set
+    assert again.SOPInstanceUID == first.SOPInstanceUID and again.SeriesDescription == first.SeriesDescription
+    # changes after the download: the next version, again one for several clicks
+    for state in ("needs_work", "approved"):
+        assert client.put(f"/api/studies/{sid}/reviews/{names[0]}", json={"state": state}).json()["set_version"] == 2
+    second = rtstruct()
+    assert second.SeriesDescription.endswith("(version 2)") and second.SOPInstanceUID != first.SOPInstanceUID
+    assert client.get(f"/api/studies/{sid}").json()["set_version"] == 2
+    summary = client.get(f"/api/studies/{sid}/results/summary").json()
+    assert summary["set_version"] == 2 and summary["edit_version"] == len(clicks) + 2
+
+
 def test_reference_nifti_and_rtstruct_metrics(client):
     """Reference contours: NIfTI masks (a zip) for a NIfTI study, an RT Structure Set for a DICOM
     study; Dice, HD95 and surface Dice per structure; wrong grids refused with the file named."""

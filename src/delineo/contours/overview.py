@@ -2,7 +2,9 @@
 
 3D volumes get one panel per view (axial, coronal, sagittal) through the centre of the
 contoured structures, in radiological convention (patient right on the image left,
-anterior/superior at the top), with the voxel aspect ratio respected.
+anterior/superior at the top), with the voxel aspect ratio respected. A CT's panels are cropped
+to the body (voxels above -500 HU, with the structures and a 10 mm margin), so a small patient in a
+large field of view fills the panel; the legend has a column of its own beside the panels.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from delineo.data.io import Image
 
 SOFT_TISSUE_WINDOW = (40.0, 400.0)  # level, width in HU
 VIEWS = ("axial", "coronal", "sagittal")
+BODY_HU = -500.0  # a CT voxel above this is body (or couch), below it air
+CROP_MARGIN_MM = 10.0
 
 
 def _to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -36,6 +40,29 @@ def _ras_spacing(affine: np.ndarray) -> np.ndarray:
     for i, (axis, _) in enumerate(ornt):
         out[int(axis)] = spacing[i]
     return out
+
+
+def _body_box(vol: np.ndarray, structures: np.ndarray, spacing: np.ndarray) -> tuple[slice, ...] | None:
+    """The box (RAS voxel slices) around the body and the structures, with a margin; None if not a CT.
+
+    The body is every voxel above ``BODY_HU``; planes holding under 1 % of the fullest plane's body
+    voxels (noise, a stray bright voxel in the air) do not widen the box. An image without both air
+    and body (no value below ``BODY_HU``: not a CT in HU) is not cropped.
+    """
+    body = vol > BODY_HU
+    if body.all() or not body.any():
+        return None
+    box = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        counts = body.sum(axis=others)
+        keep = counts >= max(1, 0.01 * counts.max())
+        if structures.any():
+            keep |= structures.any(axis=others)
+        idx = np.flatnonzero(keep)
+        margin = int(np.ceil(CROP_MARGIN_MM / max(float(spacing[axis]), 1e-6)))
+        box.append(slice(max(0, int(idx[0]) - margin), min(vol.shape[axis], int(idx[-1]) + 1 + margin)))
+    return tuple(box)
 
 
 def _slice(vol: np.ndarray, view: str, index: int) -> np.ndarray:
@@ -101,8 +128,13 @@ def write_overview(
         ras_dashed = {n: _to_ras(m.astype(bool), image.affine) for n, m in dashed.items()}
         sx, sy, sz = _ras_spacing(image.affine)
         union = np.zeros(vol.shape, bool)
-        for m in ras_masks.values():
+        for m in (*ras_masks.values(), *ras_dashed.values()):
             union |= m
+        box = _body_box(vol, union, np.array([sx, sy, sz]))
+        if box is not None:
+            vol, union = vol[box], union[box]
+            ras_masks = {n: m[box] for n, m in ras_masks.items()}
+            ras_dashed = {n: m[box] for n, m in ras_dashed.items()}
         centre = [int(round(c)) for c in (np.argwhere(union).mean(0) if union.any() else np.array(vol.shape) / 2)]
         aspects = {"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy}
         index = {"axial": centre[2], "coronal": centre[1], "sagittal": centre[0]}
@@ -122,13 +154,15 @@ def write_overview(
         ax.axis("off")
 
     written: list[Path] = []
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.6, 4.6), squeeze=False)
+    # constrained layout with the legend "outside right": the legend gets a column of its own, as wide
+    # as its longest label, and the panels share what is left (no label is drawn over a panel)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.6, 4.6), squeeze=False, layout="constrained")
     for ax, panel in zip(axes[0], panels):
         draw(ax, *panel)
     if handles:
-        _mark_review(fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False), review)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 0.86 if handles else 1, 0.95))
+        _mark_review(fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False), review)
+    if title:
+        fig.suptitle(title, fontsize=11)
     path = out_dir / "overview.png"
     fig.savefig(path, dpi=100, facecolor="white")
     plt.close(fig)
@@ -136,11 +170,10 @@ def write_overview(
     if per_view and len(panels) > 1:
         for panel in panels:
             name = panel[0]
-            fig, ax = plt.subplots(figsize=(6.2, 5.2))
+            fig, ax = plt.subplots(figsize=(6.2, 5.2), layout="constrained")
             draw(ax, *panel)
             if handles:
-                _mark_review(ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False), review)
-            fig.tight_layout()
+                _mark_review(fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False), review)
             p = out_dir / f"overview_{name}.png"
             fig.savefig(p, dpi=100, facecolor="white")
             plt.close(fig)

@@ -10,6 +10,13 @@ masks; the RT Structure Set carries each review in its ROI observation (ROI Inte
 reviewer) and ROI Description, and is ``APPROVED`` (reviewer, date, time) once every structure is.
 The model's own ROI Description (failed anatomy checks, the quality estimate) stays on every
 structure that was not edited, reviewed or not.
+
+Two numbers: ``version`` counts every change (each correction, each review click); ``set_version``
+is the version of the structure set a person sees (the page, the RT Structure Set's Series
+Description, the sends): one per change set, that is all the corrections and reviews made between
+two deliveries of the DICOM results (a download of the RT Structure Set or SEG, a send). The first
+change after a delivery opens the next set version; :func:`mark_delivered` closes it. The files are
+written after every change (a new SOP Instance UID each time), so whatever is delivered is current.
 """
 
 from __future__ import annotations
@@ -95,6 +102,32 @@ def read_mask_upload(data: bytes, like: Path) -> np.ndarray:
     return array > 0
 
 
+def set_version(state: dict) -> int:
+    """The structure set's version (one per change set; see the module's words)."""
+    return int(state.get("set_version", state.get("version", 0)))
+
+
+def _open_change_set(state: dict) -> None:
+    """A change: the first one after a delivery starts the next set version."""
+    if not state.get("set_open"):
+        state["set_version"] = set_version(state) + 1
+        state["set_open"] = True
+
+
+def mark_delivered(study_dir: Path, job_id: str) -> int:
+    """The DICOM results of this job's edited copy were downloaded or sent: the next change opens a
+    new set version. Returns the set version delivered (0: the model's own result)."""
+    with _lock(f"{study_dir}:{job_id}"):
+        d = edits_dir(study_dir, job_id)
+        if not (d / "review.json").is_file():
+            return 0
+        state = read_state(study_dir, job_id)
+        if state.get("set_open"):
+            state["set_open"] = False
+            _write_state(d, state)
+        return set_version(state)
+
+
 def save_mask(study_dir: Path, results: Path, job_id: str, name: str, mask: np.ndarray, *, user: str,
               dicom_input: Path | None = None, model: str = "delineo") -> dict:
     """Store an edited mask as the next version; returns the new state."""
@@ -106,10 +139,11 @@ def save_mask(study_dir: Path, results: Path, job_id: str, name: str, mask: np.n
         ref = nib.load(str(path))
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), ref.affine, ref.header), str(path))
         state = read_state(study_dir, job_id)
+        _open_change_set(state)  # before the count moves (an older state without set_version: the count was it)
         state["version"] = int(state.get("version", 0)) + 1
         if name not in state["edited"]:
             state["edited"].append(name)
-        state["history"].append({"version": state["version"], "structure": name, "action": "edit", "user": user, "at": _now(),
+        state["history"].append({"version": state["version"], "set_version": state["set_version"], "structure": name, "action": "edit", "user": user, "at": _now(),
                                  "voxels": int(mask.sum())})
         # an edit after an approval needs a new look
         r = state["reviews"].get(name)
@@ -129,12 +163,13 @@ def set_review(study_dir: Path, results: Path, job_id: str, name: str, review: s
     with _lock(f"{study_dir}:{job_id}"):
         d = _ensure_copy(study_dir, results, job_id)
         state = read_state(study_dir, job_id)
+        _open_change_set(state)  # before the count moves (an older state without set_version: the count was it)
         state["version"] = int(state.get("version", 0)) + 1
         if review is None:
             state["reviews"].pop(name, None)
         else:
             state["reviews"][name] = {"state": review, "user": user, "at": _now(), "note": note[:500]}
-        state["history"].append({"version": state["version"], "structure": name, "action": review or "clear", "user": user, "at": _now()})
+        state["history"].append({"version": state["version"], "set_version": state["set_version"], "structure": name, "action": review or "clear", "user": user, "at": _now()})
         _update_summary(d, state)
         _write_dicom(d, state, dicom_input, model)
         _write_state(d, state)
@@ -167,6 +202,7 @@ def _update_summary(d: Path, state: dict) -> None:
         else:
             s.pop("approval", None)
     summary["edit_version"] = state["version"]
+    summary["set_version"] = set_version(state)
     p.write_text(json.dumps(summary, indent=2) + "\n")
 
 
@@ -214,7 +250,7 @@ def _write_dicom(d: Path, state: dict, dicom_input: Path | None, model: str) -> 
     roi_types = {n: s.get("roi_type", "ORGAN") for n, s in summary["structures"].items()}
     reviewed = bool(state.get("reviews") or state.get("edited"))
     write_rtstruct(series, masks, d / "rtstruct.dcm", roi_types=roi_types, label=model,
-                   description=f"{model} auto-contours, reviewed in delineo (version {state['version']})" if reviewed else f"{model} auto-contours")
+                   description=f"{model} auto-contours, reviewed in delineo (version {set_version(state)})" if reviewed else f"{model} auto-contours")
     ds = pydicom.dcmread(d / "rtstruct.dcm")
     numbers = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
     for roi in ds.StructureSetROISequence:

@@ -115,6 +115,7 @@ class ReviewIn(BaseModel):
 
 class ReviewOut(BaseModel):
     version: int = Field(description="the edited result's version (0: the model's)")
+    set_version: int = Field(0, description="the structure set's version: one per change set (the changes between two downloads or sends of the DICOM results)")
     reviews: dict[str, dict[str, Any]]
     edited: list[str]
 

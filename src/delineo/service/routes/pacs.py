@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from delineo.dicom.dicomweb import DicomwebAuth, Pacs
 from delineo.errors import DelineoError
-from delineo.service import audit
+from delineo.service import audit, review
 from delineo.service.core import ServiceContext
 from delineo.service.models import PacsServer, Study, User, new_id, utcnow
 from delineo.service.routes.deps import admin_user, current_user, get_ctx, get_db, visible_study
@@ -373,6 +373,7 @@ async def store_to_pacs(study_id: str, body: PacsStoreIn, request: Request, job:
                 raise HTTPException(409, "this study has no RT Structure Set to store (it is made for DICOM studies)")
             files = [out / f for f in ("rtstruct.dcm", "seg.dcm") if (out / f).is_file() and (f == "rtstruct.dcm" or body.seg)]
             row = _row(db, body.pacs)
+            review.mark_delivered(ctx.storage.study_dir(study.id), j.id)  # delivered: the next change opens a new set version
             return _client(row), row.name, row.url, files, j.id
 
     pacs, row_name, url, files, job_id = await run_in_threadpool(prepare)

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
+from pydantic import BaseModel
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -91,11 +93,28 @@ def study_out(ctx: ServiceContext, s: Study, viewer: User | None = None) -> Stud
                     study_date=info.get("study_date"), model=latest.model if latest else None)
 
 
+class DuplicateOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    #: how it matched: "series" (same DICOM Series Instance UID) or "file" (same file content)
+    match: str
+
+
+class UploadOut(StudyOut):
+    #: your earlier studies of the same series (DICOM: Series Instance UID) or the same file (NIfTI,
+    #: PNG: SHA-256 of the stored file), newest first; the upload is kept either way
+    duplicate_of: list[DuplicateOut] = []
+
+
 class StudyDetail(StudyOut):
     jobs: list[JobOut]
     structures: list[StructureOut]
     result_job: str | None = None
     edit_version: int = 0
+    #: the structure set's version: one per change set (corrections and reviews between two
+    #: downloads or sends of the DICOM results), shown by the page and in the RT Structure Set
+    set_version: int = 0
     checks: list[dict[str, Any]] = []
     #: DICOM studies: slice positions along the normal (LPS mm) with their Instance Numbers, voxel spacing
     dicom_geometry: dict[str, Any] | None = None
@@ -269,16 +288,42 @@ async def receive_files(request: Request, dest: Path, max_bytes: int, max_files:
     return files, fields
 
 
-@router.post("/api/studies", response_model=StudyOut, status_code=201,
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _duplicates(db: Session, owner_id: int, study_id: str, kind: str, info: dict[str, Any]) -> list[DuplicateOut]:
+    """The owner's other studies of the same series (DICOM) or with the same file (NIfTI, PNG)."""
+    if kind == "dicom":
+        key, match = "series_uid", "series"
+    else:
+        key, match = "_sha256", "file"
+    value = info.get(key)
+    if not value or value == "unknown":
+        return []
+    rows = db.scalars(select(Study).where(Study.owner_id == owner_id, Study.kind == kind, Study.id != study_id)
+                      .order_by(Study.created_at.desc()))
+    return [DuplicateOut(id=r.id, name=r.name, created_at=r.created_at, match=match) for r in rows if r.info.get(key) == value]
+
+
+@router.post("/api/studies", response_model=UploadOut, status_code=201,
              openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
                  "type": "object", "properties": {
                      "files": {"type": "array", "items": {"type": "string", "format": "binary"},
                                "description": "a NIfTI CT (.nii/.nii.gz), a PNG X-ray, a zip of DICOM files, or the DICOM files of one series"},
                      "name": {"type": "string", "description": "display name (default: from the file or folder name)"}},
                  "required": ["files"]}}}, "required": True}})
-async def upload_study(request: Request, user: User = Depends(current_user), ctx: ServiceContext = Depends(get_ctx)) -> StudyOut:
+async def upload_study(request: Request, user: User = Depends(current_user), ctx: ServiceContext = Depends(get_ctx)) -> UploadOut:
     """Upload a study (multipart field ``files``). Refused with 413 past the size cap, 415 for
-    files that are not images, 422 for unreadable images or DICOM, with a message naming the file."""
+    files that are not images, 422 for unreadable images or DICOM, with a message naming the file.
+    A series you uploaded before (same DICOM Series Instance UID, or the same NIfTI / PNG file) is
+    stored again as a new study, and ``duplicate_of`` names the earlier ones."""
     s = ctx.settings
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > s.max_upload_bytes:
@@ -308,8 +353,10 @@ async def upload_study(request: Request, user: User = Depends(current_user), ctx
     name = (fields.get("name") or "").strip()[:255] or stored.name[:255]
     if stored.kind == "dicom" and "study_date" not in stored.info:
         stored.info.update(await run_in_threadpool(_dicom_dates, ctx.storage.input_path(study_id, stored.path)))
+    if stored.kind != "dicom":
+        stored.info["_sha256"] = await run_in_threadpool(_file_sha256, ctx.storage.input_path(study_id, stored.path))
 
-    def save() -> StudyOut:
+    def save() -> UploadOut:
         with ctx.db.session() as db:
             study = Study(id=study_id, owner_id=user.id, name=name, kind=stored.kind, input_path=stored.path,
                           size_bytes=stored.size_bytes, info_json=json.dumps(stored.info))
@@ -318,7 +365,8 @@ async def upload_study(request: Request, user: User = Depends(current_user), ctx
             db.refresh(study)
             audit.record(db, "upload", actor=user.username, study=study, address=audit.client_address(request),
                          detail=f"{stored.kind}, {stored.size_bytes} bytes")
-            return study_out(ctx, study, user)
+            return UploadOut(**study_out(ctx, study, user).model_dump(),
+                             duplicate_of=_duplicates(db, user.id, study.id, study.kind, stored.info))
 
     try:
         return await run_in_threadpool(save)
@@ -345,9 +393,10 @@ def get_study(study_id: str, job: str | None = Query(None, description="open an 
     study = visible_study(study_id, user, db)
     base = study_out(ctx, study, user)
     done = _result_job(ctx, study, job) if job else current_job(ctx, study)
-    version, checks = 0, []
+    version, set_version, checks = 0, 0, []
     if done is not None:
-        version = int(review.read_state(ctx.storage.study_dir(study.id), done.id).get("version", 0))
+        edit_state = review.read_state(ctx.storage.study_dir(study.id), done.id)
+        version, set_version = int(edit_state.get("version", 0)), review.set_version(edit_state)
         try:
             checks = [c for c in json.loads((current_results(ctx, study, done) / "summary.json").read_text()).get("checks", []) if isinstance(c, dict)]
         except (OSError, ValueError):
@@ -362,7 +411,7 @@ def get_study(study_id: str, job: str | None = Query(None, description="open an 
             log.exception("reading the DICOM geometry of study %s failed", study.id)
     return StudyDetail(**base.model_dump(), jobs=[job_out(j) for j in study.jobs],
                        structures=structures_of(ctx, study, done), result_job=done.id if done else None,
-                       edit_version=version, checks=checks, dicom_geometry=geometry)
+                       edit_version=version, set_version=set_version, checks=checks, dicom_geometry=geometry)
 
 
 @router.delete("/api/studies/{study_id}", status_code=204)
@@ -493,6 +542,8 @@ def get_result(study_id: str, kind: str, request: Request, job: str | None = Que
     if not path.is_file():
         why = " (DICOM results are written for DICOM uploads)" if kind in ("rtstruct", "seg") and study.kind != "dicom" else ""
         raise HTTPException(404, f"no {kind} result for this study{why}")
+    if kind in ("rtstruct", "seg") and not original:  # delivered: the next change opens a new set version
+        review.mark_delivered(ctx.storage.study_dir(study.id), j.id)
     if kind == "summary":  # without the server's paths (relative names only)
         from delineo.service.public import public_summary_bytes
 
@@ -641,7 +692,7 @@ async def put_mask(study_id: str, filename: str, request: Request, job: str | No
             audit.record(db, "edit", actor=user.username, study=study, address=audit.client_address(request),
                          detail=f"{name}: {int(mask.sum())} voxels, version {state['version']}, job {j.id}")
             db.commit()
-            return ReviewOut(version=state["version"], reviews=state["reviews"], edited=state["edited"])
+            return ReviewOut(version=state["version"], set_version=review.set_version(state), reviews=state["reviews"], edited=state["edited"])
 
     return await run_in_threadpool(work)
 
@@ -664,7 +715,7 @@ def put_review(study_id: str, structure: str, body: ReviewIn, request: Request, 
     audit.record(db, "review", actor=user.username, study=study, address=audit.client_address(request),
                  detail=f"{structure}: {body.state or 'cleared'}, version {state['version']}, job {j.id}")
     db.commit()
-    return ReviewOut(version=state["version"], reviews=state["reviews"], edited=state["edited"])
+    return ReviewOut(version=state["version"], set_version=review.set_version(state), reviews=state["reviews"], edited=state["edited"])
 
 
 # ---- reference contours ----------------------------------------------------------------------
@@ -809,7 +860,7 @@ def send_study(study_id: str, body: SendIn, request: Request, job: str | None = 
     files = [out / f for f in ("rtstruct.dcm", "seg.dcm") if (out / f).is_file() and (f == "rtstruct.dcm" or body.seg)]
     if not (out / "rtstruct.dcm").is_file():
         raise HTTPException(409, "this study has no RT Structure Set to send (it is made for DICOM uploads)")
-    version = int(review.read_state(ctx.storage.study_dir(study.id), j.id).get("version", 0))
+    version = review.mark_delivered(ctx.storage.study_dir(study.id), j.id)  # the structure set's version sent
     home, db_ = ctx.settings.home, ctx.db
     pid = study.info.get("patient_id")
 

@@ -41,6 +41,7 @@ async function showApp(user) {
   $("audit-link").classList.toggle("hidden", !user.is_admin);
   $("login-view").classList.add("hidden"); $("userbox").classList.remove("hidden"); $("app-view").classList.remove("hidden");
   state.models = await api("/api/models");
+  renderNodeStudies().catch(() => {});
   await loadDestinations();
   await refreshStudies();
   clearInterval(state.poll);
@@ -52,11 +53,22 @@ $("login-form").addEventListener("submit", async (e) => {
   catch (err) { $("login-error").textContent = err.message; }
 });
 $("logout-btn").addEventListener("click", async () => { await api("/api/auth/logout", { method: "POST" }).catch(() => {}); location.hash = ""; showLogin(); });
+// change your own password (POST /api/auth/password): the other sessions and tokens are revoked, this one stays
+$("password-btn").addEventListener("click", () => { $("password-form").reset(); $("pw-error").textContent = ""; $("password-dialog").showModal(); $("pw-old").focus(); });
+$("pw-cancel").addEventListener("click", () => $("password-dialog").close());
+$("password-form").addEventListener("submit", async (e) => {
+  e.preventDefault(); $("pw-error").textContent = "";
+  if ($("pw-new").value !== $("pw-again").value) { $("pw-error").textContent = "The two new passwords differ."; return; }
+  try {
+    await api("/api/auth/password", { method: "POST", json: { old_password: $("pw-old").value, new_password: $("pw-new").value } });
+    $("password-form").reset(); $("password-dialog").close(); toast("Password changed");
+  } catch (err) { $("pw-error").textContent = err.message; }
+});
 
 // ---- upload ------------------------------------------------------------------------------------
 function uploadFiles(files) {
   if (!files.length) return;
-  $("upload-error").textContent = "";
+  $("upload-error").textContent = ""; $("upload-warning").classList.add("hidden");
   const form = new FormData();
   for (const { file, path } of files) form.append("files", file, path || file.name);
   const total = files.reduce((a, f) => a + f.file.size, 0);
@@ -72,7 +84,7 @@ function uploadFiles(files) {
   xhr.onload = async () => {
     $("upload-status").classList.add("hidden");
     let body = {}; try { body = JSON.parse(xhr.responseText); } catch (_) {}
-    if (xhr.status === 201) { toast(`Uploaded “${body.name}”`); await refreshStudies(); select(body.id); }
+    if (xhr.status === 201) { toast(`Uploaded “${body.name}”`); showDuplicates(body); await refreshStudies(); select(body.id); }
     else if (xhr.status === 401) showLogin();
     else $("upload-error").textContent = body.detail ? `Upload refused: ${body.detail}` : `Upload failed (${xhr.status})`;
   };
@@ -137,6 +149,14 @@ function renderStudyList() {
     return `<li data-id="${s.id}" class="${s.id === state.selected ? "selected" : ""}"><div class="name">${esc(s.name)}<span class="badge">${esc(s.kind)}</span></div>
       <div class="sub"><span class="meta">${meta}</span>${chip}</div>${bar}</li>`;
   }).join("") || (state.studies.length ? `<li class="none muted">No study matches “${esc(q)}”.</li>` : "");
+}
+// the same series (DICOM Series Instance UID) or file (NIfTI, PNG) uploaded before: the upload is kept, the earlier study linked
+function showDuplicates(study) {
+  const dups = study.duplicate_of || [], el = $("upload-warning");
+  el.classList.toggle("hidden", !dups.length); if (!dups.length) return;
+  const what = dups[0].match === "series" ? "This series (same Series Instance UID)" : "This file";
+  el.innerHTML = `⚠ ${what} was uploaded before as ${dups.map((d) => `<a href="#${esc(d.id)}">${esc(d.name)}</a> (${fmtShort(d.created_at)})`).join(", ")}.
+    The new copy “${esc(study.name)}” is a separate study, without the earlier one's results and reviews; delete it if it is not needed.`;
 }
 $("study-search").addEventListener("input", renderStudyList);
 $("study-sort").addEventListener("change", () => { try { localStorage.setItem("delineo.sort", $("study-sort").value); } catch (_) {} renderStudyList(); });
@@ -444,7 +464,7 @@ function renderStructures(rows) {
   note.classList.toggle("hidden", !rows.length);
   note.textContent = !rows.length ? "" : reviewed.length === rows.length && rows.every((s) => s.review.state === "approved")
     ? `All ${rows.length} structures approved; the RT Structure Set is marked APPROVED.`
-    : `${rows.filter((s) => s.review?.state === "approved").length} of ${rows.length} approved` + (state.detail?.edit_version ? ` · version ${state.detail.edit_version} (the model's original: ?original=true)` : "");
+    : `${rows.filter((s) => s.review?.state === "approved").length} of ${rows.length} approved` + (state.detail?.edit_version ? ` · version ${state.detail.set_version || state.detail.edit_version} (the model's original: ?original=true)` : "");
 }
 $("structure-rows").addEventListener("click", async (e) => {
   const tr = e.target.closest("tr"); if (!tr) return;
@@ -496,7 +516,7 @@ $("edit-save").addEventListener("click", async () => {
       method: "PUT", credentials: "same-origin", headers: { "Content-Type": "application/octet-stream" }, body: bytes });
     if (!res.ok) { let m = `${res.status}`; try { m = (await res.json()).detail || m; } catch (_) {} throw new Error(m); }
     const out = await res.json();
-    toast(`Saved ${name} as version ${out.version}`);
+    toast(`Saved ${name} in version ${out.set_version || out.version}`);
     endEdit();
     await loadDetail();
   } catch (err) { toast(`The correction was not saved: ${err.message}`); }
@@ -608,6 +628,20 @@ async function renderNodeStatus() {
   const rows = st.outbox.filter((o) => o.undeliverable).map((o) => `<li>series ${esc(o.series)}: ${o.attempts} attempts over ${Math.round(o.waiting_s / 60)} min${o.last_error ? ` (${esc(o.last_error)})` : ""}</li>`).join("");
   el.innerHTML = `<h3>DICOM node</h3><p class="${bad ? "error" : "muted"}">${st.done} series contoured · ${waiting} result(s) waiting to be sent${bad ? ` · <strong>${bad} NOT DELIVERED</strong>` : ""} · ${st.failed.length} failed</p>${rows ? `<ul class="error">${rows}</ul>` : ""}`;
 }
+// series the DICOM node received (make run: delineo serve --dicom-port) are contoured and sent by the
+// node, not made studies here: say so to administrators, where the results are, and list them read only
+async function renderNodeStudies() {
+  const el = $("node-studies");
+  if (!state.user?.is_admin) { el.classList.add("hidden"); return; }
+  const st = await api("/api/dicom-node");
+  el.classList.toggle("hidden", !st.exists); if (!st.exists) return;
+  const rows = (st.contoured || []).map((r) => `<li title="${esc(r.folder)}">${r.contoured_at ? fmtShort(r.contoured_at) : "?"} · series …${esc(r.series.slice(-12))} · ${r.images ?? "?"} images · ${esc(r.model || "?")} · ${r.structures} structures${r.review ? `, <span class="flag">⚠ ${r.review} to review</span>` : ""}${r.outbox ? ` · <strong class="${r.outbox === "undeliverable" ? "error" : ""}">${r.outbox === "undeliverable" ? "NOT DELIVERED" : "waiting to be sent"}</strong>` : ""}</li>`).join("");
+  el.innerHTML = `<h3>DICOM node <span class="muted">(administrators)</span></h3>
+    <p class="muted">Series received on the DICOM port are contoured and sent on by the node; they are not studies in this list.
+    Results (RT Structure Set, SEG, overview): <code>${esc(st.storage)}/done/</code>. State: <code>${esc(st.status_command)}</code></p>
+    <p class="muted">${st.done} series contoured · ${st.outbox.length} waiting to be sent · ${st.failed.length} failed</p>${rows ? `<ul class="node-list">${rows}</ul>` : ""}`;
+}
+setInterval(() => { if (state.user?.is_admin) renderNodeStudies().catch(() => {}); }, 30000);
 $("user-rows").addEventListener("click", async (e) => {
   const b = e.target.closest("button.revoke"); if (!b) return;
   try { const r = await api(`/api/users/${b.dataset.id}/sessions`, { method: "DELETE" }); toast(`${r.revoked} session(s) and token(s) revoked`); }
