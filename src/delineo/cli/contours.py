@@ -14,13 +14,13 @@ import numpy as np
 import typer
 
 from delineo.cli.app import app
+from delineo.errors import InputError
 
 BOOLEAN_OPS = ("union", "intersect", "subtract")
 
 
 def _parse_mm(value: str, option: str) -> tuple[float, ...]:
     """``"5"`` -> ``(5.0,)``; ``"5,5,3"`` -> ``(5.0, 5.0, 3.0)`` (mm along the array axes)."""
-    from delineo.errors import InputError
 
     try:
         values = tuple(float(v) for v in value.split(","))
@@ -32,15 +32,13 @@ def _parse_mm(value: str, option: str) -> tuple[float, ...]:
 
 
 def _margin_for(values: tuple[float, ...], ndim: int, path: Path, option: str):
-    from delineo.errors import InputError
-
     if len(values) not in (1, ndim):
         raise InputError(path, f"{option} has {len(values)} values but the mask is {ndim}D (give 1 or {ndim})")
     return values[0] if len(values) == 1 else values
 
 
 def _read_mask(path: Path):
-    from delineo.data.io import as_binary_mask, read_image
+    from delineo.data.io import as_binary_mask, read_image  # lazy: loads torch, nibabel, SimpleITK; keeps `delineo --help` fast
 
     image = read_image(path)
     return image, as_binary_mask(image, path)
@@ -48,7 +46,6 @@ def _read_mask(path: Path):
 
 def _read_masks(paths: List[Path]):
     """Read masks that must share one grid; a mismatch is an error naming the file that differs."""
-    from delineo.errors import InputError
 
     first, mask0 = _read_mask(paths[0])
     masks = [mask0]
@@ -80,8 +77,8 @@ def _summary_path(out: Path) -> Path:
 
 def _write(out: Path, mask: np.ndarray, like, name: Optional[str], operation: str, parameters: dict, inputs, input_masks) -> dict:
     """Write the mask and its JSON summary; print one line; return the summary."""
-    from delineo.data.io import write_mask
-    from delineo.metrics.segmentation import volume_cc
+    from delineo.data.io import write_mask  # lazy: loads torch, nibabel, SimpleITK; keeps `delineo --help` fast
+    from delineo.metrics.segmentation import volume_cc  # lazy: loads torch, MONAI; keeps `delineo --help` fast
 
     spacing = like.spacing_mm
     unit = "volume_cc" if mask.ndim == 3 else "area_cm2"
@@ -117,8 +114,7 @@ def margin_cmd(
     name: Optional[str] = _NAME,
 ) -> None:
     """Grow (or with --contract shrink) a structure by a margin in mm, exact in physical space."""
-    from delineo.contours.margins import margin as apply_margin
-    from delineo.errors import InputError
+    from delineo.contours.margins import margin as apply_margin  # lazy: loads SciPy, torch; keeps `delineo --help` fast
 
     image, mask = _read_mask(input)
     values = _parse_mm(mm, "--mm")
@@ -142,8 +138,7 @@ def boolean_cmd(
     name: Optional[str] = _NAME,
 ) -> None:
     """Union, intersection or subtraction of structures on the same voxel grid."""
-    from delineo.contours.booleans import intersection, subtract, union
-    from delineo.errors import InputError
+    from delineo.contours.booleans import intersection, subtract, union  # lazy: loads SciPy, torch; keeps `delineo --help` fast
 
     op = op.lower()
     if op not in BOOLEAN_OPS:
@@ -164,8 +159,7 @@ def ring_cmd(
     name: Optional[str] = _NAME,
 ) -> None:
     """A ring around a structure: structure + outer mm minus structure + inner mm."""
-    from delineo.contours.booleans import ring
-    from delineo.errors import InputError
+    from delineo.contours.booleans import ring  # lazy: loads SciPy, torch; keeps `delineo --help` fast
 
     image, mask = _read_mask(input)
     outer = _margin_for(_parse_mm(outer_mm, "--outer-mm"), mask.ndim, input, "--outer-mm")
@@ -190,8 +184,7 @@ def remove_islands_cmd(
     name: Optional[str] = _NAME,
 ) -> None:
     """Remove islands (connected components) smaller than a volume in cc."""
-    from delineo.contours.booleans import remove_islands
-    from delineo.errors import InputError
+    from delineo.contours.booleans import remove_islands  # lazy: loads SciPy, torch; keeps `delineo --help` fast
 
     image, mask = _read_mask(input)
     if min_cc < 0:

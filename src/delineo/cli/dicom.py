@@ -20,6 +20,10 @@ def dicom_node(
     allowed_ae: Optional[List[str]] = typer.Option(None, "--allowed-ae", help="Calling AE title allowed to send CT (repeat); '*' accepts any (not recommended)."),
     storage: Path = typer.Option(Path("var/dicom-node"), "--storage", help="Folder for received series, results and the outbox."),
     idle_seconds: float = typer.Option(10.0, "--idle-seconds", help="A series is complete after this many seconds without a new image."),
+    settle_seconds: float = typer.Option(2.0, "--settle-seconds", help="Sooner: a series whose association is released and whose "
+                                         "images form a complete, evenly spaced stack is complete after this many seconds without "
+                                         "another association for it (at once when the images carry ImagesInAcquisition); a "
+                                         "negative value turns this off (--idle-seconds alone)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the bundled CT model)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),
@@ -40,7 +44,7 @@ def dicom_node(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = NodeConfig(
         storage=storage, port=port, ae_title=ae_title, host=host, allowed_ae=None if "*" in allowed_ae else allowed_ae,
-        forward=destination, idle_seconds=idle_seconds, model=model,
+        forward=destination, idle_seconds=idle_seconds, settle_seconds=settle_seconds if settle_seconds >= 0 else None, model=model,
         device=device, send_seg=not no_seg,
     )
     typer.echo(f"DICOM node {ae_title} on {host}:{port}; storage {storage}; accepting CT from {', '.join(allowed_ae)}; "
