@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 from delineo.contours.colors import structure_color
+from delineo.inference.plausibility import hounsfield_problem
 from delineo.service import audit
 from delineo.service.core import ServiceContext
 from delineo.service.models import Job, Study, User, new_id
@@ -172,35 +173,6 @@ def _dicom_dates(folder: Path) -> dict[str, str]:
             out["study_date"] = f"{d[:4]}-{d[4:6]}-{d[6:]}"
         return out
     return {}
-
-
-def hounsfield_problem(path: Path) -> str | None:
-    """Why a 3D NIfTI is not a CT in Hounsfield units (a mask, a label map, a normalised or
-    offset image, an MR), or None. A CT has air around the patient (about -1000 HU), so values
-    below 0 and many distinct values."""
-    import nibabel as nib
-
-    img = nib.load(str(path))
-    shape = img.shape[:3]
-    step = max(1, int(round((np.prod(shape) / 2e6) ** (1 / 3))))  # a 2 M-voxel sample is plenty
-    data = np.asarray(img.dataobj[::step, ::step, ::step], dtype=np.float32)
-    finite = data[np.isfinite(data)]
-    if finite.size == 0:
-        return "holds no finite values, not a CT in Hounsfield units"
-    lo, hi = float(finite.min()), float(finite.max())
-    values = np.unique(finite[: 2_000_000])
-    if values.size <= 2 and lo >= 0 and hi <= 1:
-        return "holds only the values 0 and 1: a mask, not a CT in Hounsfield units (upload the CT itself)"
-    if lo >= 0 and hi <= 1:
-        return f"values lie between {lo:g} and {hi:g}: a normalised image, not a CT in Hounsfield units"
-    if values.size <= 64 and lo >= 0 and np.allclose(values, np.round(values)):
-        return f"holds only {values.size} whole-number values from {lo:g} to {hi:g}: a label map, not a CT in Hounsfield units"
-    if lo >= 0:
-        return (f"no value below 0 (range {lo:g} to {hi:g}): not a CT in Hounsfield units, where air is about -1000 "
-                "(an MR image, or a CT without its rescale intercept?)")
-    if hi - lo < 50:
-        return f"nearly constant ({lo:g} to {hi:g}): not a CT in Hounsfield units"
-    return None
 
 
 async def receive_files(request: Request, dest: Path, max_bytes: int, max_files: int, idle_s: float) -> tuple[list[tuple[str, Path]], dict[str, str]]:
