@@ -1,6 +1,7 @@
 """Where the hn-ct campaign stands (issue 39), from its committed state: one row per segment (the
 machine, threads, precision, epochs and CPU-hours it added), the schedule's phase and learning rate,
-the last validation Dice. Writes ``benchmarks/results/hn-campaign/status.md``.
+the last validation Dice. Writes ``benchmarks/results/hn-campaign/status.md`` and redraws the learning
+curve (``learning_curve.json`` / ``.png``) from the state.
 
     python benchmarks/campaign_status.py
 """
@@ -46,6 +47,9 @@ def main() -> None:
     else:
         lines.append(f"No validation yet (every {t['val_every']} epochs).")
     lines += ["", f"`python {Path(__file__).relative_to(ROOT)}`"]
+    from delineo.training.campaign import campaign_spec, write_curve
+
+    write_curve(state, doc["config"]["data"]["structures"], {**campaign_spec(spec), "results": str(STATE.parent.parent)})
     out = STATE.parent.parent / "status.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -300,8 +300,8 @@ def write_curve(state: dict[str, Any], structures: list[str], spec: dict[str, An
     fig, ax = plt.subplots(figsize=(9, 5))
     xs = [p["cpu_hours"] for p in points]
     for name in structures:
-        ax.plot(xs, [np.nan if p["dice"][name] is None else p["dice"][name] for p in points], label=name, alpha=0.55)
-    ax.plot(xs, [np.nan if p["mean_dice"] is None else p["mean_dice"] for p in points], "k-", lw=2.5, label="mean")
+        ax.plot(xs, [np.nan if p["dice"][name] is None else p["dice"][name] for p in points], "o-", ms=3, label=name, alpha=0.55)
+    ax.plot(xs, [np.nan if p["mean_dice"] is None else p["mean_dice"] for p in points], "ko-", ms=4, lw=2.5, label="mean")
     for seg in state.get("segments", []):
         ax.axvline(seg["start_cpu_hours"], color="grey", ls=":", lw=1)
         ax.text(seg["start_cpu_hours"], 0.02, f" {seg['index']}: {seg['hardware'].split(',')[0].removeprefix('CPU: ')[:28]}, "
@@ -309,7 +309,7 @@ def write_curve(state: dict[str, Any], structures: list[str], spec: dict[str, An
     ax.axvspan(float(spec["constant_until_cpu_hours"]), float(spec["cpu_hours"]), color="orange", alpha=0.08, label="decay")
     ax.set_xlim(0, max(xs + [1.0]) * 1.05)
     ax.set_xlabel("campaign CPU hours"), ax.set_ylabel("validation Dice (model grid)"), ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3), ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.grid(alpha=0.3), ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over a point
     fig.tight_layout()
     fig.savefig(folder / "learning_curve.png", dpi=100)
     plt.close(fig)
