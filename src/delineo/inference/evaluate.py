@@ -128,48 +128,14 @@ def evaluate(
         t0 = time.perf_counter()
         masks, quality = predictor.predict_with_quality(image, wanted, case=str(sample["case"]))
         seconds += time.perf_counter() - t0
-        row: dict[str, Any] = {"case": sample["case"]}
-        for c, name in enumerate(wanted):
-            if not sample["present"][c]:
-                continue
-            m = structure_metrics(masks[name], sample["label"][c], sample["spacing_mm"], tolerance_mm, voxel_tolerance=True)
-            row[name] = {k: _json_number(v) for k, v in m.items()}
-            if "quality" in quality.get(name, {}):
-                row[name]["quality"] = quality[name]["quality"]
-                row[name]["review"] = quality[name]["review"]
-                quality_rows.append({"structure": name, "quality": quality[name]["quality"], "dice": m["dice"]})
-            for k, v in m.items():
-                collected[name].setdefault(k, []).append(v)
-        for uname, members in unions.items():
-            ks = [wanted.index(n) for n in members]
-            if not any(sample["present"][k] for k in ks):
-                continue
-            ref = np.logical_or.reduce([np.asarray(sample["label"][k], bool) for k in ks])
-            pred = np.logical_or.reduce([np.asarray(masks[n], bool) for n in members])
-            m = structure_metrics(pred, ref, sample["spacing_mm"], tolerance_mm, voxel_tolerance=True)
-            row[uname] = {k: _json_number(v) for k, v in m.items()}
-            for k, v in m.items():
-                collected[uname].setdefault(k, []).append(v)
+        row = _score_case(sample, masks, quality, wanted, unions, tolerance_mm, collected, quality_rows)
         per_case.append(row)
         if steps is not None:
             steps.step(str(sample["case"]))
     if steps is not None:
         steps.close()
-    structures: dict[str, Any] = {}
-    for name in [*wanted, *unions]:  # the unions go to report["unions"] below
-        vals = collected[name]
-        n = len(vals.get("dice", []))
-        structures[name] = {
-            "dice": _finite_mean(vals.get("dice", [])),
-            "hd95_mm": _finite_mean(vals.get("hd95_mm", [])),
-            "asd_mm": _finite_mean(vals.get("asd_mm", [])),
-            f"surface_dice_{tolerance_mm:g}mm": _finite_mean(vals.get("surface_dice", [])),
-            "surface_dice_voxel": _finite_mean(vals.get("surface_dice_voxel", [])),
-            "volume_diff_cc": _finite_mean(vals.get("volume_diff_cc", [])),
-            "dice_median": float(np.median(vals["dice"])) if n else None,
-            "n": n,
-            "n_distance_undefined": int(sum(1 for v in vals.get("hd95_mm", []) if not math.isfinite(v))),
-        }
+    # the unions go to report["unions"] below
+    structures = {name: _summary(collected[name], tolerance_mm) for name in [*wanted, *unions]}
     scored_unions = {u: {"members": unions[u], **structures.pop(u)} for u in unions}
     dices = [v["dice"] for v in structures.values() if v["dice"] is not None]
     report = {
@@ -200,6 +166,54 @@ def evaluate(
         out.write_text(json.dumps(report, indent=2) + "\n")
         dice_boxplot(report, out.with_name(out.stem + "_dice.png"))
     return report
+
+
+def _score_case(
+    sample: dict[str, Any], masks: dict[str, np.ndarray], quality: dict[str, Any], wanted: list[str],
+    unions: dict[str, list[str]], tolerance_mm: float, collected: dict[str, dict[str, list[float]]], quality_rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One case's row of the report: the metrics of every structure contoured in its reference (and
+    of every union of which any member is), appended to ``collected`` (name -> metric -> values) and
+    the quality estimates to ``quality_rows``."""
+    row: dict[str, Any] = {"case": sample["case"]}
+    for c, name in enumerate(wanted):
+        if not sample["present"][c]:
+            continue
+        m = structure_metrics(masks[name], sample["label"][c], sample["spacing_mm"], tolerance_mm, voxel_tolerance=True)
+        row[name] = {k: _json_number(v) for k, v in m.items()}
+        if "quality" in quality.get(name, {}):
+            row[name]["quality"] = quality[name]["quality"]
+            row[name]["review"] = quality[name]["review"]
+            quality_rows.append({"structure": name, "quality": quality[name]["quality"], "dice": m["dice"]})
+        for k, v in m.items():
+            collected[name].setdefault(k, []).append(v)
+    for uname, members in unions.items():
+        ks = [wanted.index(n) for n in members]
+        if not any(sample["present"][k] for k in ks):
+            continue
+        ref = np.logical_or.reduce([np.asarray(sample["label"][k], bool) for k in ks])
+        pred = np.logical_or.reduce([np.asarray(masks[n], bool) for n in members])
+        m = structure_metrics(pred, ref, sample["spacing_mm"], tolerance_mm, voxel_tolerance=True)
+        row[uname] = {k: _json_number(v) for k, v in m.items()}
+        for k, v in m.items():
+            collected[uname].setdefault(k, []).append(v)
+    return row
+
+
+def _summary(vals: dict[str, list[float]], tolerance_mm: float) -> dict[str, Any]:
+    """A structure's (or union's) metrics over the cases: means of the finite values, the median Dice."""
+    n = len(vals.get("dice", []))
+    return {
+        "dice": _finite_mean(vals.get("dice", [])),
+        "hd95_mm": _finite_mean(vals.get("hd95_mm", [])),
+        "asd_mm": _finite_mean(vals.get("asd_mm", [])),
+        f"surface_dice_{tolerance_mm:g}mm": _finite_mean(vals.get("surface_dice", [])),
+        "surface_dice_voxel": _finite_mean(vals.get("surface_dice_voxel", [])),
+        "volume_diff_cc": _finite_mean(vals.get("volume_diff_cc", [])),
+        "dice_median": float(np.median(vals["dice"])) if n else None,
+        "n": n,
+        "n_distance_undefined": int(sum(1 for v in vals.get("hd95_mm", []) if not math.isfinite(v))),
+    }
 
 
 def default_unions(predictor, wanted: list[str]) -> dict[str, list[str]]:
