@@ -100,42 +100,10 @@ def contour_image(
     pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="delineo-write")
     pending: dict[str, Future] = {}
     if series is not None:
-        _report(progress, "rtstruct", 0.8)
-        roi_types = predictor.bundle.meta.get("roi_types", {})
-        descriptions = {n: "CHECK FAILED: " + "; ".join(m) for n, m in flags.items()}
-        for n, q in quality.items():  # the planning system shows the estimate beside the contour
-            if "quality" in q:
-                descriptions[n] = "; ".join(filter(None, [descriptions.get(n), "delineo " + quality_text(q)]))
-        pending["rtstruct"] = pool.submit(_timed, write_rtstruct, series, masks, out_dir / "rtstruct.dcm", roi_types=roi_types,
-                                          label=predictor.bundle.name, roi_descriptions=descriptions)
-        _report(progress, "seg", 0.9)
-        present = {n: m for n, m in masks.items() if m.any()}
-        if present:  # a SEG needs at least one non-empty segment
-            pending["seg"] = pool.submit(_timed, write_seg, series, present, out_dir / "seg.dcm", roi_types=roi_types,
-                                         model_name=predictor.bundle.name)
+        pending = _submit_dicom_writers(pool, series, masks, quality, flags, predictor, out_dir, progress)
     writes = [pool.submit(write_mask, seg_dir / f"{name}.nii.gz", mask, image) for name, mask in masks.items()]
     files = {name: str(seg_dir / f"{name}.nii.gz") for name in masks}
-    unit = "cc" if image.array.ndim == 3 else "cm2"
-    summary = {
-        "input": source,
-        "model": predictor.bundle.name,
-        "device": str(predictor.device),
-        "spacing_mm": list(image.spacing_mm),
-        "shape": list(image.shape),
-        "structures": {
-            name: {
-                f"volume_{unit}": round(volume_cc(mask, image.spacing_mm), 3),
-                "roi_type": predictor.bundle.meta.get("roi_types", {}).get(name, "ORGAN"),
-                "empty": not bool(mask.any()),
-                "file": files[name],
-                "flags": flags.get(name, []),
-                **({"quality": quality[name]["quality"], "review": quality[name]["review"]} if "quality" in quality.get(name, {}) else {}),
-            }
-            for name, mask in masks.items()
-        },
-        "checks": [c.to_dict() for c in checks],
-        "checks_passed": all(c.passed for c in checks),
-    }
+    summary = _summary(image, masks, quality, flags, checks, files, source, predictor)
     review = {n: f"(quality {q['quality']:.2f})" for n, q in quality.items() if q.get("review")}
     for name in review:
         log.warning("quality estimate for %s in %s: %s", name, source or "image", quality_text(quality[name]))
@@ -160,6 +128,58 @@ def contour_image(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _report(progress, "done", 1.0)
     return summary
+
+
+def _submit_dicom_writers(
+    pool: ThreadPoolExecutor, series: Any, masks: dict[str, Any], quality: dict[str, dict[str, Any]],
+    flags: dict[str, list[str]], predictor: Predictor, out_dir: Path, progress: Progress | None,
+) -> dict[str, Future]:
+    """Start writing ``rtstruct.dcm`` and (with a non-empty mask) ``seg.dcm`` on ``pool``; each
+    ROI's description names its failed checks and quality estimate. Returns the futures by output."""
+    pending: dict[str, Future] = {}
+    _report(progress, "rtstruct", 0.8)
+    roi_types = predictor.bundle.meta.get("roi_types", {})
+    descriptions = {n: "CHECK FAILED: " + "; ".join(m) for n, m in flags.items()}
+    for n, q in quality.items():  # the planning system shows the estimate beside the contour
+        if "quality" in q:
+            descriptions[n] = "; ".join(filter(None, [descriptions.get(n), "delineo " + quality_text(q)]))
+    pending["rtstruct"] = pool.submit(_timed, write_rtstruct, series, masks, out_dir / "rtstruct.dcm", roi_types=roi_types,
+                                      label=predictor.bundle.name, roi_descriptions=descriptions)
+    _report(progress, "seg", 0.9)
+    present = {n: m for n, m in masks.items() if m.any()}
+    if present:  # a SEG needs at least one non-empty segment
+        pending["seg"] = pool.submit(_timed, write_seg, series, present, out_dir / "seg.dcm", roi_types=roi_types,
+                                     model_name=predictor.bundle.name)
+    return pending
+
+
+def _summary(
+    image: Image, masks: dict[str, Any], quality: dict[str, dict[str, Any]], flags: dict[str, list[str]],
+    checks: list, files: dict[str, str], source: str, predictor: Predictor,
+) -> dict[str, Any]:
+    """The summary's core: input, model, grid, and per structure its volume (cc, or cm² for 2D),
+    ROI type, emptiness, mask file, failed checks and quality estimate; then the checks."""
+    unit = "cc" if image.array.ndim == 3 else "cm2"
+    return {
+        "input": source,
+        "model": predictor.bundle.name,
+        "device": str(predictor.device),
+        "spacing_mm": list(image.spacing_mm),
+        "shape": list(image.shape),
+        "structures": {
+            name: {
+                f"volume_{unit}": round(volume_cc(mask, image.spacing_mm), 3),
+                "roi_type": predictor.bundle.meta.get("roi_types", {}).get(name, "ORGAN"),
+                "empty": not bool(mask.any()),
+                "file": files[name],
+                "flags": flags.get(name, []),
+                **({"quality": quality[name]["quality"], "review": quality[name]["review"]} if "quality" in quality.get(name, {}) else {}),
+            }
+            for name, mask in masks.items()
+        },
+        "checks": [c.to_dict() for c in checks],
+        "checks_passed": all(c.passed for c in checks),
+    }
 
 
 def contour(

@@ -117,32 +117,7 @@ def write_overview(
     if dashed and handles:
         handles += [Line2D([0], [0], color="0.3", lw=1.2, ls=ls, label=lab) for ls, lab in zip(("-", "--"), line_labels)]
 
-    if image.array.ndim == 2:
-        lo, hi = float(image.array.min()), float(image.array.max())
-        level, width = window or ((lo + hi) / 2, (hi - lo) or 1.0)
-        panels = [("image", image.array.astype(float), dict(masks), dict(dashed), 1.0)]
-    else:
-        level, width = window or SOFT_TISSUE_WINDOW
-        vol = _to_ras(image.array.astype(np.float32), image.affine)
-        ras_masks = {n: _to_ras(m.astype(bool), image.affine) for n, m in masks.items()}
-        ras_dashed = {n: _to_ras(m.astype(bool), image.affine) for n, m in dashed.items()}
-        sx, sy, sz = _ras_spacing(image.affine)
-        union = np.zeros(vol.shape, bool)
-        for m in (*ras_masks.values(), *ras_dashed.values()):
-            union |= m
-        box = _body_box(vol, union, np.array([sx, sy, sz]))
-        if box is not None:
-            vol, union = vol[box], union[box]
-            ras_masks = {n: m[box] for n, m in ras_masks.items()}
-            ras_dashed = {n: m[box] for n, m in ras_dashed.items()}
-        centre = [int(round(c)) for c in (np.argwhere(union).mean(0) if union.any() else np.array(vol.shape) / 2)]
-        aspects = {"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy}
-        index = {"axial": centre[2], "coronal": centre[1], "sagittal": centre[0]}
-        panels = [
-            (v, _slice(vol, v, index[v]), {n: _slice(m, v, index[v]) for n, m in ras_masks.items()},
-             {n: _slice(m, v, index[v]) for n, m in ras_dashed.items()}, aspects[v])
-            for v in VIEWS
-        ]
+    panels, level, width = _panels(image, masks, dashed, window)
 
     def draw(ax, name, img2d, masks2d, dashed2d, aspect):
         ax.imshow(img2d, cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=aspect, interpolation="nearest")
@@ -179,6 +154,41 @@ def write_overview(
             plt.close(fig)
             written.append(p)
     return written
+
+
+def _panels(
+    image: Image, masks: dict[str, np.ndarray], dashed: dict[str, np.ndarray], window: tuple[float, float] | None,
+) -> tuple[list[tuple], float, float]:
+    """The panels to draw, each ``(name, 2D image, {roi: 2D mask} solid, {roi: 2D mask} dashed,
+    aspect)``, and the display window's level and width: a 2D image whole; for 3D the axial,
+    coronal and sagittal slices (RAS, cropped to the body) through the structures' centre."""
+    if image.array.ndim == 2:
+        lo, hi = float(image.array.min()), float(image.array.max())
+        level, width = window or ((lo + hi) / 2, (hi - lo) or 1.0)
+        panels = [("image", image.array.astype(float), dict(masks), dict(dashed), 1.0)]
+    else:
+        level, width = window or SOFT_TISSUE_WINDOW
+        vol = _to_ras(image.array.astype(np.float32), image.affine)
+        ras_masks = {n: _to_ras(m.astype(bool), image.affine) for n, m in masks.items()}
+        ras_dashed = {n: _to_ras(m.astype(bool), image.affine) for n, m in dashed.items()}
+        sx, sy, sz = _ras_spacing(image.affine)
+        union = np.zeros(vol.shape, bool)
+        for m in (*ras_masks.values(), *ras_dashed.values()):
+            union |= m
+        box = _body_box(vol, union, np.array([sx, sy, sz]))
+        if box is not None:
+            vol, union = vol[box], union[box]
+            ras_masks = {n: m[box] for n, m in ras_masks.items()}
+            ras_dashed = {n: m[box] for n, m in ras_dashed.items()}
+        centre = [int(round(c)) for c in (np.argwhere(union).mean(0) if union.any() else np.array(vol.shape) / 2)]
+        aspects = {"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy}
+        index = {"axial": centre[2], "coronal": centre[1], "sagittal": centre[0]}
+        panels = [
+            (v, _slice(vol, v, index[v]), {n: _slice(m, v, index[v]) for n, m in ras_masks.items()},
+             {n: _slice(m, v, index[v]) for n, m in ras_dashed.items()}, aspects[v])
+            for v in VIEWS
+        ]
+    return panels, level, width
 
 
 def _mark_review(legend, review: dict[str, str]) -> None:

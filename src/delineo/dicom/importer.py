@@ -108,30 +108,11 @@ def import_dicom(src: str | Path, dest: str | Path, *, roi_map: str | Path | dic
     mapping = roi_map if isinstance(roi_map, dict) or roi_map is None else read_roi_map(roi_map)
     if isinstance(mapping, dict):
         mapping = {str(k).strip().lower(): v for k, v in mapping.items()}
-    headers = _read_headers(_dicom_files(src))
-    by_series: dict[str, list[Path]] = {}
-    frames: dict[str, str] = {}
-    structure_sets = []
-    for f, ds in headers:
-        if str(ds.SOPClassUID) == RT_STRUCTURE_SET_STORAGE:
-            structure_sets.append((f, ds))
-        elif str(ds.get("Modality", "")) == "CT":
-            by_series.setdefault(str(ds.SeriesInstanceUID), []).append(f)
-            frames.setdefault(str(ds.SeriesInstanceUID), str(ds.get("FrameOfReferenceUID", "")))
+    by_series, frames, structure_sets = _index_export(src)
     report: dict[str, Any] = {"cases": [], "skipped": [], "unmapped_rois": set()}
     if not structure_sets:
         raise InputError(src, "no RT Structure Sets found")
-    # which CT series each structure set belongs to, first: a series with several gets label-named cases
-    resolved: list[tuple[Path, Any, str | None, str | None]] = []
-    for rt_path, rt in structure_sets:
-        try:
-            resolved.append((rt_path, rt, _referenced_series(rt, rt_path, src, by_series, frames), None))
-        except InputError as exc:
-            resolved.append((rt_path, rt, None, str(exc)))
-    per_series: dict[str, int] = {}
-    for _, _, uid, _ in resolved:
-        if uid is not None:
-            per_series[uid] = per_series.get(uid, 0) + 1
+    resolved, per_series = _resolve_series(structure_sets, src, by_series, frames)
     used: set[str] = set()
     loaded: dict[str, Any] = {}
     from delineo.progress import Steps
@@ -146,41 +127,11 @@ def import_dicom(src: str | Path, dest: str | Path, *, roi_map: str | Path | dic
                 files = by_series[ref_series]
                 loaded = {ref_series: _assemble(src, files, [pydicom.dcmread(f) for f in files])}  # one CT held at a time
             series = loaded[ref_series]
-            rois = read_structure_set(rt_path, series)
-            groups: dict[str, list] = {}
-            not_imported: list[str] = []
-            for roi in rois:
-                target = roi.name if mapping is None else mapping.get(roi.name.strip().lower())
-                if target is None:
-                    report["unmapped_rois"].add(roi.name)
-                    continue
-                if not roi.has_contours:
-                    not_imported.append(f"{roi.name!r} has no contour data")
-                    continue
-                groups.setdefault(target, []).append(roi)
-            named: dict[str, np.ndarray] = {}
-            for target, group in groups.items():
-                if len(group) > 1 and not merge:
-                    both = " and ".join(f"{r.name!r} (ROI {r.number})" for r in group)
-                    not_imported.append(f"{target}: {both} both map to it (map only one, or --merge-rois for their union)")
-                    continue
-                named[target] = np.logical_or.reduce([r.mask for r in group])
-            base = _safe(f"{rt.get('PatientID', '') or 'case'}")
-            if per_series.get(ref_series, 0) > 1:
-                label = str(rt.get("StructureSetLabel", "") or rt.get("SeriesDescription", "") or "")
-                base = _safe(f"{base}_{label}") if label.strip() else base
-            case, n = base, 2
-            while case in used or (dest / case).exists():
-                case, n = f"{base}_{n}", n + 1
+            named, not_imported = _named_masks(read_structure_set(rt_path, series), mapping, merge, report["unmapped_rois"])
+            case = _case_name(rt, per_series.get(ref_series, 0) > 1, used, dest)
             used.add(case)
-            folder = dest / case
-            hu = np.clip(np.rint(series.image.array), -32768, 32767).astype(np.int16)
-            write_image(folder / "ct.nii.gz", series.image.like(hu))
-            voxel_cc = float(abs(np.linalg.det(series.image.affine[:3, :3]))) / 1000.0
-            for roi, mask in named.items():
-                write_mask(folder / "segmentations" / f"{_safe(roi)}.nii.gz", mask, series.image)
-            done = {"case": case, "structures": sorted(named),
-                    "volumes_cc": {r: round(float(named[r].sum()) * voxel_cc, 2) for r in sorted(named)},
+            volumes = _write_case(dest / case, series, named)
+            done = {"case": case, "structures": sorted(named), "volumes_cc": volumes,
                     "not_imported": not_imported, "source": str(rt_path), "ct_series": ref_series,
                     "structure_set": str(rt.get("StructureSetLabel", ""))}
             report["cases"].append(done)
@@ -192,3 +143,84 @@ def import_dicom(src: str | Path, dest: str | Path, *, roi_map: str | Path | dic
         steps.close()
     report["unmapped_rois"] = sorted(report["unmapped_rois"])
     return report
+
+
+def _index_export(src: Path) -> tuple[dict[str, list[Path]], dict[str, str], list[tuple[Path, Any]]]:
+    """The DICOM files under ``src``: CT files per series UID, each CT series' frame of reference
+    UID, and the RT Structure Sets as (path, header)."""
+    by_series: dict[str, list[Path]] = {}
+    frames: dict[str, str] = {}
+    structure_sets = []
+    for f, ds in _read_headers(_dicom_files(src)):
+        if str(ds.SOPClassUID) == RT_STRUCTURE_SET_STORAGE:
+            structure_sets.append((f, ds))
+        elif str(ds.get("Modality", "")) == "CT":
+            by_series.setdefault(str(ds.SeriesInstanceUID), []).append(f)
+            frames.setdefault(str(ds.SeriesInstanceUID), str(ds.get("FrameOfReferenceUID", "")))
+    return by_series, frames, structure_sets
+
+
+def _resolve_series(
+    structure_sets: list[tuple[Path, Any]], src: Path, by_series: dict[str, list[Path]], frames: dict[str, str],
+) -> tuple[list[tuple[Path, Any, str | None, str | None]], dict[str, int]]:
+    """Which CT series each structure set belongs to, first (a series with several gets label-named
+    cases): (path, header, series UID or None, why not or None) per structure set, and how many
+    structure sets each series has."""
+    resolved: list[tuple[Path, Any, str | None, str | None]] = []
+    for rt_path, rt in structure_sets:
+        try:
+            resolved.append((rt_path, rt, _referenced_series(rt, rt_path, src, by_series, frames), None))
+        except InputError as exc:
+            resolved.append((rt_path, rt, None, str(exc)))
+    per_series: dict[str, int] = {}
+    for _, _, uid, _ in resolved:
+        if uid is not None:
+            per_series[uid] = per_series.get(uid, 0) + 1
+    return resolved, per_series
+
+
+def _named_masks(rois: list, mapping: dict[str, str] | None, merge: bool, unmapped: set[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The masks to write under their engine names, and why the others are not imported: ROIs
+    left out by the map go to ``unmapped``; two ROIs with one name are refused unless ``merge``."""
+    groups: dict[str, list] = {}
+    not_imported: list[str] = []
+    for roi in rois:
+        target = roi.name if mapping is None else mapping.get(roi.name.strip().lower())
+        if target is None:
+            unmapped.add(roi.name)
+            continue
+        if not roi.has_contours:
+            not_imported.append(f"{roi.name!r} has no contour data")
+            continue
+        groups.setdefault(target, []).append(roi)
+    named: dict[str, np.ndarray] = {}
+    for target, group in groups.items():
+        if len(group) > 1 and not merge:
+            both = " and ".join(f"{r.name!r} (ROI {r.number})" for r in group)
+            not_imported.append(f"{target}: {both} both map to it (map only one, or --merge-rois for their union)")
+            continue
+        named[target] = np.logical_or.reduce([r.mask for r in group])
+    return named, not_imported
+
+
+def _case_name(rt, shared_series: bool, used: set[str], dest: Path) -> str:
+    """The case folder's name: the Patient ID (with the structure set's label when its CT series
+    has several), suffixed ``_2``, ``_3`` ... past names used or existing in ``dest``."""
+    base = _safe(f"{rt.get('PatientID', '') or 'case'}")
+    if shared_series:
+        label = str(rt.get("StructureSetLabel", "") or rt.get("SeriesDescription", "") or "")
+        base = _safe(f"{base}_{label}") if label.strip() else base
+    case, n = base, 2
+    while case in used or (dest / case).exists():
+        case, n = f"{base}_{n}", n + 1
+    return case
+
+
+def _write_case(folder: Path, series, named: dict[str, np.ndarray]) -> dict[str, float]:
+    """Write the CT (HU, int16) and each mask under ``folder``; returns each structure's volume in cc."""
+    hu = np.clip(np.rint(series.image.array), -32768, 32767).astype(np.int16)
+    write_image(folder / "ct.nii.gz", series.image.like(hu))
+    voxel_cc = float(abs(np.linalg.det(series.image.affine[:3, :3]))) / 1000.0
+    for roi, mask in named.items():
+        write_mask(folder / "segmentations" / f"{_safe(roi)}.nii.gz", mask, series.image)
+    return {r: round(float(named[r].sum()) * voxel_cc, 2) for r in sorted(named)}

@@ -151,8 +151,47 @@ def write_rtstruct(
     roi_descriptions: text per ROI for its ROI Description (planning systems show it), e.g. the
     failed anatomy checks or the quality estimate.
     """
-    ref = series.datasets[0]
     series.check_masks(masks)
+    ds = _structure_set_header(series, label, description)
+    ds.ReferencedFrameOfReferenceSequence = DicomSequence([_referenced_frame(series)])
+
+    roi_seq, contour_seq, obs_seq = [], [], []
+    types = dict(roi_types or {})
+    for number, (name, mask) in enumerate(masks.items(), 1):
+        roi = Dataset()
+        roi.ROINumber = number
+        roi.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
+        roi.ROIName = name
+        roi.ROIGenerationAlgorithm = "AUTOMATIC"
+        if roi_descriptions and roi_descriptions.get(name):
+            roi.ROIDescription = str(roi_descriptions[name])[:1024]
+        roi_seq.append(roi)
+        rc = Dataset()
+        rc.ROIDisplayColor = [int(v) for v in structure_color(name, number - 1)]
+        rc.ReferencedROINumber = number
+        contours = _roi_contours(series, mask)
+        if contours:
+            rc.ContourSequence = DicomSequence(contours)
+        contour_seq.append(rc)
+        obs = Dataset()
+        obs.ObservationNumber = number
+        obs.ReferencedROINumber = number
+        obs.RTROIInterpretedType = types.get(name, "ORGAN")
+        obs.ROIInterpreter = ""
+        obs_seq.append(obs)
+    ds.StructureSetROISequence = DicomSequence(roi_seq)
+    ds.ROIContourSequence = DicomSequence(contour_seq)
+    ds.RTROIObservationsSequence = DicomSequence(obs_seq)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _structure_set_header(series: CTSeries, label: str, description: str) -> Dataset:
+    """A new RT Structure Set instance with the CT's patient and study, its own series and the
+    structure set's label, date and frame of reference (no ROIs yet)."""
+    ref = series.datasets[0]
     now = _dt.datetime.now()
     ds = new_instance(RT_STRUCTURE_SET_STORAGE)
     ds.SpecificCharacterSet = ref.get("SpecificCharacterSet", "ISO_IR 100")
@@ -174,7 +213,11 @@ def write_rtstruct(
     ds.FrameOfReferenceUID = series.frame_of_reference_uid
     ds.PositionReferenceIndicator = ref.get("PositionReferenceIndicator", "")
     ds.ApprovalStatus = "UNAPPROVED"  # auto-contours: a clinician reviews and approves them
+    return ds
 
+
+def _referenced_frame(series: CTSeries) -> Dataset:
+    """The Referenced Frame of Reference item: the CT's frame, study, series and every image."""
     contour_images = []
     for d in series.datasets:
         item = Dataset()
@@ -191,58 +234,33 @@ def write_rtstruct(
     frame = Dataset()
     frame.FrameOfReferenceUID = series.frame_of_reference_uid
     frame.RTReferencedStudySequence = DicomSequence([rt_study])
-    ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame])
+    return frame
 
-    roi_seq, contour_seq, obs_seq = [], [], []
-    types = dict(roi_types or {})
-    for number, (name, mask) in enumerate(masks.items(), 1):
-        roi = Dataset()
-        roi.ROINumber = number
-        roi.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
-        roi.ROIName = name
-        roi.ROIGenerationAlgorithm = "AUTOMATIC"
-        if roi_descriptions and roi_descriptions.get(name):
-            roi.ROIDescription = str(roi_descriptions[name])[:1024]
-        roi_seq.append(roi)
-        rc = Dataset()
-        rc.ROIDisplayColor = [int(v) for v in structure_color(name, number - 1)]
-        rc.ReferencedROINumber = number
-        contours = []
-        # only the slices in the structure's extent, each traced inside the structure's in-plane box
-        # (slice_contours pads by a voxel: the same polygons, shifted back by the box's corner)
-        i_hit, j_hit = np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(mask.any(axis=(0, 2)))
-        i0, j0 = (int(i_hit[0]), int(j_hit[0])) if i_hit.size else (0, 0)
-        inplane = mask[i0:int(i_hit[-1]) + 1, j0:int(j_hit[-1]) + 1] if i_hit.size else mask
-        for k in np.flatnonzero(inplane.reshape(-1, mask.shape[2]).any(0)):
-            for c in slice_contours(inplane[:, :, k]):
-                c = c + (i0, j0)
-                ijk = np.column_stack([c, np.full(len(c), k), np.ones(len(c))])
-                xyz = (series.lps_affine @ ijk.T).T[:, :3]
-                item = Dataset()
-                img = Dataset()
-                img.ReferencedSOPClassUID = series.datasets[k].SOPClassUID
-                img.ReferencedSOPInstanceUID = series.datasets[k].SOPInstanceUID
-                item.ContourImageSequence = DicomSequence([img])
-                item.ContourGeometricType = "CLOSED_PLANAR"
-                item.NumberOfContourPoints = len(xyz)
-                item.ContourData = [f"{v:.4f}" for v in xyz.ravel()]
-                contours.append(item)
-        if contours:
-            rc.ContourSequence = DicomSequence(contours)
-        contour_seq.append(rc)
-        obs = Dataset()
-        obs.ObservationNumber = number
-        obs.ReferencedROINumber = number
-        obs.RTROIInterpretedType = types.get(name, "ORGAN")
-        obs.ROIInterpreter = ""
-        obs_seq.append(obs)
-    ds.StructureSetROISequence = DicomSequence(roi_seq)
-    ds.ROIContourSequence = DicomSequence(contour_seq)
-    ds.RTROIObservationsSequence = DicomSequence(obs_seq)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+
+def _roi_contours(series: CTSeries, mask: np.ndarray) -> list[Dataset]:
+    """The Contour Sequence items of one mask (bool ``(i, j, k)`` on the series' grid): a
+    CLOSED_PLANAR contour in patient LPS millimetres per outline and hole, each referencing its CT slice."""
+    contours = []
+    # only the slices in the structure's extent, each traced inside the structure's in-plane box
+    # (slice_contours pads by a voxel: the same polygons, shifted back by the box's corner)
+    i_hit, j_hit = np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(mask.any(axis=(0, 2)))
+    i0, j0 = (int(i_hit[0]), int(j_hit[0])) if i_hit.size else (0, 0)
+    inplane = mask[i0:int(i_hit[-1]) + 1, j0:int(j_hit[-1]) + 1] if i_hit.size else mask
+    for k in np.flatnonzero(inplane.reshape(-1, mask.shape[2]).any(0)):
+        for c in slice_contours(inplane[:, :, k]):
+            c = c + (i0, j0)
+            ijk = np.column_stack([c, np.full(len(c), k), np.ones(len(c))])
+            xyz = (series.lps_affine @ ijk.T).T[:, :3]
+            item = Dataset()
+            img = Dataset()
+            img.ReferencedSOPClassUID = series.datasets[k].SOPClassUID
+            img.ReferencedSOPInstanceUID = series.datasets[k].SOPInstanceUID
+            item.ContourImageSequence = DicomSequence([img])
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(xyz)
+            item.ContourData = [f"{v:.4f}" for v in xyz.ravel()]
+            contours.append(item)
+    return contours
 
 
 @dataclass

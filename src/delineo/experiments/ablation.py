@@ -126,41 +126,8 @@ def run_ablation(
             continue
         if not train_missing or (only and step["name"] not in only):
             continue
-        d = apply_overrides(config, {"name": f"ablation-{slug(step['name'])}", "output": str(run_dir / "model"),
-                                     "work_dir": str(run_dir / "work"), **given})
-        cfg = TrainConfig.from_dict(d, where=f"{ablation}: step {step['name']!r}")
-        log(f"[{i}/{len(steps)}] {step['name']}{suffix}: training" + (f" for {budget} CPU-hours" if budget else ""))
-        model_dir = train(cfg, resume=True, command=command, budget_cpu_hours=budget)
-        meta = json.loads((model_dir / "model.json").read_text())
-        tr = meta["training"]
-        val = cfg.data.val or cfg.data.train
-        cases = None if cfg.data.val else tr["data"]["val_cases"]
-        report = evaluate(model_dir, val, run_dir / "evaluation.json", device=cfg.training.device, cases=cases)
-        row = {
-            "step": step["name"],
-            "adds": step["set"],
-            "network": meta["network"],
-            "loss": cfg.training.loss,
-            "schedule": cfg.training.schedule,
-            "dice": {n: s["dice"] for n, s in report["structures"].items()},
-            "hd95_mm": {n: s.get("hd95_mm") for n, s in report["structures"].items()},
-            "mean_dice": report["mean_dice"],
-            "n_val": len(report["cases"]),
-            "seed": cfg.training.seed,
-            "budget": tr.get("budget"),
-            "epochs": tr.get("epochs"),
-            "best_epoch": tr.get("best_epoch"),
-            "train_seconds": tr.get("seconds"),
-            "hardware": tr.get("hardware"),
-            "parameters": tr.get("parameters"),
-        }
-        run_dir.mkdir(parents=True, exist_ok=True)
-        result_path.with_suffix(".tmp").write_text(json.dumps(row, indent=2) + "\n")
-        result_path.with_suffix(".tmp").replace(result_path)
-        if not keep_weights:
-            (model_dir / "weights.safetensors").unlink(missing_ok=True)  # keep metrics, not 5 sets of weights
-            for p in (run_dir / "work").glob("checkpoint.pt*"):
-                p.unlink()
+        row = _train_step(ablation, step, config, run_dir, given, command=command, budget=budget, keep_weights=keep_weights,
+                          log=log, prefix=f"[{i}/{len(steps)}] {step['name']}{suffix}")
         log(f"[{i}/{len(steps)}] {step['name']}{suffix}: mean Dice {row['mean_dice']:.4f} on {row['n_val']} validation cases")
         rows = _collect_rows(out, steps)
         results = _write_results(out, ablation, command, epochs, max_cases, device, rows, steps, budget)  # after every step
@@ -169,6 +136,53 @@ def run_ablation(
     if results is not None and written == len(rows):  # the last step was trained here and wrote them already
         return results
     return _write_results(out, ablation, command, epochs, max_cases, device, rows, steps, budget)
+
+
+def _train_step(
+    ablation: str | Path, step: dict[str, Any], config: dict[str, Any], run_dir: Path, given: dict[str, Any], *,
+    command: str | None, budget: float | None, keep_weights: bool, log: Callable[[str], None], prefix: str,
+) -> dict[str, Any]:
+    """Train one step's ``config`` (with the command line's settings ``given``) into ``run_dir``,
+    evaluate it on the validation cases and write its ``result.json`` (atomically); unless
+    ``keep_weights``, drop its weights and checkpoint; ``prefix`` (``[i/n] step``) starts its log line.
+    Returns the row (Dice, HD95 in mm, timing)."""
+    result_path = run_dir / "result.json"
+    d = apply_overrides(config, {"name": f"ablation-{slug(step['name'])}", "output": str(run_dir / "model"),
+                                 "work_dir": str(run_dir / "work"), **given})
+    cfg = TrainConfig.from_dict(d, where=f"{ablation}: step {step['name']!r}")
+    log(f"{prefix}: training" + (f" for {budget} CPU-hours" if budget else ""))
+    model_dir = train(cfg, resume=True, command=command, budget_cpu_hours=budget)
+    meta = json.loads((model_dir / "model.json").read_text())
+    tr = meta["training"]
+    val = cfg.data.val or cfg.data.train
+    cases = None if cfg.data.val else tr["data"]["val_cases"]
+    report = evaluate(model_dir, val, run_dir / "evaluation.json", device=cfg.training.device, cases=cases)
+    row = {
+        "step": step["name"],
+        "adds": step["set"],
+        "network": meta["network"],
+        "loss": cfg.training.loss,
+        "schedule": cfg.training.schedule,
+        "dice": {n: s["dice"] for n, s in report["structures"].items()},
+        "hd95_mm": {n: s.get("hd95_mm") for n, s in report["structures"].items()},
+        "mean_dice": report["mean_dice"],
+        "n_val": len(report["cases"]),
+        "seed": cfg.training.seed,
+        "budget": tr.get("budget"),
+        "epochs": tr.get("epochs"),
+        "best_epoch": tr.get("best_epoch"),
+        "train_seconds": tr.get("seconds"),
+        "hardware": tr.get("hardware"),
+        "parameters": tr.get("parameters"),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_path.with_suffix(".tmp").write_text(json.dumps(row, indent=2) + "\n")
+    result_path.with_suffix(".tmp").replace(result_path)
+    if not keep_weights:
+        (model_dir / "weights.safetensors").unlink(missing_ok=True)  # keep metrics, not 5 sets of weights
+        for p in (run_dir / "work").glob("checkpoint.pt*"):
+            p.unlink()
+    return row
 
 
 def _collect_rows(out: Path, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:

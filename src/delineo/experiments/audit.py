@@ -173,70 +173,101 @@ def audit(
     rows, dice, surface, contoured = [], [], [], []
     for i in range(len(ds)):
         s = ds[i]
-        label = s["label"]
-        rec = records.get(s["case"]) if same_data else None
-        if rec is not None:
-            label = _apply_record(label, rec["operations"])
-        present = np.asarray(s["present"], bool)
-        x = preprocess(s["image"], s["spacing_mm"], bundle.preprocess)
-        y = preprocess_labels(label * present.reshape(-1, *([1] * (label.ndim - 1))), s["spacing_mm"], bundle.preprocess)
-        spacing = model_spacing_mm(s["spacing_mm"], bundle.preprocess)
-        with torch.no_grad():
-            probs = predictor.probabilities_on_model_grid(x)
-            per = label_agreement(probs, y, spacing, "dice", predictor.threshold).numpy()
-            near = label_agreement(probs, y, spacing, "surface", predictor.threshold).numpy()
-            qam_score = float(qam.score(x[None].to(dev), y[None].to(dev))[0]) if qam is not None else None
+        row, per, near, present = _score_pair(s, records.get(s["case"]) if same_data else None, bundle, predictor, qam, dev)
         dice.append(per)
         surface.append(near)
         contoured.append(present)
-        asd_mm = np.exp(-near) - 0.5 * min(spacing)  # back from -log(d + h)
-        row: dict[str, Any] = {
-            "case": s["case"], "structures_contoured": int(present.sum()),
-            **{f"agreement_{n}": (float(d) if p else None) for n, d, p in zip(bundle.structures, per, present)},
-            **{f"asd_mm_{n}": (round(float(d), 3) if p else None) for n, d, p in zip(bundle.structures, asd_mm, present)},
-        }
-        if qam_score is not None:
-            row["qam_score"] = qam_score
-        if rec is not None:
-            row["corrupted"] = bool(rec["corrupted"])
-            known = [d for d, p in zip(rec["dice_vs_clean"], present) if p]
-            row["label_dice_vs_clean"] = float(np.mean(known)) if known else None
         rows.append(row)
-    # the agreement scores need every pair's (the z-scores standardise each structure over them)
+    _add_agreement_scores(rows, dice, surface, contoured)
+    _rank(rows, rank_by)
+    _write_audit_csv(out / "audit.csv", rows, bundle.structures, qam is not None, bool(records and same_data))
+
+    summary: dict[str, Any] = {"data": str(data), "model": str(bundle.path), "cases": len(rows), "ranked_by": rank_by,
+                               "csv": str(out / "audit.csv")}
+    evaluated = [r for r in rows if "corrupted" in r and r["agreement"] is not None]
+    if evaluated:
+        summary["synthetic_noise"] = _synthetic_noise_summary(evaluated)
+    summary["worst"] = [str(p) for p in _write_worst(ds, rows[:worst], out / "worst", predictor, records if same_data else {})]
+    (out / "audit.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _score_pair(
+    s: dict[str, Any], rec: dict[str, Any] | None, bundle: ModelBundle, predictor: Predictor,
+    qam: torch.nn.Module | None, dev: torch.device,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
+    """Score one pair ``s`` of the dataset on the model grid, with its recorded corruption ``rec``
+    re-applied: its audit.csv row, per-structure Dice and -log surface distance (``(n_structures,)``
+    each) and which structures are contoured (bool ``(n_structures,)``)."""
+    label = s["label"]
+    if rec is not None:
+        label = _apply_record(label, rec["operations"])
+    present = np.asarray(s["present"], bool)
+    x = preprocess(s["image"], s["spacing_mm"], bundle.preprocess)
+    y = preprocess_labels(label * present.reshape(-1, *([1] * (label.ndim - 1))), s["spacing_mm"], bundle.preprocess)
+    spacing = model_spacing_mm(s["spacing_mm"], bundle.preprocess)
+    with torch.no_grad():
+        probs = predictor.probabilities_on_model_grid(x)
+        per = label_agreement(probs, y, spacing, "dice", predictor.threshold).numpy()
+        near = label_agreement(probs, y, spacing, "surface", predictor.threshold).numpy()
+        qam_score = float(qam.score(x[None].to(dev), y[None].to(dev))[0]) if qam is not None else None
+    asd_mm = np.exp(-near) - 0.5 * min(spacing)  # back from -log(d + h)
+    row: dict[str, Any] = {
+        "case": s["case"], "structures_contoured": int(present.sum()),
+        **{f"agreement_{n}": (float(d) if p else None) for n, d, p in zip(bundle.structures, per, present)},
+        **{f"asd_mm_{n}": (round(float(d), 3) if p else None) for n, d, p in zip(bundle.structures, asd_mm, present)},
+    }
+    if qam_score is not None:
+        row["qam_score"] = qam_score
+    if rec is not None:
+        row["corrupted"] = bool(rec["corrupted"])
+        known = [d for d, p in zip(rec["dice_vs_clean"], present) if p]
+        row["label_dice_vs_clean"] = float(np.mean(known)) if known else None
+    return row, per, near, present
+
+
+def _add_agreement_scores(rows: list[dict[str, Any]], dice: list[np.ndarray], surface: list[np.ndarray],
+                          contoured: list[np.ndarray]) -> None:
+    """Set ``agreement``, ``agreement_z`` and ``surface_z`` of every row; they need every pair's
+    per-structure values (the z-scores standardise each structure over them)."""
     contoured_t = torch.as_tensor(np.stack(contoured))
     for name, per_structure, aggregate in (("agreement", dice, "mean"), ("agreement_z", dice, "zscore"), ("surface_z", surface, "zscore")):
         scores = agreement(torch.as_tensor(np.stack(per_structure)), contoured_t, aggregate).tolist()
         for r, v in zip(rows, scores):
             r[name] = None if np.isnan(v) else float(v)
+
+
+def _rank(rows: list[dict[str, Any]], rank_by: str) -> None:
+    """Sort ``rows`` by the ranking score, lowest first, and number them from 1."""
     for r in rows:
         r["score"] = r.get(SCORE_COLUMNS[rank_by])
     # pairs with nothing contoured have no agreement: they go last, not first
     rows.sort(key=lambda r: (r["score"] is None, r["score"] if r["score"] is not None else 0.0))
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
-    fields = (["rank", "case", "score", "agreement", "agreement_z", "surface_z"] + (["qam_score"] if qam is not None else [])
-              + ["structures_contoured"] + [f"agreement_{n}" for n in bundle.structures] + [f"asd_mm_{n}" for n in bundle.structures]
-              + (["corrupted", "label_dice_vs_clean"] if records and same_data else []))
-    with open(out / "audit.csv", "w", newline="") as f:
+
+
+def _write_audit_csv(path: Path, rows: list[dict[str, Any]], structures: list[str], with_qam: bool, with_noise: bool) -> None:
+    """``audit.csv``: one line per ranked pair (columns: :func:`audit`)."""
+    fields = (["rank", "case", "score", "agreement", "agreement_z", "surface_z"] + (["qam_score"] if with_qam else [])
+              + ["structures_contoured"] + [f"agreement_{n}" for n in structures] + [f"asd_mm_{n}" for n in structures]
+              + (["corrupted", "label_dice_vs_clean"] if with_noise else []))
+    with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
 
-    summary: dict[str, Any] = {"data": str(data), "model": str(bundle.path), "cases": len(rows), "ranked_by": rank_by,
-                               "csv": str(out / "audit.csv")}
-    evaluated = [r for r in rows if "corrupted" in r and r["agreement"] is not None]
-    if evaluated:
-        corrupted = np.array([r["corrupted"] for r in evaluated])
-        summary["synthetic_noise"] = {
-            "evaluated_cases": len(evaluated),
-            "corrupted": int(corrupted.sum()),
-            "scores": {name: _check_score(np.array([r[key] for r in evaluated]), corrupted)
-                       for name, key in SCORE_COLUMNS.items() if key in evaluated[0]},
-            "note": "training cases of the model (in-sample), with the corruption recorded in model.json re-applied",
-        }
-    summary["worst"] = [str(p) for p in _write_worst(ds, rows[:worst], out / "worst", predictor, records if same_data else {})]
-    (out / "audit.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+
+def _synthetic_noise_summary(evaluated: list[dict[str, Any]]) -> dict[str, Any]:
+    """How well each score finds the labels known to be corrupted, over the ``evaluated`` rows."""
+    corrupted = np.array([r["corrupted"] for r in evaluated])
+    return {
+        "evaluated_cases": len(evaluated),
+        "corrupted": int(corrupted.sum()),
+        "scores": {name: _check_score(np.array([r[key] for r in evaluated]), corrupted)
+                   for name, key in SCORE_COLUMNS.items() if key in evaluated[0]},
+        "note": "training cases of the model (in-sample), with the corruption recorded in model.json re-applied",
+    }
 
 
 def _check_score(scores: np.ndarray, corrupted: np.ndarray) -> dict[str, Any]:

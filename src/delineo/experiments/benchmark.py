@@ -271,20 +271,8 @@ def run_benchmark(
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     data, out = Path(data), Path(out)
-    if not data.is_dir():
-        raise InputError(data, "training data folder does not exist")
-    if test_data is not None and not Path(test_data).is_dir():
-        raise InputError(test_data, "test data folder does not exist")
-    if selection not in SELECTIONS:
-        raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
-    method_list = [parse_method(m) for m in methods]
-    if not method_list:
-        raise ConfigError("no methods to run")
-    if len({m.spec for m in method_list}) != len(method_list):
-        raise ConfigError("a method is named twice")
-    fraction_list = [parse_fraction(f) for f in fractions]
-    level_list = [tuple(int(r) for r in lv) if not isinstance(lv, str) else parse_level(lv) for lv in levels]
-    keep_set = {(float(f), tuple(int(r) for r in lv)) for f, lv in (DEFAULT_KEEP if keep is None else keep)}
+    _check_benchmark_inputs(data, test_data, selection)
+    method_list, fraction_list, level_list, keep_set = _parse_grid(methods, fractions, levels, keep)
     base = load_base(base_config)
     if seed is not None:
         base["training"] = {**(base.get("training") or {}), "seed": int(seed)}
@@ -296,71 +284,138 @@ def run_benchmark(
     rows: list[dict[str, Any]] = []
     runs_dir = out / "runs"
     for i, (method, fraction, level) in enumerate(grid, 1):
-        rid = run_id(method, fraction, level)
-        run_dir = runs_dir / rid
-        keep_this = fraction is not None and (fraction, level) in keep_set
-        result_path = run_dir / "result.json"
-        if result_path.is_file():
-            log(f"[{i}/{len(grid)}] {rid}: finished earlier, skipped")
-            rows.append(json.loads(result_path.read_text()))
-            _cleanup(run_dir, keep_this)
-            continue
-        log(f"[{i}/{len(grid)}] {rid}: training")
-        cfg = make_config(base, method, fraction, level, data=data, run_dir=run_dir, epochs=epochs, device=device,
-                          selection=selection, noise_seed=noise_seed)
-        t0 = time.perf_counter()
-        model_dir = train(cfg, resume=True, command=command)
-        wall = time.perf_counter() - t0
-        meta = json.loads((model_dir / "model.json").read_text())
-        tr = meta["training"]
-        if test_data is not None:
-            report = evaluate(model_dir, test_data, run_dir / "evaluation.json", device=cfg.training.device)
-        else:
-            report = evaluate(model_dir, data, run_dir / "evaluation.json", device=cfg.training.device, cases=tr["data"]["val_cases"])
-        noise = tr.get("label_noise") or []
-        corrupted = [r for r in noise if r["corrupted"]]
-        row = {
-            "run": rid,
-            "method": method.spec,
-            "label": method.label,
-            "fraction": fraction,
-            "level": None if level is None else level_name(level),
-            "radius": None if level is None else list(level),
-            "dice": {name: s["dice"] for name, s in report["structures"].items()},
-            "avg": report["mean_dice"],
-            "n_test": len(report["cases"]),
-            "test_cases": [c["case"] for c in report["cases"]],
-            "loss": cfg.training.loss,
-            "weighting": cfg.training.weighting,
-            "epochs": tr.get("epochs"),
-            "seed": cfg.training.seed,
-            "best_epoch": tr.get("best_epoch"),
-            "train_seconds": tr.get("seconds"),
-            "seconds_per_epoch": (tr["seconds"] / tr["epochs"]) if tr.get("seconds") is not None and tr.get("epochs") else None,
-            "wall_seconds_this_sitting": round(wall, 1),
-            "hardware": tr.get("hardware"),
-            "device": tr.get("device"),
-            "noise": {
-                "n_train": tr["data"]["n_train"],
-                "n_corrupted": len(corrupted),
-                "mean_label_dice_of_corrupted": float(np.mean([np.mean(r["dice_vs_clean"]) for r in corrupted])) if corrupted else None,
-                "seed": (cfg.training.label_noise or {}).get("seed"),
-            },
-            "selection": _selection_record(tr.get("weighting_record"), noise),
-            "model": str(model_dir) if keep_this else None,
-            "evaluation": str(run_dir / "evaluation.json"),
-        }
-        tmp = result_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(row, indent=2) + "\n")
-        tmp.replace(result_path)
-        _cleanup(run_dir, keep_this)
-        rows.append(row)
-        avg = "-" if row["avg"] is None else f"{row['avg']:.4f}"
-        log(f"[{i}/{len(grid)}] {rid}: avg Dice {avg} on {row['n_test']} clean test cases")
+        rows.append(_run_or_reuse(
+            f"[{i}/{len(grid)}]", method, fraction, level, runs_dir=runs_dir, base=base, data=data, test_data=test_data,
+            keep_this=fraction is not None and (fraction, level) in keep_set, epochs=epochs, device=device,
+            selection=selection, noise_seed=noise_seed, command=command, log=log))
 
-    # earlier sittings may have run other methods or conditions into the same folder: the report
-    # covers every finished run there, so the table grows over sittings
-    # (only those trained as long and tested on the same cases as this sitting's runs)
+    rows, method_list, fraction_list, level_list = _add_earlier_runs(rows, runs_dir, method_list, fraction_list, level_list, log)
+    results = _results_record(
+        rows, method_list, fraction_list, level_list, data=data, test_data=test_data, selection=selection,
+        base=base, base_config=base_config, epochs=epochs, noise_seed=noise_seed, command=command, device=device)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(results))
+    plot_results(results, out / "results.png")
+    return results
+
+
+def _check_benchmark_inputs(data: Path, test_data: str | Path | None, selection: str) -> None:
+    """Refuse a missing training or test folder and an unknown ``selection``."""
+    if not data.is_dir():
+        raise InputError(data, "training data folder does not exist")
+    if test_data is not None and not Path(test_data).is_dir():
+        raise InputError(test_data, "test data folder does not exist")
+    if selection not in SELECTIONS:
+        raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+
+
+def _parse_grid(
+    methods: Iterable[str], fractions: Iterable[float], levels: Iterable[Sequence[int]],
+    keep: Iterable[tuple[float, Sequence[int]]] | None,
+) -> tuple[list[Method], list[float], list[tuple[int, ...]], set[tuple[float, tuple[int, ...]]]]:
+    """The parsed methods, noise fractions, levels ((rmin, rmax) in pixels) and the set of
+    (fraction, level) whose model folders are kept (default :data:`DEFAULT_KEEP`)."""
+    method_list = [parse_method(m) for m in methods]
+    if not method_list:
+        raise ConfigError("no methods to run")
+    if len({m.spec for m in method_list}) != len(method_list):
+        raise ConfigError("a method is named twice")
+    fraction_list = [parse_fraction(f) for f in fractions]
+    level_list = [tuple(int(r) for r in lv) if not isinstance(lv, str) else parse_level(lv) for lv in levels]
+    keep_set = {(float(f), tuple(int(r) for r in lv)) for f, lv in (DEFAULT_KEEP if keep is None else keep)}
+    return method_list, fraction_list, level_list, keep_set
+
+
+def _run_or_reuse(
+    prefix: str, method: Method, fraction: float | None, level: tuple[int, int] | None, *,
+    runs_dir: Path, base: dict[str, Any], data: Path, test_data: str | Path | None, keep_this: bool,
+    epochs: int | None, device: str | None, selection: str, noise_seed: int | None, command: str | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The result row of one run: read from its ``result.json`` when it finished earlier, else
+    trained, evaluated on clean labels and written there (atomically). ``prefix``: ``[i/n]`` for the log."""
+    rid = run_id(method, fraction, level)
+    run_dir = runs_dir / rid
+    result_path = run_dir / "result.json"
+    if result_path.is_file():
+        log(f"{prefix} {rid}: finished earlier, skipped")
+        row = json.loads(result_path.read_text())
+        _cleanup(run_dir, keep_this)
+        return row
+    log(f"{prefix} {rid}: training")
+    cfg = make_config(base, method, fraction, level, data=data, run_dir=run_dir, epochs=epochs, device=device,
+                      selection=selection, noise_seed=noise_seed)
+    t0 = time.perf_counter()
+    model_dir = train(cfg, resume=True, command=command)
+    wall = time.perf_counter() - t0
+    tr = json.loads((model_dir / "model.json").read_text())["training"]
+    if test_data is not None:
+        report = evaluate(model_dir, test_data, run_dir / "evaluation.json", device=cfg.training.device)
+    else:
+        report = evaluate(model_dir, data, run_dir / "evaluation.json", device=cfg.training.device, cases=tr["data"]["val_cases"])
+    row = _result_row(rid, method, fraction, level, cfg=cfg, tr=tr, report=report, wall=wall,
+                      model_dir=model_dir, run_dir=run_dir, keep_this=keep_this)
+    tmp = result_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(row, indent=2) + "\n")
+    tmp.replace(result_path)
+    _cleanup(run_dir, keep_this)
+    avg = "-" if row["avg"] is None else f"{row['avg']:.4f}"
+    log(f"{prefix} {rid}: avg Dice {avg} on {row['n_test']} clean test cases")
+    return row
+
+
+def _result_row(
+    rid: str, method: Method, fraction: float | None, level: tuple[int, int] | None, *, cfg, tr: dict[str, Any],
+    report: dict[str, Any], wall: float, model_dir: Path, run_dir: Path, keep_this: bool,
+) -> dict[str, Any]:
+    """The ``result.json`` of one finished run: Dice per structure and average on the clean test
+    cases, the training record ``tr`` (model.json's ``training``), timing (seconds) and the label noise."""
+    noise = tr.get("label_noise") or []
+    corrupted = [r for r in noise if r["corrupted"]]
+    return {
+        "run": rid,
+        "method": method.spec,
+        "label": method.label,
+        "fraction": fraction,
+        "level": None if level is None else level_name(level),
+        "radius": None if level is None else list(level),
+        "dice": {name: s["dice"] for name, s in report["structures"].items()},
+        "avg": report["mean_dice"],
+        "n_test": len(report["cases"]),
+        "test_cases": [c["case"] for c in report["cases"]],
+        "loss": cfg.training.loss,
+        "weighting": cfg.training.weighting,
+        "epochs": tr.get("epochs"),
+        "seed": cfg.training.seed,
+        "best_epoch": tr.get("best_epoch"),
+        "train_seconds": tr.get("seconds"),
+        "seconds_per_epoch": (tr["seconds"] / tr["epochs"]) if tr.get("seconds") is not None and tr.get("epochs") else None,
+        "wall_seconds_this_sitting": round(wall, 1),
+        "hardware": tr.get("hardware"),
+        "device": tr.get("device"),
+        "noise": {
+            "n_train": tr["data"]["n_train"],
+            "n_corrupted": len(corrupted),
+            "mean_label_dice_of_corrupted": float(np.mean([np.mean(r["dice_vs_clean"]) for r in corrupted])) if corrupted else None,
+            "seed": (cfg.training.label_noise or {}).get("seed"),
+        },
+        "selection": _selection_record(tr.get("weighting_record"), noise),
+        "model": str(model_dir) if keep_this else None,
+        "evaluation": str(run_dir / "evaluation.json"),
+    }
+
+
+def _add_earlier_runs(
+    rows: list[dict[str, Any]], runs_dir: Path, method_list: list[Method], fraction_list: list[float],
+    level_list: list[tuple[int, ...]], log: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], list[Method], list[float], list[tuple[int, ...]]]:
+    """This sitting's rows plus the finished runs of earlier sittings in ``runs_dir``, with the
+    methods, fractions and levels widened to cover them.
+
+    Earlier sittings may have run other methods or conditions into the same folder: the report
+    covers every finished run there, so the table grows over sittings (only those trained as long
+    and tested on the same cases as this sitting's runs)."""
     done = {r["run"] for r in rows}
     earlier = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*/result.json")) if p.parent.name not in done]
     same = [r for r in earlier if not rows or (r.get("test_cases") == rows[0]["test_cases"] and r.get("epochs") == rows[0]["epochs"])]
@@ -380,6 +435,17 @@ def run_benchmark(
             new_levels = {tuple(r["radius"]) for r in noisy} - set(level_list)
             if new_levels:
                 level_list = sorted(set(level_list) | new_levels)
+    return rows, method_list, fraction_list, level_list
+
+
+def _results_record(
+    rows: list[dict[str, Any]], method_list: list[Method], fraction_list: list[float], level_list: list[tuple[int, ...]], *,
+    data: Path, test_data: str | Path | None, selection: str, base: dict[str, Any],
+    base_config: str | Path | dict[str, Any] | None, epochs: int | None, noise_seed: int | None, command: str | None,
+    device: str | None,
+) -> dict[str, Any]:
+    """The content of ``results.json``: the settings of the benchmark, every run's row, the
+    structures seen and the training cost per epoch."""
     if test_data is not None:
         test_desc = f"clean labels of every case in {test_data}"
     else:
@@ -389,7 +455,7 @@ def run_benchmark(
             "never trained on)" + ("; they also selected the epoch, so these figures are optimistic" if selection == "best-val" else "")
         )
     training_seed = (base.get("training") or {}).get("seed", 0)
-    results = {
+    return {
         "data": str(data),
         "test": {"data": str(test_data) if test_data is not None else str(data),
                  "cases": "all" if test_data is not None else "validation split of data", "description": test_desc},
@@ -408,11 +474,6 @@ def run_benchmark(
         "cost_per_epoch": cost_per_epoch(rows),
         "runs": rows,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(results_markdown(results))
-    plot_results(results, out / "results.png")
-    return results
 
 
 def _structures(rows: list[dict[str, Any]]) -> list[str]:
@@ -583,11 +644,37 @@ def replicate_summary(result_dirs: Sequence[str | Path]) -> dict[str, Any]:
     t interval when there are at least two pairs, and in how many seeds the method was better).
     A (method, condition, seed) found in two folders is refused.
     """
-    from scipy import stats
-
     dirs = [Path(d) for d in result_dirs]
     if not dirs:
         raise ConfigError("no benchmark folders to summarise")
+    runs, reference, labels = _load_replicate_runs(dirs)
+    if not runs:
+        raise InputError(dirs[0], "the benchmark folders hold no finished runs")
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["fraction"], r["level"], r["method"]), []).append(r)
+    rows = [_replicate_row(key, rs, labels[key[2]], groups.get((key[0], key[1], "baseline"), []))
+            for key, rs in groups.items()]
+    rows.sort(key=lambda r: (*_condition_key(r), method_order_key(r["method"])))
+    return {
+        "folders": [str(d) for d in dirs],
+        "epochs": reference[1] if reference else None,
+        "n_test": len(reference[0] or []) if reference else 0,
+        "structures": _structures(runs),
+        "rows": rows,
+        "noise_seeds": sorted({(r.get("noise") or {}).get("seed") for r in runs if r["fraction"] is not None} - {None}),
+        "runs": [{**{k: r[k] for k in ("folder", "run", "method", "fraction", "level", "seed", "avg")},
+                  "noise_seed": (r.get("noise") or {}).get("seed")} for r in runs],
+    }
+
+
+def _load_replicate_runs(
+    dirs: Sequence[Path],
+) -> tuple[list[dict[str, Any]], tuple[Any, Any, Path] | None, dict[str, str]]:
+    """Every run of the folders' ``results.json`` with its training seed and folder added; the
+    (test cases, epochs, folder) of the first run, which every other must match; each method's label.
+    A (method, condition, seed) in two folders is refused."""
     runs: list[dict[str, Any]] = []
     reference: tuple[Any, Any, Path] | None = None
     seen: dict[tuple, Path] = {}
@@ -614,54 +701,48 @@ def replicate_summary(result_dirs: Sequence[str | Path]) -> dict[str, Any]:
             seen[key] = d
             labels.setdefault(r["method"], r["label"])
             runs.append({**r, "seed": seed, "folder": str(d)})
-    if not runs:
-        raise InputError(dirs[0], "the benchmark folders hold no finished runs")
+    return runs, reference, labels
 
-    def interval(diffs: list[float]) -> list[float] | None:
-        if len(diffs) < 2:
-            return None
-        half = stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / math.sqrt(len(diffs))
-        return [float(np.mean(diffs) - half), float(np.mean(diffs) + half)]
 
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in runs:
-        groups.setdefault((r["fraction"], r["level"], r["method"]), []).append(r)
-    rows = []
-    for (fraction, level, method), rs in groups.items():
-        rs = sorted(rs, key=lambda r: r["seed"])
-        avgs = [float(r["avg"]) for r in rs if r["avg"] is not None]
-        structures = _structures(rs)
-        row: dict[str, Any] = {
-            "method": method, "label": labels[method], "fraction": fraction, "level": level, "radius": rs[0]["radius"],
-            "seeds": [r["seed"] for r in rs],
-            "avg_per_seed": [r["avg"] for r in rs],
-            "avg_mean": float(np.mean(avgs)) if avgs else None,
-            "avg_sd": float(np.std(avgs, ddof=1)) if len(avgs) > 1 else None,
-            "dice_mean": {n: float(np.mean([r["dice"][n] for r in rs if r["dice"].get(n) is not None] or [np.nan])) for n in structures},
-            "paired_vs_baseline": None,
-        }
-        base = {r["seed"]: r for r in groups.get((fraction, level, "baseline"), [])}
-        if method != "baseline" and base:
-            diffs = [float(r["avg"] - base[r["seed"]]["avg"]) for r in rs
-                     if r["seed"] in base and r["avg"] is not None and base[r["seed"]]["avg"] is not None]
-            if diffs:
-                row["paired_vs_baseline"] = {
-                    "n": len(diffs), "diff_per_seed": diffs, "mean": float(np.mean(diffs)),
-                    "sd": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None,
-                    "ci95": interval(diffs), "better": sum(d > 0 for d in diffs),
-                }
-        rows.append(row)
-    rows.sort(key=lambda r: (*_condition_key(r), method_order_key(r["method"])))
-    return {
-        "folders": [str(d) for d in dirs],
-        "epochs": reference[1] if reference else None,
-        "n_test": len(reference[0] or []) if reference else 0,
-        "structures": _structures(runs),
-        "rows": rows,
-        "noise_seeds": sorted({(r.get("noise") or {}).get("seed") for r in runs if r["fraction"] is not None} - {None}),
-        "runs": [{**{k: r[k] for k in ("folder", "run", "method", "fraction", "level", "seed", "avg")},
-                  "noise_seed": (r.get("noise") or {}).get("seed")} for r in runs],
+def _t_interval(diffs: list[float]) -> list[float] | None:
+    """95 % t interval of the mean of ``diffs`` (None for fewer than two)."""
+    from scipy import stats
+
+    if len(diffs) < 2:
+        return None
+    half = stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / math.sqrt(len(diffs))
+    return [float(np.mean(diffs) - half), float(np.mean(diffs) + half)]
+
+
+def _replicate_row(
+    key: tuple, rs: list[dict[str, Any]], label: str, baseline_runs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One pooled row: the runs ``rs`` of one (fraction, level, method) ``key`` over seeds, and
+    their paired differences from ``baseline_runs`` (the same condition) of the same seed."""
+    fraction, level, method = key
+    rs = sorted(rs, key=lambda r: r["seed"])
+    avgs = [float(r["avg"]) for r in rs if r["avg"] is not None]
+    structures = _structures(rs)
+    row: dict[str, Any] = {
+        "method": method, "label": label, "fraction": fraction, "level": level, "radius": rs[0]["radius"],
+        "seeds": [r["seed"] for r in rs],
+        "avg_per_seed": [r["avg"] for r in rs],
+        "avg_mean": float(np.mean(avgs)) if avgs else None,
+        "avg_sd": float(np.std(avgs, ddof=1)) if len(avgs) > 1 else None,
+        "dice_mean": {n: float(np.mean([r["dice"][n] for r in rs if r["dice"].get(n) is not None] or [np.nan])) for n in structures},
+        "paired_vs_baseline": None,
     }
+    base = {r["seed"]: r for r in baseline_runs}
+    if method != "baseline" and base:
+        diffs = [float(r["avg"] - base[r["seed"]]["avg"]) for r in rs
+                 if r["seed"] in base and r["avg"] is not None and base[r["seed"]]["avg"] is not None]
+        if diffs:
+            row["paired_vs_baseline"] = {
+                "n": len(diffs), "diff_per_seed": diffs, "mean": float(np.mean(diffs)),
+                "sd": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None,
+                "ci95": _t_interval(diffs), "better": sum(d > 0 for d in diffs),
+            }
+    return row
 
 
 def _pm(mean: float | None, sd: float | None) -> str:

@@ -62,74 +62,22 @@ def store(study_dir: Path, files: list[tuple[str, Path]], *, grid_mask: Path | N
     shutil.rmtree(work, ignore_errors=True)
     (work / "segmentations").mkdir(parents=True)
     try:
-        entries: list[tuple[str, Path]] = []
-        for name, path in files:
-            if name.lower().endswith(".zip") or zipfile.is_zipfile(path):
-                try:
-                    with zipfile.ZipFile(path) as zf:
-                        for i, zi in enumerate(zf.infolist()):
-                            if zi.is_dir() or PurePosixPath(zi.filename).name.startswith(".") or zi.filename.startswith("__MACOSX/"):
-                                continue
-                            if zi.file_size > 2**31:
-                                raise ReferenceError_(f"{name}: {zi.filename} is too large")
-                            dest = work / f"z{i:04d}"
-                            with zf.open(zi) as src, open(dest, "wb") as dst:
-                                shutil.copyfileobj(src, dst)
-                            entries.append((zi.filename, dest))
-                except zipfile.BadZipFile:
-                    raise ReferenceError_(f"{name}: not a readable zip file") from None
-            else:
-                entries.append((name, path))
-        masks: dict[str, np.ndarray] = {}
-        affine = None
+        entries = _unpack(files, work)
         nifti = [(n, p) for n, p in entries if n.lower().endswith(NIFTI_EXT)]
         others = [(n, p) for n, p in entries if not n.lower().endswith(NIFTI_EXT) and not n.lower().endswith((".json", ".txt", ".md"))]
         if grid_mask is None:
             raise ReferenceError_("contour the study first: the reference is compared on the result's grid")
         grid = nib.load(str(grid_mask))
         if nifti:
-            for n, p in nifti:
-                try:
-                    img = nib.load(str(p)) if not n.lower().endswith(".gz") else nib.Nifti1Image.from_bytes(__import__("gzip").decompress(p.read_bytes()))
-                    arr = np.asanyarray(img.dataobj)
-                except Exception as exc:  # noqa: BLE001
-                    raise ReferenceError_(f"{PurePosixPath(n).name}: not a readable NIfTI mask ({exc.__class__.__name__})") from None
-                while arr.ndim > len(grid.shape) and arr.shape[-1] == 1:
-                    arr = arr[..., 0]
-                if arr.shape != grid.shape:
-                    raise ReferenceError_(f"{PurePosixPath(n).name}: {arr.shape} voxels, not on the study's CT grid {grid.shape}")
-                values = np.unique(arr)
-                if values.size > 2 and not set(values.tolist()) <= {0, 1, 255}:
-                    raise ReferenceError_(f"{PurePosixPath(n).name}: not a binary mask (values {', '.join(str(v) for v in values[:5])} ...)")
-                masks[_strip(n)] = arr > 0
-            affine = grid.affine
+            masks = _nifti_masks(nifti, grid.shape)
         elif others:
-            if dicom_input is None:
-                raise ReferenceError_(f"{PurePosixPath(others[0][0]).name}: an RT Structure Set needs a DICOM study (for a NIfTI study upload NIfTI masks)")
-            if len(others) != 1:
-                raise ReferenceError_("upload one RT Structure Set (or NIfTI masks) as the reference")
-            from delineo.dicom.rtstruct import read_rtstruct
-            from delineo.dicom.series import read_series
-            from delineo.errors import InputError
-
-            n, p = others[0]
-            series = read_series(dicom_input)
-            try:
-                masks = read_rtstruct(p, series)
-            except InputError as exc:
-                raise ReferenceError_(f"{PurePosixPath(n).name}: {exc.problem}") from None
-            except Exception as exc:  # noqa: BLE001
-                raise ReferenceError_(f"{PurePosixPath(n).name}: not a usable RT Structure Set ({exc.__class__.__name__}: {exc})") from None
-            for k, m in masks.items():
-                if m.shape != grid.shape:
-                    raise ReferenceError_(f"{PurePosixPath(n).name}: ROI {k} is on a {m.shape} grid, the result on {grid.shape}")
-            affine = grid.affine
+            masks = _rtstruct_masks(others, dicom_input, grid.shape)
         else:
             raise ReferenceError_("no reference found: upload an RT Structure Set (.dcm) or NIfTI masks (.nii.gz, one per structure)")
         if not masks:
             raise ReferenceError_("the reference holds no structures")
         for name, m in masks.items():
-            nib.save(nib.Nifti1Image(m.astype(np.uint8), affine), str(work / "segmentations" / f"{_safe_roi(name)}.nii.gz"))
+            nib.save(nib.Nifti1Image(m.astype(np.uint8), grid.affine), str(work / "segmentations" / f"{_safe_roi(name)}.nii.gz"))
         label = files[0][0] if len(files) == 1 else f"{len(files)} files"
         (work / "info.json").write_text(json.dumps({"source": PurePosixPath(label.replace("\\", "/")).name, "user": user,
                                                     "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -143,6 +91,77 @@ def store(study_dir: Path, files: list[tuple[str, Path]], *, grid_mask: Path | N
         return info(study_dir) or {}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _unpack(files: list[tuple[str, Path]], work: Path) -> list[tuple[str, Path]]:
+    """The uploaded files as (name, path), every zip's members (hidden files and folders left out)
+    extracted into ``work`` as ``z<i>`` in its place."""
+    entries: list[tuple[str, Path]] = []
+    for name, path in files:
+        if name.lower().endswith(".zip") or zipfile.is_zipfile(path):
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    for i, zi in enumerate(zf.infolist()):
+                        if zi.is_dir() or PurePosixPath(zi.filename).name.startswith(".") or zi.filename.startswith("__MACOSX/"):
+                            continue
+                        if zi.file_size > 2**31:
+                            raise ReferenceError_(f"{name}: {zi.filename} is too large")
+                        dest = work / f"z{i:04d}"
+                        with zf.open(zi) as src, open(dest, "wb") as dst:
+                            shutil.copyfileobj(src, dst)
+                        entries.append((zi.filename, dest))
+            except zipfile.BadZipFile:
+                raise ReferenceError_(f"{name}: not a readable zip file") from None
+        else:
+            entries.append((name, path))
+    return entries
+
+
+def _nifti_masks(nifti: list[tuple[str, Path]], shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """``{structure: bool mask}`` of NIfTI masks named by structure, each on the result's grid ``shape``."""
+    import nibabel as nib
+
+    masks: dict[str, np.ndarray] = {}
+    for n, p in nifti:
+        try:
+            img = nib.load(str(p)) if not n.lower().endswith(".gz") else nib.Nifti1Image.from_bytes(__import__("gzip").decompress(p.read_bytes()))
+            arr = np.asanyarray(img.dataobj)
+        except Exception as exc:  # noqa: BLE001
+            raise ReferenceError_(f"{PurePosixPath(n).name}: not a readable NIfTI mask ({exc.__class__.__name__})") from None
+        while arr.ndim > len(shape) and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.shape != shape:
+            raise ReferenceError_(f"{PurePosixPath(n).name}: {arr.shape} voxels, not on the study's CT grid {shape}")
+        values = np.unique(arr)
+        if values.size > 2 and not set(values.tolist()) <= {0, 1, 255}:
+            raise ReferenceError_(f"{PurePosixPath(n).name}: not a binary mask (values {', '.join(str(v) for v in values[:5])} ...)")
+        masks[_strip(n)] = arr > 0
+    return masks
+
+
+def _rtstruct_masks(others: list[tuple[str, Path]], dicom_input: Path | None, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """``{ROI: bool mask}`` of the one RT Structure Set among ``others``, read on the DICOM study's
+    CT series, each on the result's grid ``shape``."""
+    if dicom_input is None:
+        raise ReferenceError_(f"{PurePosixPath(others[0][0]).name}: an RT Structure Set needs a DICOM study (for a NIfTI study upload NIfTI masks)")
+    if len(others) != 1:
+        raise ReferenceError_("upload one RT Structure Set (or NIfTI masks) as the reference")
+    from delineo.dicom.rtstruct import read_rtstruct
+    from delineo.dicom.series import read_series
+    from delineo.errors import InputError
+
+    n, p = others[0]
+    series = read_series(dicom_input)
+    try:
+        masks = read_rtstruct(p, series)
+    except InputError as exc:
+        raise ReferenceError_(f"{PurePosixPath(n).name}: {exc.problem}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ReferenceError_(f"{PurePosixPath(n).name}: not a usable RT Structure Set ({exc.__class__.__name__}: {exc})") from None
+    for k, m in masks.items():
+        if m.shape != shape:
+            raise ReferenceError_(f"{PurePosixPath(n).name}: ROI {k} is on a {m.shape} grid, the result on {shape}")
+    return masks
 
 
 def _match(names: list[str], ref_names: list[str]) -> dict[str, str]:

@@ -19,6 +19,7 @@ import socket
 import statistics
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -141,145 +142,208 @@ def run_stress(url: str, *, users: int = 20, studies: int = 2, admin_user: str =
             steps.close()
 
 
+@dataclass
+class _Stress:
+    """What the concurrent users of one stress run share: the server, the model and inputs, the
+    time limit (``deadline``, :func:`time.monotonic` seconds) and the tallies they add to."""
+
+    url: str
+    model: str
+    payloads: list[tuple[str, bytes]]
+    n_studies: int
+    deadline: float
+    poll_s: float
+    steps: Any = None
+    errors: Counter[str] = field(default_factory=Counter)
+    expected: Counter[str] = field(default_factory=Counter)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
 async def _run(url, n_users, n_studies, admin_user, admin_password, model, source, max_seconds, poll_s, steps=None) -> dict[str, Any]:
     import httpx
 
     run = secrets.token_hex(3)
-    errors: Counter[str] = Counter()
-    expected: Counter[str] = Counter()
-    records: list[dict[str, Any]] = []
-    deadline = time.monotonic() + max_seconds
     limits = httpx.Limits(max_connections=n_users * 2 + 4)
     async with httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits) as admin:
-        r = await admin.post("/api/auth/login", json={"username": admin_user, "password": admin_password})
-        if r.status_code != 200:
-            raise InputError(None, f"cannot sign in as {admin_user!r} on {url}: {r.status_code} {r.text[:200]}")
-        r = await admin.get("/api/models")
-        if r.status_code != 200:
-            raise InputError(None, f"cannot list models on {url}: {r.status_code} {r.text[:200]}")
-        models = r.json()
-        if not models:
-            raise InputError(None, f"{url} offers no model")
-        chosen = next((m for m in models if m["name"] == model), None) if model else (
-            next((m for m in models if m["spatial_dims"] == 3), None) or models[0])
-        if chosen is None:
-            raise InputError(None, f"{url} has no model {model!r} (it has {', '.join(m['name'] for m in models)})")
-        dims = chosen["spatial_dims"]
-        if dims == 3:
-            payloads, input_text = await asyncio.to_thread(study_inputs, source["inputs"], size=source["size"],
-                                                           dicom=source["dicom"], ct_dir=source["ct_dir"])
-        else:
-            payloads = [(f"stress{i}.png", _png_bytes(max(source["size"], 64), i)) for i in range(min(n_studies, 4))]
-            input_text = "synthetic PNG"
-        deadline = time.monotonic() + max_seconds  # the clock starts once the inputs are made
-        accounts = []
-        for i in range(n_users):
-            name, password = f"stress-{run}-{i:02d}", secrets.token_urlsafe(12)
-            r = await admin.post("/api/users", json={"username": name, "password": password})
-            if r.status_code != 201:
-                raise InputError(None, f"cannot create user {name}: {r.status_code} {r.text[:200]}")
-            accounts.append((name, password, r.json()["id"]))
-
-        async def one_user(index: int, name: str, password: str) -> list[str]:
-            mine: list[str] = []
-            async with httpx.AsyncClient(base_url=url, timeout=120.0) as c:
-                r = await c.post("/api/auth/login", json={"username": name, "password": password})
-                if r.status_code != 200:
-                    errors[f"login {r.status_code}"] += 1
-                    return mine
-                for k in range(n_studies):
-                    if time.monotonic() > deadline:
-                        errors["not started (time limit)"] += 1
-                        continue
-                    fname, data = payloads[(index * n_studies + k) % len(payloads)]
-                    rec: dict[str, Any] = {"user": name, "state": "upload"}
-                    records.append(rec)
-                    t0 = time.monotonic()
-                    try:
-                        r = await c.post("/api/studies", files={"files": (fname, data, "application/octet-stream")})
-                        if r.status_code != 201:
-                            errors[f"upload {r.status_code}"] += 1
-                            continue
-                        rec["upload_s"] = time.monotonic() - t0
-                        sid = rec["study"] = r.json()["id"]
-                        mine.append(sid)
-                        r = await c.post(f"/api/studies/{sid}/jobs", json={"model": chosen["name"]})
-                        if r.status_code != 202:
-                            errors[f"start job {r.status_code}"] += 1
-                            continue
-                        job_id = r.json()["id"]
-                        rec["state"] = "queued"
-                        while time.monotonic() < deadline:
-                            await asyncio.sleep(poll_s)
-                            r = await c.get(f"/api/jobs/{job_id}")
-                            if r.status_code != 200:
-                                errors[f"job status {r.status_code}"] += 1
-                                continue
-                            job = r.json()
-                            rec["state"] = job["state"]
-                            if job["state"] in ("done", "failed"):
-                                break
-                        if rec["state"] == "failed":
-                            errors["job failed"] += 1
-                            rec["error"] = job.get("error")
-                            continue
-                        if rec["state"] != "done":
-                            errors["job unfinished (time limit)"] += 1
-                            continue
-                        r = await c.get(f"/api/studies/{sid}/results/summary")
-                        if r.status_code != 200 or "structures" not in r.json():
-                            errors[f"summary {r.status_code}"] += 1
-                            continue
-                        r = await c.get(f"/api/studies/{sid}/results/nifti")
-                        if r.status_code != 200:
-                            errors[f"nifti zip {r.status_code}"] += 1
-                            continue
-                        rec["result_s"] = time.monotonic() - t0
-                        rec["state"] = "result"
-                        rec["run_s"] = _job_seconds(job)
-                        # expected refusal (by design): another user's study is not visible
-                        r = await c.get(f"/api/studies/{'0' * 32}")
-                        expected[f"foreign/unknown study {r.status_code}"] += 1
-                    except httpx.HTTPError as exc:
-                        errors[f"http {exc.__class__.__name__}"] += 1
-                    finally:
-                        if steps is not None:  # one study finished, whichever way
-                            steps.step(f"{name} {rec['state']}")
-            return mine
-
+        chosen = await _sign_in_and_choose_model(admin, url, admin_user, admin_password, model)
+        payloads, input_text = await _make_inputs(chosen["spatial_dims"], source, n_studies)
+        # the clock starts once the inputs are made
+        st = _Stress(url, chosen["name"], payloads, n_studies, time.monotonic() + max_seconds, poll_s, steps)
+        accounts = await _create_users(admin, run, n_users)
         t_start = time.monotonic()
-        uploaded = await asyncio.gather(*(one_user(i, n, p) for i, (n, p, _) in enumerate(accounts)))
+        uploaded = await asyncio.gather(*(_one_user(st, i, n, p) for i, (n, p, _) in enumerate(accounts)))
         wall = time.monotonic() - t_start
-        # lost: accepted by the server but no longer listed (or listed without its job)
-        lost = 0
-        for (name, password, _), mine in zip(accounts, uploaded):
-            async with httpx.AsyncClient(base_url=url, timeout=60.0) as c:
-                r = await c.post("/api/auth/login", json={"username": name, "password": password})
-                r = await c.get("/api/studies")
-                if r.status_code != 200:
-                    errors[f"final listing {r.status_code}"] += 1
-                    lost += len(mine)
-                    continue
-                listed = {s["id"]: s for s in r.json()}
-                for sid in mine:
-                    if sid not in listed or listed[sid]["latest_job"] is None:
-                        lost += 1
-                for sid in mine:
-                    await c.delete(f"/api/studies/{sid}")
+        lost = await _count_lost_and_delete(st, accounts, uploaded)
         for _, _, uid in accounts:
             await admin.delete(f"/api/users/{uid}")
+    return _stress_report(st, n_users, input_text, wall, lost, max_seconds)
+
+
+async def _sign_in_and_choose_model(admin, url: str, admin_user: str, admin_password: str, model: str | None) -> dict[str, Any]:
+    """Sign the ``admin`` client in and pick the model (the one named, else the first 3D one, else
+    the first); refuse a server that lets neither happen."""
+    r = await admin.post("/api/auth/login", json={"username": admin_user, "password": admin_password})
+    if r.status_code != 200:
+        raise InputError(None, f"cannot sign in as {admin_user!r} on {url}: {r.status_code} {r.text[:200]}")
+    r = await admin.get("/api/models")
+    if r.status_code != 200:
+        raise InputError(None, f"cannot list models on {url}: {r.status_code} {r.text[:200]}")
+    models = r.json()
+    if not models:
+        raise InputError(None, f"{url} offers no model")
+    chosen = next((m for m in models if m["name"] == model), None) if model else (
+        next((m for m in models if m["spatial_dims"] == 3), None) or models[0])
+    if chosen is None:
+        raise InputError(None, f"{url} has no model {model!r} (it has {', '.join(m['name'] for m in models)})")
+    return chosen
+
+
+async def _make_inputs(dims: int, source: dict[str, Any], n_studies: int) -> tuple[list[tuple[str, bytes]], str]:
+    """The studies to upload, as (file name, bytes), and their description: CTs for a 3D model
+    (:func:`study_inputs`, made off the event loop), else up to four synthetic PNGs."""
+    if dims == 3:
+        return await asyncio.to_thread(study_inputs, source["inputs"], size=source["size"],
+                                       dicom=source["dicom"], ct_dir=source["ct_dir"])
+    return [(f"stress{i}.png", _png_bytes(max(source["size"], 64), i)) for i in range(min(n_studies, 4))], "synthetic PNG"
+
+
+async def _create_users(admin, run: str, n_users: int) -> list[tuple[str, str, Any]]:
+    """``n_users`` new accounts named after the run: (name, password, user id)."""
+    accounts = []
+    for i in range(n_users):
+        name, password = f"stress-{run}-{i:02d}", secrets.token_urlsafe(12)
+        r = await admin.post("/api/users", json={"username": name, "password": password})
+        if r.status_code != 201:
+            raise InputError(None, f"cannot create user {name}: {r.status_code} {r.text[:200]}")
+        accounts.append((name, password, r.json()["id"]))
+    return accounts
+
+
+async def _one_user(st: _Stress, index: int, name: str, password: str) -> list[str]:
+    """One user's session: sign in, then its studies one after another; returns the ids of the
+    studies the server accepted."""
+    import httpx
+
+    mine: list[str] = []
+    async with httpx.AsyncClient(base_url=st.url, timeout=120.0) as c:
+        r = await c.post("/api/auth/login", json={"username": name, "password": password})
+        if r.status_code != 200:
+            st.errors[f"login {r.status_code}"] += 1
+            return mine
+        for k in range(st.n_studies):
+            if time.monotonic() > st.deadline:
+                st.errors["not started (time limit)"] += 1
+                continue
+            fname, data = st.payloads[(index * st.n_studies + k) % len(st.payloads)]
+            await _one_study(st, c, name, fname, data, mine)
+    return mine
+
+
+async def _one_study(st: _Stress, c, name: str, fname: str, data: bytes, mine: list[str]) -> None:
+    """Upload one study, contour it, wait for the job and download its results, recording each
+    step's time (seconds) in a new record of ``st.records``; an accepted study's id goes to ``mine``."""
+    import httpx
+
+    rec: dict[str, Any] = {"user": name, "state": "upload"}
+    st.records.append(rec)
+    t0 = time.monotonic()
+    try:
+        r = await c.post("/api/studies", files={"files": (fname, data, "application/octet-stream")})
+        if r.status_code != 201:
+            st.errors[f"upload {r.status_code}"] += 1
+            return
+        rec["upload_s"] = time.monotonic() - t0
+        sid = rec["study"] = r.json()["id"]
+        mine.append(sid)
+        r = await c.post(f"/api/studies/{sid}/jobs", json={"model": st.model})
+        if r.status_code != 202:
+            st.errors[f"start job {r.status_code}"] += 1
+            return
+        rec["state"] = "queued"
+        job = await _wait_for_job(st, c, r.json()["id"], rec)
+        if rec["state"] == "failed":
+            st.errors["job failed"] += 1
+            rec["error"] = job.get("error")
+            return
+        if rec["state"] != "done":
+            st.errors["job unfinished (time limit)"] += 1
+            return
+        r = await c.get(f"/api/studies/{sid}/results/summary")
+        if r.status_code != 200 or "structures" not in r.json():
+            st.errors[f"summary {r.status_code}"] += 1
+            return
+        r = await c.get(f"/api/studies/{sid}/results/nifti")
+        if r.status_code != 200:
+            st.errors[f"nifti zip {r.status_code}"] += 1
+            return
+        rec["result_s"] = time.monotonic() - t0
+        rec["state"] = "result"
+        rec["run_s"] = _job_seconds(job)
+        # expected refusal (by design): another user's study is not visible
+        r = await c.get(f"/api/studies/{'0' * 32}")
+        st.expected[f"foreign/unknown study {r.status_code}"] += 1
+    except httpx.HTTPError as exc:
+        st.errors[f"http {exc.__class__.__name__}"] += 1
+    finally:
+        if st.steps is not None:  # one study finished, whichever way
+            st.steps.step(f"{name} {rec['state']}")
+
+
+async def _wait_for_job(st: _Stress, c, job_id: str, rec: dict[str, Any]) -> dict[str, Any] | None:
+    """Poll the job every ``poll_s`` seconds until it is done or failed or the time is up, keeping
+    ``rec["state"]`` current; returns the last job record read (None if none was)."""
+    job = None
+    while time.monotonic() < st.deadline:
+        await asyncio.sleep(st.poll_s)
+        r = await c.get(f"/api/jobs/{job_id}")
+        if r.status_code != 200:
+            st.errors[f"job status {r.status_code}"] += 1
+            continue
+        job = r.json()
+        rec["state"] = job["state"]
+        if job["state"] in ("done", "failed"):
+            break
+    return job
+
+
+async def _count_lost_and_delete(st: _Stress, accounts: list[tuple[str, str, Any]], uploaded: list[list[str]]) -> int:
+    """The studies accepted by the server but no longer listed (or listed without their job),
+    then every user's studies deleted."""
+    import httpx
+
+    lost = 0
+    for (name, password, _), mine in zip(accounts, uploaded):
+        async with httpx.AsyncClient(base_url=st.url, timeout=60.0) as c:
+            r = await c.post("/api/auth/login", json={"username": name, "password": password})
+            r = await c.get("/api/studies")
+            if r.status_code != 200:
+                st.errors[f"final listing {r.status_code}"] += 1
+                lost += len(mine)
+                continue
+            listed = {s["id"]: s for s in r.json()}
+            for sid in mine:
+                if sid not in listed or listed[sid]["latest_job"] is None:
+                    lost += 1
+            for sid in mine:
+                await c.delete(f"/api/studies/{sid}")
+    return lost
+
+
+def _stress_report(st: _Stress, n_users: int, input_text: str, wall: float, lost: int, max_seconds: float) -> dict[str, Any]:
+    """The report: completed studies, throughput, latency percentiles (seconds), errors and lost studies."""
+    records, errors = st.records, st.errors
     done = [r for r in records if r.get("state") == "result"]
     lat = [r["result_s"] for r in done]
     up = [r["upload_s"] for r in records if "upload_s" in r]
     run_s = [r["run_s"] for r in done if r.get("run_s") is not None]
-    total = n_users * n_studies
+    total = n_users * st.n_studies
     unexpected = sum(errors.values())
     report = {
-        "url": url,
+        "url": st.url,
         "users": n_users,
-        "studies_per_user": n_studies,
+        "studies_per_user": st.n_studies,
         "studies_total": total,
-        "model": chosen["name"],
+        "model": st.model,
         "input": input_text,
         "completed": len(done),
         "wall_s": round(wall, 2),
@@ -289,7 +353,7 @@ async def _run(url, n_users, n_studies, admin_user, admin_password, model, sourc
         "job_run_s": {"p50": _r(percentile(run_s, 0.5)), "p95": _r(percentile(run_s, 0.95))},
         "errors": dict(errors),
         "unexpected_errors": unexpected,
-        "expected_refusals": dict(expected),
+        "expected_refusals": dict(st.expected),
         "lost_studies": lost,
         "failed_job_messages": sorted({r.get("error") or "" for r in records if r.get("state") == "failed"}),
         "max_seconds": max_seconds,
