@@ -18,7 +18,7 @@ from delineo.service.core import ServiceContext
 from delineo.service.csrf import OriginCheckMiddleware
 from delineo.service.headers import SECURITY_HEADERS, SecurityHeadersMiddleware
 from delineo.service.routes import dicom_node
-from delineo.service.routes import audit, auth, models, studies, users
+from delineo.service.routes import audit, auth, downloads, jobs, models, review, send, studies, upload, users, viewer
 from delineo.service.routes import pacs
 from delineo.settings import REPO_ROOT
 
@@ -64,7 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(OriginCheckMiddleware, allowed_origins=settings.allowed_origins)  # CSRF (csrf.py)
     app.add_middleware(SecurityHeadersMiddleware)  # CSP, nosniff, no framing, HSTS on HTTPS (headers.py)
     app.include_router(dicom_node.router)
-    for r in (auth.router, users.router, models.router, studies.router, audit.router):
+    # the study routes, in the order they are matched: POST /api/studies (upload) first, as when they were one router
+    study_routers = (upload.router, studies.router, jobs.router, downloads.router, viewer.router, review.router, send.router)
+    for r in (auth.router, users.router, models.router, *study_routers, audit.router):
         app.include_router(r)
     app.include_router(pacs.router)  # DICOMweb PACS: configure, search, contour from, store to
 

@@ -7,7 +7,7 @@ results back in its study on the PACS (STOW-RS). The DICOMweb client is
 
 A fetched series goes through the same checks and the same study creation as an upload
 (:meth:`delineo.service.storage.Storage.accept`), and the job through the same route
-(:func:`delineo.service.routes.studies.start_job`), so nothing here contours anything itself.
+(:func:`delineo.service.routes.jobs.start_job`), so nothing here contours anything itself.
 Every search, fetch and store is in the access log (patients as pseudonyms).
 """
 
@@ -32,7 +32,8 @@ from delineo.service.core import ServiceContext
 from delineo.service.models import PacsServer, Study, User, new_id, utcnow
 from delineo.service.routes.deps import admin_user, current_user, get_ctx, get_db, visible_study
 from delineo.service.routes.models import pick_model
-from delineo.service.routes.studies import _dicom_dates, _result_job, current_results, start_job, study_out
+from delineo.service.routes.jobs import start_job
+from delineo.service.routes.studies import _dicom_dates, _result_job, current_results, study_out
 from delineo.service.schemas import JobIn, JobOut, StudyOut
 from delineo.service.storage import UploadRejected
 
