@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -113,7 +114,9 @@ def save_model(folder: str | Path, network: SegUNet, meta: dict[str, Any]) -> Pa
 
 
 def json_safe(value: Any) -> Any:
-    """Replace NaN/inf floats (not valid JSON) by None, recursively."""
+    """Replace NaN/inf floats (not valid JSON) by None and NumPy scalars by Python numbers, recursively."""
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from delineo.errors import ConfigError, InputError
+from delineo.models.registry import json_safe
 
 WEIGHTS = "weights.safetensors"
 MOMENTS = "moments.safetensors"
@@ -148,7 +149,7 @@ def save_state(
         "state": state,
         "rng": rng_states(generator),
     }
-    (folder / f"{STATE}.{tag}").write_text(json.dumps(_json_safe(doc), indent=0) + "\n")
+    (folder / f"{STATE}.{tag}").write_text(json.dumps(json_safe(doc), indent=0) + "\n")
     (folder / f"{WEIGHTS}.{tag}").replace(folder / WEIGHTS)
     (folder / f"{MOMENTS}.{tag}").replace(folder / MOMENTS)
     (folder / f"{STATE}.{tag}").replace(folder / STATE)
@@ -260,17 +261,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, float) and x != x:
-        return None
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return x
-
 
 # ---- the learning curve across segments ----------------------------------------------------------
 def write_curve(state: dict[str, Any], structures: list[str], spec: dict[str, Any]) -> Path:
@@ -296,7 +286,7 @@ def write_curve(state: dict[str, Any], structures: list[str], spec: dict[str, An
         "segments": state.get("segments", []),
         "points": points,
     }
-    (folder / "learning_curve.json").write_text(json.dumps(_json_safe(curve), indent=1) + "\n")
+    (folder / "learning_curve.json").write_text(json.dumps(json_safe(curve), indent=1) + "\n")
     fig, ax = plt.subplots(figsize=(9, 5))
     xs = [p["cpu_hours"] for p in points]
     for name in structures:
