@@ -85,7 +85,7 @@ fi
 T0=$(date +%s)
 set +e
 $PY -m delineo stress --url "http://127.0.0.1:$PORT" --users "$USERS" --studies "$STUDIES" --model "$MODEL" \
-  --ct-dir "$CT_DIR" --dicom --max-seconds "$MAX_SECONDS" --out "$OUT" \
+  --ct-dir "$CT_DIR" --dicom --max-seconds "$MAX_SECONDS" --out "$OUT" --worker-pid "${PIDS[1]}" --worker-pid "${PIDS[2]}" \
   --machine "$CORES-core CPU ($CPU), $MEM RAM, no GPU; client, server, workers, PostgreSQL and Redis on this one machine; load average before the run $LOAD0${PAUSE_PID:+ (training runs sharing the CPUs were paused for the measurement; other processes were not)}" \
   --server-note "delineo serve (1 process) on PostgreSQL $($PY -c 'import psycopg,sys; c=psycopg.connect(sys.argv[1]+"/postgres"); print(c.execute("SHOW server_version").fetchone()[0].split()[0])' "$PG") and Redis ($REDIS, huey); 2 delineo worker processes, 1 job thread each, $WORKER_THREADS torch thread(s) each, CPU inference"
 RC=$?

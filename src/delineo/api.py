@@ -72,6 +72,7 @@ def contour_image(
     progress: Progress | None = None,
     series: Any = None,
     title: str | None = None,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Contour an in-memory image and write ``segmentations/<ROI>.nii.gz``, ``summary.json`` and
     overview PNGs into ``out_dir``. Returns the summary (volumes in cc, or cm² for 2D).
@@ -81,8 +82,11 @@ def contour_image(
     service gives the study's name).
     series: the :class:`delineo.dicom.series.CTSeries` the image came from; then ``rtstruct.dcm``
     (RT Structure Set) and ``seg.dcm`` (DICOM SEG) referencing it are written too.
+    started: ``time.perf_counter()`` when the work began (e.g. before reading the input): the
+    summary's ``seconds["total"]`` is the wall time from then (default: from this call).
     The image is not checked here: callers that take it from outside (:func:`contour`, the DICOM
     node) run :func:`delineo.inference.plausibility.check_ct` first."""
+    started = time.perf_counter() if started is None else started
     out_dir = Path(out_dir)
     seg_dir = out_dir / "segmentations"
     seg_dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +129,7 @@ def contour_image(
     if series is not None:
         summary["series_instance_uid"] = series.series_instance_uid
     summary["seconds"] = {k: round(v, 4) for k, v in {**(seconds or {}), **predictor.timings}.items()}
+    summary["seconds"]["total"] = round(time.perf_counter() - started, 4)  # the stages overlap: not their sum
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _report(progress, "done", 1.0)
     return summary
@@ -215,7 +220,7 @@ def contour(
     check_ct(image, predictor.bundle, input_path)  # a 3D model's input must be a plausible CT (InputError if not)
     return contour_image(
         image, out_dir, predictor=predictor, structures=structures, source=str(input_path), overview=overview,
-        seconds={"read": read_s}, progress=progress, series=series, title=title,
+        seconds={"read": read_s}, progress=progress, series=series, title=title, started=t0,
     )
 
 

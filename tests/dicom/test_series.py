@@ -152,8 +152,9 @@ def test_compressed_transfer_syntaxes_decode(tmp_path):
     (tmp_path / "j2k").mkdir()
     shutil.copy(path, tmp_path / "j2k" / "slice.dcm")
     s = read_series(tmp_path / "j2k")
-    ds = s.datasets[0]
-    assert ds.file_meta.TransferSyntaxUID == JPEG2000
+    assert "PixelData" not in s.datasets[0]  # released once the volume holds the values
+    ds = pydicom.dcmread(path)  # decoded on its own, by pydicom
+    assert s.datasets[0].file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID == JPEG2000
     assert s.image.shape == (ds.Columns, ds.Rows, 1)
     expected = ds.pixel_array.T.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     np.testing.assert_array_equal(s.image.array[:, :, 0], expected)

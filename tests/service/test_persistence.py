@@ -139,14 +139,21 @@ def test_live_server_refuses_big_upload_early_and_keeps_serving(live_server):
         assert not list((live_server.server.config.app.state.ctx.settings.home / "uploads").iterdir())
 
 
-def test_stress_command_small(live_server, capsys):
+def test_stress_command_small(live_server, capsys, tmp_path):
+    import json
+    import os
+
     from delineo.cli import main
 
+    # the server's jobs run in this process here: its peak memory stands for a worker's
     rc = main(["stress", "--url", live_server.url, "--users", "3", "--studies", "1", "--admin-password", ADMIN_PASSWORD,
-               "--size", "16", "--max-seconds", "60"])
+               "--size", "16", "--max-seconds", "60", "--worker-pid", str(os.getpid()), "--out", str(tmp_path / "r.json")])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "3/3 studies" in out and "lost studies 0" in out
+    peak = json.loads((tmp_path / "r.json").read_text())["worker_peak_rss_mb"][str(os.getpid())]
+    assert 50 < peak < 24 * 1024  # MB: a Python process with torch loaded, less than the machine
+    assert f"{peak} MB" in (tmp_path / "r.md").read_text()
 
 
 def test_stress_refuses_other_hosts():

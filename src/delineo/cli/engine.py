@@ -211,7 +211,7 @@ def _print_summary(summary: dict, out: Path) -> None:
     unit = "cc" if len(summary["shape"]) == 3 else "cm2"
     for name, s in summary["structures"].items():
         typer.echo(f"  {name:<14}{s[f'volume_{unit}']:>10.2f} {unit}{'  (empty)' if s['empty'] else ''}")
-    total = sum(summary["seconds"].values())
+    total = summary["seconds"].get("total", sum(summary["seconds"].values()))
     typer.echo(f"{len(summary['structures'])} structures in {total:.2f} s -> {out}/segmentations/ (summary.json, overview.png)")
 
 

@@ -115,6 +115,8 @@ def stress(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report as JSON (and Markdown beside it)."),
     machine: str = typer.Option("", "--machine", help="The machine, for the report (cores, memory, what else ran)."),
     server_note: str = typer.Option("", "--server-note", help="How the server was run, for the report (database, queue, workers)."),
+    worker_pid: Optional[list[int]] = typer.Option(None, "--worker-pid", help="A worker process on this machine whose peak "
+                                                   "memory (VmHWM) goes into the report; repeat for each worker."),
 ) -> None:
     """Drive a running server with concurrent users uploading and contouring studies (synthetic,
     or real CTs with --ct-dir; NIfTI, or DICOM zips with --dicom); report throughput, p50/p95
@@ -122,11 +124,14 @@ def stress(
     import shlex
     import sys
 
-    from delineo.service.stress import run_stress, write_report  # lazy: loads FastAPI, SQLAlchemy, huey; keeps `delineo --help` fast
+    from delineo.service.stress import peak_rss_mb, run_stress, write_report  # lazy: loads FastAPI, SQLAlchemy, huey; keeps `delineo --help` fast
 
     report = run_stress(url, users=users, studies=studies, admin_user=admin_user, admin_password=admin_password,
                         model=model, size=size, max_seconds=max_seconds, progress=True, dicom=dicom, ct_dir=ct_dir,
                         inputs=inputs)
+    if worker_pid:
+        report["worker_peak_rss_mb"] = {str(pid): peak_rss_mb(pid) for pid in worker_pid}
+        report["text"] += "; worker peak RSS " + ", ".join(f"{v} MB" for v in report["worker_peak_rss_mb"].values())
     typer.echo(report["text"])
     if out is not None:
         args, skip = [], False

@@ -20,6 +20,8 @@ from typing import Mapping
 
 import numpy as np
 
+from delineo.data.boxes import centroid_voxel
+
 # a side token at the start or end of a name: LeftParotid, Left_Parotid, Parotid_L, Parotid-R, Lung L
 _SIDE = re.compile(r"^(?P<pre>left|right)[_\- ]?(?P<rest1>.+)$|^(?P<rest2>.+?)[_\- ](?P<post>l|r|left|right)$", re.IGNORECASE)
 #: body threshold (HU) for the midline: air outside the patient is about -1000
@@ -52,10 +54,9 @@ def side_of(roi_name: str) -> tuple[str, str] | None:
 
 def centroid_ras(mask: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
     """Centroid (RAS mm) of a 3D bool mask, None when empty."""
-    idx = np.argwhere(mask)
-    if idx.size == 0:
+    c = centroid_voxel(mask)
+    if c is None:
         return None
-    c = idx.mean(axis=0)
     return (np.asarray(affine)[:3, :3] @ c) + np.asarray(affine)[:3, 3]
 
 
@@ -67,7 +68,7 @@ def anatomy_checks(masks: Mapping[str, np.ndarray], affine: np.ndarray, image: n
     midline = None
     if image is not None and np.asarray(image).ndim == 3:
         body = np.asarray(image) > BODY_HU
-        c = centroid_ras(body, affine) if body.any() else None
+        c = centroid_ras(body, affine)
         midline = None if c is None else float(c[0])
     sided: dict[str, dict[str, str]] = {}
     for name in centroids:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from delineo.data.boxes import bounding_box
 from delineo.errors import InputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -118,8 +119,15 @@ def write_image(path: str | Path, image: Image) -> Path:
 
 def write_mask(path: str | Path, mask: np.ndarray, like: Image) -> Path:
     """Write a binary mask on ``like``'s grid: uint8 {0,1} for NIfTI, {0,255} for PNG."""
-    mask = np.asarray(mask, dtype=bool)  # no copy of a bool mask; NIfTI gets its bytes as uint8 {0,1}
-    values = mask.astype(np.uint8) * 255 if is_png(path) else mask.view(np.uint8)
+    mask = np.asarray(mask, dtype=bool)
+    if is_png(path):
+        return write_image(path, like.like(mask.astype(np.uint8) * 255))
+    # NIfTI stores Fortran order: a zeroed Fortran-ordered copy filled inside the mask's box is
+    # written as it is, where a C-ordered mask would be transposed whole (half the time at 512 x 512)
+    values = np.zeros(mask.shape, np.uint8, order="F")
+    box = bounding_box(mask)
+    if box is not None:
+        values[box] = mask[box]
     return write_image(path, like.like(values))
 
 

@@ -43,8 +43,10 @@ from typing import Mapping
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 from skimage.draw import polygon as fill_polygon
 from skimage.measure import find_contours
@@ -258,10 +260,24 @@ def _roi_contours(series: CTSeries, mask: np.ndarray) -> list[Dataset]:
             item.ContourImageSequence = DicomSequence([img])
             item.ContourGeometricType = "CLOSED_PLANAR"
             item.NumberOfContourPoints = len(xyz)
-            item.ContourData = [f"{v:.4f}" for v in xyz.ravel()]
+            item[CONTOUR_DATA] = _decimal_strings(xyz.ravel())
             contours.append(item)
     return contours
 
+
+CONTOUR_DATA = Tag(0x30060050)
+
+
+def _decimal_strings(values: np.ndarray) -> RawDataElement:
+    """Contour Data (DS, mm to 1/10000) as its encoded bytes: ``"x1\\y1\\z1\\x2..."`` padded to an
+    even length. pydicom writes such an element as it is and decodes it when read; building a
+    validated DS object per coordinate instead takes about ten times as long: the larger part of
+    writing the RT Structure Set of a 512 x 512 CT. Every value
+    fits DS's 16 characters (``-99999.9999`` is 11)."""
+    text = "\\".join(f"{v:.4f}" for v in values.tolist()).encode("ascii")
+    if len(text) % 2:
+        text += b" "
+    return RawDataElement(CONTOUR_DATA, "DS", len(text), text, 0, False, True)
 
 @dataclass
 class StructureSetROI:

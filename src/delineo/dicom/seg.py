@@ -17,6 +17,7 @@ from pydicom.sr.codedict import codes
 
 from delineo import __version__
 from delineo.contours.colors import structure_color
+from delineo.data.boxes import bounding_box
 from delineo.dicom.series import CTSeries
 from delineo.errors import InputError
 
@@ -54,16 +55,17 @@ def write_seg(
             display_color=hd.color.CIELabColor(*_to_lab(structure_color(name, number - 1))),
         ))
     # frames only for the slices where a segment is present (empty frames are omitted from the SEG
-    # anyway; this saves building and scanning them): (slices, rows, columns, segments)
-    occupied = np.zeros(series.image.shape[2], bool)
-    for n in names:
-        m = np.asarray(masks[n])
-        occupied |= m.reshape(-1, m.shape[2]).any(0)
-    hit = np.flatnonzero(occupied)
-    k0, k1 = (int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 1)
-    pixels = np.empty((k1 - k0, *series.image.shape[1::-1], len(names)), np.uint8)
+    # anyway), each segment written inside its own box into a zeroed stack: a cost proportional to
+    # the structures, not the grid. pixels: (slices, rows, columns, segments), rows along j.
+    boxes = {n: bounding_box(masks[n]) for n in names}
+    found = [b for b in boxes.values() if b is not None]
+    k0 = min((b[2].start for b in found), default=0)
+    k1 = max((b[2].stop for b in found), default=1)
+    pixels = np.zeros((k1 - k0, *series.image.shape[1::-1], len(names)), np.uint8)
     for s, n in enumerate(names):
-        pixels[..., s] = np.transpose(np.asarray(masks[n])[:, :, k0:k1], (2, 1, 0))
+        b = boxes[n]
+        if b is not None:
+            pixels[b[2].start - k0:b[2].stop - k0, b[1], b[0], s] = np.transpose(np.asarray(masks[n])[b], (2, 1, 0))
     seg = hd.seg.Segmentation(
         source_images=_with_type2_attributes(series.datasets[k0:k1]),
         pixel_array=pixels,

@@ -38,8 +38,10 @@ ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 class CTSeries:
     """A CT series on the engine's grid, with what derived objects (RTSTRUCT, SEG) must reference.
 
-    image: HU ``(cols, rows, slices)`` float32 with a RAS affine; datasets: the slices in ``k``
-    order (pixel data kept, for SEG); lps_affine: voxel ``(i, j, k)`` -> LPS mm.
+    image: HU ``(cols, rows, slices)`` float32 with a RAS affine; datasets: the slices' headers in
+    ``k`` order (their pixel data is released once ``image`` holds it: SEG and RT Structure Set
+    reference the slices, they do not copy them; 168 MB saved on a 512 x 512 x 160 CT);
+    lps_affine: voxel ``(i, j, k)`` -> LPS mm.
     """
 
     image: Image
@@ -273,6 +275,7 @@ def _assemble(path: Path, files: list[Path], datasets: list[Dataset]) -> CTSerie
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         volume[:, :, k] = (ds.pixel_array.astype(np.float32) * slope + intercept).T
+        del ds.PixelData  # and pydicom's decoded copy with it: the volume holds the values now
     return CTSeries(Image(volume, LPS_TO_RAS @ lps), datasets, lps, path, files)
 
 

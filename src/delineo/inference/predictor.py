@@ -30,6 +30,7 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import KeepLargestConnectedComponent
 from monai.transforms.utils import generate_spatial_bounding_box
 
+from delineo.data.boxes import bounding_box
 from delineo.data.io import Image, grid_affine, is_png
 from delineo.data.orientation import to_orientation
 from delineo.data.transforms import preprocess
@@ -204,17 +205,6 @@ def resample_box(probs: torch.Tensor, shape: Sequence[int], region: Sequence[sli
     return p
 
 
-def _tight(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The bounding box of a bool array's true voxels, None when it has none."""
-    if not mask.any():
-        return None
-    out = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(d for d in range(mask.ndim) if d != axis)))
-        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(out)
-
-
 def _backward_box(reo, where: Sequence[slice], shape: Sequence[int]) -> tuple[slice, ...]:
     """A box in the target orientation (array ``shape``) -> the same voxels' box in the input's order."""
     out = []
@@ -304,6 +294,31 @@ class Predictor:
         (``quality``/``review`` only when the model has an estimator). ``features``: compute them
         (default: when the model has an estimator). ``case``: a case the estimator was fitted on gets
         the calibrator that never saw it (honest figures in ``delineo evaluate``)."""
+        wanted = self._wanted(image, structures)
+        features = self.quality is not None if features is None else features
+        t0 = time.perf_counter()
+        oriented, reo, box, x = self._model_input(image)
+        t1 = time.perf_counter()
+        probs = self.probabilities_on_model_grid(x)
+        self._sync()
+        t2 = time.perf_counter()
+        body_shape = oriented.array[box].shape  # a view
+        boxed, info, quality_s = self._masks_in_boxes(probs, wanted, body_shape, oriented.spacing_mm, features)
+        del probs
+        if features:  # orientation-free numbers: computed before the masks go back to the input's order
+            tq = time.perf_counter()
+            info = self._estimates(info, wanted, oriented.spacing_mm, case)
+            quality_s += time.perf_counter() - tq
+        t3 = time.perf_counter()
+        out = self._place(boxed, wanted, box, reo, oriented.shape)
+        t4 = time.perf_counter()
+        self.timings = {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": (t3 - t2 - quality_s) + (t4 - t3)}
+        if features:
+            self.timings["quality"] = quality_s
+        return out, info
+
+    def _wanted(self, image: Image, structures: Sequence[str] | None) -> list[str]:
+        """The structures asked for (default: all), checked against the model, and the image's dimensionality."""
         spatial_dims = self.bundle.spec.spatial_dims
         if image.array.ndim != spatial_dims:
             raise InputError(None, f"model {self.bundle.name} expects {spatial_dims}D images, got shape {image.shape}")
@@ -311,21 +326,29 @@ class Predictor:
         unknown = sorted(set(wanted) - set(self.structures))
         if unknown:
             raise InputError(None, f"model {self.bundle.name} has no structure(s) {', '.join(unknown)}")
-        features = self.quality is not None if features is None else features
-        t0 = time.perf_counter()
+        return wanted
+
+    def _model_input(self, image: Image) -> tuple[Image, Any, tuple[slice, ...], torch.Tensor]:
+        """The image in the model's orientation, the reorientation (None for 2D), the box around the
+        body on that grid (everything without ``crop_foreground``) and the network's input
+        ``(1, *model grid)``: the box's voxels resampled and intensity-normalised."""
         reo = None
         if self.bundle.orientation:  # 3D: the array in the order the network was trained on
             image, reo = to_orientation(image, self.bundle.orientation)
         box = tuple(slice(None) for _ in image.shape)
         crop = self.crop_foreground
-        if crop and spatial_dims == 3:
+        if crop and image.array.ndim == 3:
             box = foreground_box(image.array, image.spacing_mm, float(crop["threshold"]), float(crop.get("margin_mm", 10.0)))
-        body = image.array[box]
-        x = preprocess(body[None], image.spacing_mm, self.bundle.preprocess)
-        t1 = time.perf_counter()
-        probs = self.probabilities_on_model_grid(x)
-        self._sync()
-        t2 = time.perf_counter()
+        x = preprocess(image.array[box][None], image.spacing_mm, self.bundle.preprocess)
+        return image, reo, box, x
+
+    def _masks_in_boxes(
+        self, probs: torch.Tensor, wanted: Sequence[str], body_shape: Sequence[int], spacing_mm: Sequence[float], features: bool,
+    ) -> tuple[dict[int, tuple[tuple[slice, ...], np.ndarray]], dict[str, dict[str, Any]], float]:
+        """Each structure's mask inside its own box of the body grid ``body_shape``, from the model-grid
+        probabilities ``probs`` ``(C, *model grid)``: ``{channel: (box, bool mask of the box)}``; with
+        ``features``, each wanted structure's quality features (``{roi_name: {"features": {...}}}``) and
+        the seconds they took."""
         index = {name: i for i, name in enumerate(self.structures)}
         groups = [[index[n] for n in g if n in index] for g in self.bundle.postprocess.get("exclusive", [])]
         keep = self.bundle.postprocess.get("keep_largest", {})
@@ -337,10 +360,10 @@ class Predictor:
             # the unit's probabilities on the input grid inside the box where any may reach ``lo``
             # (linear interpolation of values below ``lo`` stays below it): the same values as
             # resampling the whole grid, at a cost proportional to the structures
-            region = input_box(probs[unit], lo, body.shape)
+            region = input_box(probs[unit], lo, body_shape)
             if region is None:
                 continue
-            p = resample_box(probs[unit], body.shape, region)
+            p = resample_box(probs[unit], body_shape, region)
             m = (p >= self.threshold).cpu().numpy()
             names = [self.structures[c] for c in unit]
             m = keep_exclusive(p, m, names, [names] if len(unit) > 1 else [])
@@ -352,37 +375,44 @@ class Predictor:
                 for k, c in enumerate(unit):
                     name = self.structures[c]
                     if name in wanted:
-                        f = structure_features(p[k:k + 1], m[k:k + 1], image.spacing_mm)[0]
+                        f = structure_features(p[k:k + 1], m[k:k + 1], spacing_mm)[0]
                         info[name] = {"features": {key: round(v, 6) for key, v in f.items()}}
                 quality_s += time.perf_counter() - tq
             del p
-        if features:  # orientation-free numbers: computed before the masks go back to the input's order
-            tq = time.perf_counter()
-            empty = structure_features(torch.zeros((1, 1)), np.zeros((1, 1), bool), image.spacing_mm)[0]
-            for name in wanted:
-                if name not in info:  # nothing reached the floor: the features of an empty structure
-                    info[name] = {"features": {key: round(v, 6) for key, v in empty.items()}}
-                if self.quality is not None:
-                    info[name].update(self.quality.estimate(name, info[name]["features"], case))
-            info = {name: info[name] for name in wanted}
-            quality_s += time.perf_counter() - tq
-        del probs
-        t3 = time.perf_counter()
+        return boxed, info, quality_s
+
+    def _estimates(
+        self, info: dict[str, dict[str, Any]], wanted: Sequence[str], spacing_mm: Sequence[float], case: str | None,
+    ) -> dict[str, dict[str, Any]]:
+        """``info`` for every wanted structure, in order: an empty structure's features where nothing
+        reached the floor, and the estimator's quality and review flag when the model has one."""
+        empty = structure_features(torch.zeros((1, 1)), np.zeros((1, 1), bool), spacing_mm)[0]
+        for name in wanted:
+            if name not in info:  # nothing reached the floor: the features of an empty structure
+                info[name] = {"features": {key: round(v, 6) for key, v in empty.items()}}
+            if self.quality is not None:
+                info[name].update(self.quality.estimate(name, info[name]["features"], case))
+        return {name: info[name] for name in wanted}
+
+    def _place(
+        self, boxed: dict[int, tuple[tuple[slice, ...], np.ndarray]], wanted: Sequence[str], box: tuple[slice, ...],
+        reo: Any, shape: Sequence[int],
+    ) -> dict[str, np.ndarray]:
+        """Each wanted structure's boxed mask placed into a whole mask of the input (background
+        elsewhere, in the input's own voxel order); ``box``: the body box on the model-oriented grid
+        of ``shape``."""
+        index = {name: i for i, name in enumerate(self.structures)}
         out = {}
-        for name in wanted:  # each structure's box placed into the whole input (background elsewhere)
-            full = np.zeros(reo.input_shape if reo is not None else image.shape, dtype=bool)  # calloc: pages outside the box stay untouched
+        for name in wanted:
+            full = np.zeros(reo.input_shape if reo is not None else tuple(shape), dtype=bool)  # calloc: pages outside the box stay untouched
             region, m = boxed.get(index[name], (None, None))
-            tight = None if m is None else _tight(m)
+            tight = None if m is None else bounding_box(m)
             if tight is not None:
                 where = tuple(slice((b.start or 0) + r.start + t.start, (b.start or 0) + r.start + t.stop)
                               for b, r, t in zip(box, region, tight))
                 sub = m[tight]
                 if reo is not None and not reo.identity:  # back to the input's own voxel order: every voxel where it came from
-                    where, sub = _backward_box(reo, where, image.shape), reo.backward(sub)
+                    where, sub = _backward_box(reo, where, shape), reo.backward(sub)
                 full[where] = sub
             out[name] = full
-        t5 = time.perf_counter()
-        self.timings = {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": (t3 - t2 - quality_s) + (t5 - t3)}
-        if features:
-            self.timings["quality"] = quality_s
-        return out, info
+        return out

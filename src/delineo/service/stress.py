@@ -367,6 +367,17 @@ def _stress_report(st: _Stress, n_users: int, input_text: str, wall: float, lost
     return report
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """A running process's peak resident memory so far (Linux ``VmHWM``), in MB; None when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{int(pid)}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
@@ -406,6 +417,9 @@ def write_report(report: dict[str, Any], out: Path, machine: str = "", server: s
     if (report.get("job_run_s") or {}).get("p50") is not None:
         lines.append(f"A job's own run on a worker (started to finished): p50 {report['job_run_s']['p50']} s, "
                      f"p95 {report['job_run_s']['p95']} s.")
+    if report.get("worker_peak_rss_mb"):
+        lines.append("Peak memory (VmHWM) of each worker process over the run: "
+                     + ", ".join(f"{v} MB" for v in report["worker_peak_rss_mb"].values()) + ".")
     lines += ["", f"Expected refusals (by design, not errors): {report['expected_refusals'] or 'none'}."]
     if report.get("errors"):
         lines += ["", f"Errors: {report['errors']}; failed jobs: {report.get('failed_job_messages') or 'none'}."]

@@ -283,7 +283,6 @@ async def contour_from_pacs(name: str, body: PacsContourIn, request: Request, us
     study_uid = _uid(body.study_uid, "study")
     series_uid = _uid(body.series_uid, "series") if body.series_uid else None
     model = pick_model(body.model, 3)  # before fetching: an unknown model costs no transfer
-    s = ctx.settings
 
     def connect() -> tuple[Pacs, str, str]:
         with ctx.db.session() as db:
@@ -292,30 +291,8 @@ async def contour_from_pacs(name: str, body: PacsContourIn, request: Request, us
 
     pacs, row_name, url = await run_in_threadpool(connect)
     study_id = new_id()
-
-    def fetch():
-        """The series' files, checked and stored as an upload is (Storage.accept)."""
-        chosen = pacs.find_ct_series(study_uid, series_uid)
-        listed = next((x for x in pacs.series(study_uid) if x["series_uid"] == chosen), {})
-        if listed.get("instances") and int(listed["instances"]) > s.max_files:
-            raise UploadRejected(f"the series has {listed['instances']} images, more than the {s.max_files} this server accepts", 413)
-        upload_dir = ctx.storage.new_upload_dir()
-        try:
-            paths = pacs.fetch_series(study_uid, chosen, upload_dir / "pacs")
-            total = sum(p.stat().st_size for p in paths)
-            if total > s.max_unzipped_bytes:
-                raise UploadRejected(f"the series is {total / 2**20:.0f} MB, more than the {s.max_unzipped_mb:.0f} MB this server accepts", 413)
-            stored = ctx.storage.accept(upload_dir, [(p.name, p) for p in paths], study_id)
-        finally:
-            ctx.storage.discard(upload_dir)
-        if stored.kind != "dicom" or stored.info.get("modality") != "CT":
-            raise UploadRejected(f"series {chosen} is not a CT image series", 422)
-        stored.info.update(_dicom_dates(ctx.storage.input_path(study_id, stored.path)))
-        stored.info["pacs"] = row_name
-        return chosen, stored, len(paths)
-
     try:
-        chosen, stored, count = await run_in_threadpool(fetch)
+        stored, count = await run_in_threadpool(_fetch_series, ctx, pacs, study_uid, series_uid, study_id, row_name)
     except DelineoError as exc:
         await run_in_threadpool(ctx.storage.delete_study, study_id)
         raise _pacs_error(exc, row_name, url, user) from None
@@ -345,16 +322,44 @@ async def contour_from_pacs(name: str, body: PacsContourIn, request: Request, us
     try:
         return await run_in_threadpool(save)
     except BaseException:
-        def undo() -> None:
-            with ctx.db.session() as db:
-                row = db.get(Study, study_id)
-                if row is not None and not row.jobs:
-                    db.delete(row)
-            if not (ctx.storage.study_dir(study_id) / "results").exists():
-                ctx.storage.delete_study(study_id)
-
-        await run_in_threadpool(undo)
+        await run_in_threadpool(_undo_study, ctx, study_id)
         raise
+
+
+def _fetch_series(ctx: ServiceContext, pacs: Pacs, study_uid: str, series_uid: str | None, study_id: str,
+                  row_name: str) -> tuple[Any, int]:
+    """The CT series' files fetched from ``pacs`` and stored as an upload is (``Storage.accept``) under
+    ``study_id``: ``(stored, number of images)``. UploadRejected when the series is too large or not a CT."""
+    s = ctx.settings
+    chosen = pacs.find_ct_series(study_uid, series_uid)
+    listed = next((x for x in pacs.series(study_uid) if x["series_uid"] == chosen), {})
+    if listed.get("instances") and int(listed["instances"]) > s.max_files:
+        raise UploadRejected(f"the series has {listed['instances']} images, more than the {s.max_files} this server accepts", 413)
+    upload_dir = ctx.storage.new_upload_dir()
+    try:
+        paths = pacs.fetch_series(study_uid, chosen, upload_dir / "pacs")
+        total = sum(p.stat().st_size for p in paths)
+        if total > s.max_unzipped_bytes:
+            raise UploadRejected(f"the series is {total / 2**20:.0f} MB, more than the {s.max_unzipped_mb:.0f} MB this server accepts", 413)
+        stored = ctx.storage.accept(upload_dir, [(p.name, p) for p in paths], study_id)
+    finally:
+        ctx.storage.discard(upload_dir)
+    if stored.kind != "dicom" or stored.info.get("modality") != "CT":
+        raise UploadRejected(f"series {chosen} is not a CT image series", 422)
+    stored.info.update(_dicom_dates(ctx.storage.input_path(study_id, stored.path)))
+    stored.info["pacs"] = row_name
+    return stored, len(paths)
+
+
+def _undo_study(ctx: ServiceContext, study_id: str) -> None:
+    """Remove a study whose creation failed half-way: its row when no job was queued on it, its files
+    when no result was written."""
+    with ctx.db.session() as db:
+        row = db.get(Study, study_id)
+        if row is not None and not row.jobs:
+            db.delete(row)
+    if not (ctx.storage.study_dir(study_id) / "results").exists():
+        ctx.storage.delete_study(study_id)
 
 
 # ---- store results back ------------------------------------------------------------------------
