@@ -48,17 +48,24 @@ def tiny_model(folder: Path) -> Path:
     return save_model(folder / "tiny-ct", net, meta)
 
 
-def phantom_series(folder: Path, counted: bool) -> list[Path]:
+def phantom_series(folder: Path, counted: bool, source: Path | None = None) -> list[Path]:
+    """The series to send, written into ``folder``: the phantom, or a copy of the DICOM files in ``source``."""
+    import shutil
+
     import pydicom
 
     from delineo.data.io import Image
     from delineo.dicom.write_ct import write_ct_series
 
-    a = np.full((24, 20, 12), -1000.0, np.float32)
-    a[3:21, 3:17, 1:11] = 0.0
-    a[8:14, 6:12, 4:9] = 700.0
-    affine = np.array([[-2.0, 0, 0, 50.0], [0, -2.5, 0, 30.0], [0, 0, 3.0, -40.0], [0, 0, 0, 1]])
-    files = [Path(f) for f in write_ct_series(Image(a, affine), folder)]
+    if source is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        files = [Path(shutil.copy(f, folder / f.name)) for f in sorted(source.iterdir()) if f.is_file()]
+    else:
+        a = np.full((24, 20, 12), -1000.0, np.float32)
+        a[3:21, 3:17, 1:11] = 0.0
+        a[8:14, 6:12, 4:9] = 700.0
+        affine = np.array([[-2.0, 0, 0, 50.0], [0, -2.5, 0, 30.0], [0, 0, 3.0, -40.0], [0, 0, 0, 1]])
+        files = [Path(f) for f in write_ct_series(Image(a, affine), folder)]
     if counted:
         for f in files:
             ds = pydicom.dcmread(f)
@@ -67,10 +74,10 @@ def phantom_series(folder: Path, counted: bool) -> list[Path]:
     return files
 
 
-def run_once(tmp: Path, model: str, mode: str) -> float:
+def run_once(tmp: Path, model: str, mode: str, source: Path | None = None) -> float:
     from delineo.dicom.node import DicomNode, NodeConfig
 
-    files = phantom_series(tmp / "ct", counted=mode == "counted")
+    files = phantom_series(tmp / "ct", counted=mode == "counted", source=source)
     dest_port, node_port = _free_port(), _free_port()
     (tmp / "tps").mkdir()
     scp = subprocess.Popen(["/usr/bin/storescp", "--output-directory", str(tmp / "tps"), "--aetitle", "TPS", str(dest_port)],
@@ -100,6 +107,9 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--note", default="")
+    ap.add_argument("--series", type=Path, default=None,
+                    help="A DICOM CT series folder to send instead of the phantom (e.g. the 512 x 512 one of clinical_size.py).")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     args = ap.parse_args()
     import torch
 
@@ -107,18 +117,22 @@ def main() -> None:
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     load_before = os.getloadavg()
-    runs: dict[str, list[float]] = {m: [] for m in MODES}
+    runs: dict[str, list[float]] = {m: [] for m in args.modes}
     with tempfile.TemporaryDirectory() as root:
         model = args.model or str(tiny_model(Path(root)))
         for k in range(args.repeats):
-            for mode in MODES:
+            for mode in args.modes:
                 with tempfile.TemporaryDirectory() as tmp:
-                    runs[mode].append(round(run_once(Path(tmp), model, mode), 3))
-    report = {"command": "python benchmarks/node_completion.py " + " ".join(f"--{k} {v}" for k, v in
-                                                                           [("out", args.out), ("repeats", args.repeats)]
-                                                                           + ([("model", args.model)] if args.model else [])),
+                    runs[mode].append(round(run_once(Path(tmp), model, mode, args.series), 3))
+    series = "phantom 24 x 20 x 12 (the tests' CT)"
+    if args.series is not None:
+        made = args.series.parent / "made.json"
+        series = f"{args.series}" + (f" ({json.loads(made.read_text())['shape']} voxels)" if made.is_file() else "")
+    options = [("out", args.out), ("repeats", args.repeats)] + ([("model", args.model)] if args.model else []) \
+        + ([("series", args.series)] if args.series else []) + ([("modes", " ".join(args.modes))] if args.modes != list(MODES) else [])
+    report = {"command": "python benchmarks/node_completion.py " + " ".join(f"--{k} {v}" for k, v in options),
               "date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": hardware_description(torch.device("cpu")),
-              "model": args.model or "untrained tiny 3D U-Net (as in the tests)", "series": "phantom 24 x 20 x 12 (the tests' CT)",
+              "model": args.model or "untrained tiny 3D U-Net (as in the tests)", "series": series,
               "load_average_before": [round(v, 2) for v in load_before], "load_average_after": [round(v, 2) for v in os.getloadavg()],
               "note": args.note, "seconds_last_image_to_rtstruct": runs,
               "median": {m: statistics.median(v) for m, v in runs.items()}}
