@@ -123,4 +123,5 @@ campaign-stop:
 	else echo "the campaign is not running"; fi
 
 campaign-commit:
-	git add benchmarks/results/hn-campaign && git commit -m "hn-ct campaign: state at $$(python3 -c 'import json; s=json.load(open("benchmarks/results/hn-campaign/state/state.json"))["state"]; print(f"epoch {s[\"epoch\"]}, {s.get(\"cpu_seconds\", 0) / 3600:.2f} CPU-hours")')" -- benchmarks/results/hn-campaign
+	@msg=$$(python3 -c 'import json; s = json.load(open("benchmarks/results/hn-campaign/state/state.json"))["state"]; print("epoch %d, %.2f CPU-hours" % (s["epoch"], s.get("cpu_seconds", 0) / 3600))') && \
+	git add benchmarks/results/hn-campaign && git commit -m "hn-ct campaign: state at $$msg" -- benchmarks/results/hn-campaign
