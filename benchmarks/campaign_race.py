@@ -1,10 +1,10 @@
 """The race before the hn-ct campaign (issue 39, item 3): candidate networks at equal CPU budget.
 
 Reads the learning curves that the runs write (validation Dice on the model grid against the run's
-CPU hours, every 5 epochs): candidate A is the campaign itself (its first ``--budget`` CPU-hours
-have exactly the race's settings: same seed, data, warm-up and constant learning rate), the others
-are the steps of ``configs/hn-campaign-race.yaml`` (``delineo ablation ... --out
-benchmarks/results/hn-race``). Writes ``race.json`` and ``race.md`` beside them.
+CPU hours, every 5 epochs): the candidates are the steps of ``configs/hn-campaign-race.yaml``
+(``delineo ablation ... --out benchmarks/results/hn-race``), run side by side on one host; the
+campaign's own curve is shown for reference (same network as A, other hosts). Writes ``race.json``
+and ``race.md`` beside them.
 
     python benchmarks/campaign_race.py [--budget 1.5]
 
@@ -23,9 +23,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = {
-    "A: Res-UNet + SE, batch Dice + BCE (the campaign)": ROOT / "benchmarks/results/hn-campaign/learning_curve.json",
-    "B: A + deep supervision": ROOT / "benchmarks/results/hn-race/runs/01-deep-supervision/learning_curve.json",
-    "C: plain U-Net, batch Dice + BCE (today's hn-ct network)": ROOT / "benchmarks/results/hn-race/runs/02-plain-u-net/learning_curve.json",
+    "A: Res-UNet + SE, batch Dice + BCE (the campaign's network)": ROOT / "benchmarks/results/hn-race/runs/01-a-campaign-network/learning_curve.json",
+    "B: A + deep supervision": ROOT / "benchmarks/results/hn-race/runs/02-deep-supervision/learning_curve.json",
+    "C: plain U-Net, batch Dice + BCE (today's hn-ct network)": ROOT / "benchmarks/results/hn-race/runs/03-plain-u-net/learning_curve.json",
+    # for reference, not a candidate: the same network as A in the campaign, whose first CPU-hours
+    # ran on other hosts (the first in fp32 without AVX-512: about four times fewer steps per CPU-hour)
+    "(the campaign itself, mixed hosts)": ROOT / "benchmarks/results/hn-campaign/learning_curve.json",
 }
 
 
