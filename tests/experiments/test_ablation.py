@@ -205,3 +205,27 @@ def test_independent_steps_keep_weights_and_compare_with_the_base(tmp_path, tiny
     row = md.split("| residual |")[1].splitlines()[0]
     delta = float(row.strip().rstrip("|").split("|")[-1])
     assert delta == pytest.approx(by["residual"]["mean_dice"] - by["base"]["mean_dice"], abs=1.5e-3)
+
+
+def test_a_campaign_step_stopped_on_request_is_resumed_not_skipped(tmp_path, tiny_config, image_dataset, monkeypatch):
+    """A step with a campaign schedule stopped by SIGTERM (``make campaign-stop``) ends with its state
+    saved and no result.json: the next run resumes it instead of counting it finished."""
+    from delineo.training import campaign
+
+    base = tiny_config(image_dataset.root, tmp_path / "unused", epochs=50, steps_per_epoch=2)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    state = tmp_path / "state"
+    camp = {"cpu_hours": 1e-9, "warmup_cpu_hours": 0.0, "constant_until_cpu_hours": 1e-9, "state": str(state),
+            "results": str(tmp_path / "curve")}
+    spec = {"base": "base.yaml", "set": {"training.schedule": "campaign", "training.campaign": camp},
+            "steps": [{"name": "A", "set": {}}]}
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    monkeypatch.setattr(campaign, "stop_requested", lambda: True)  # as if SIGTERM came during the first epoch
+    run_ablation(tmp_path / "abl.yaml", out, device="cpu")
+    assert json.loads((state / "state.json").read_text())["state"]["epoch"] == 1
+    assert not (out / "runs" / "01-a" / "result.json").exists()
+    monkeypatch.undo()
+    res = run_ablation(tmp_path / "abl.yaml", out, device="cpu")
+    assert (out / "runs" / "01-a" / "result.json").is_file() and [s["step"] for s in res["steps"]] == ["A"]
+    assert json.loads((state / "state.json").read_text())["state"]["epoch"] == 1  # its budget was spent: resumed, nothing more

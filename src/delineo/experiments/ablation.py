@@ -39,6 +39,7 @@ from delineo.errors import ConfigError, InputError
 from delineo.inference.evaluate import evaluate
 from delineo.machine import hardware_description, resolve_device
 from delineo.settings import read_yaml_mapping
+from delineo.training import campaign as campaign_state
 from delineo.training.config import TrainConfig
 from delineo.training.loop import train
 
@@ -128,6 +129,8 @@ def run_ablation(
             continue
         row = _train_step(ablation, step, config, run_dir, given, command=command, budget=budget, keep_weights=keep_weights,
                           log=log, prefix=f"[{i}/{len(steps)}] {step['name']}{suffix}")
+        if row is None:  # stopped on request (SIGTERM / SIGINT) with its campaign state saved: no later step starts
+            break
         log(f"[{i}/{len(steps)}] {step['name']}{suffix}: mean Dice {row['mean_dice']:.4f} on {row['n_val']} validation cases")
         rows = _collect_rows(out, steps)
         results = _write_results(out, ablation, command, epochs, max_cases, device, rows, steps, budget)  # after every step
@@ -141,17 +144,22 @@ def run_ablation(
 def _train_step(
     ablation: str | Path, step: dict[str, Any], config: dict[str, Any], run_dir: Path, given: dict[str, Any], *,
     command: str | None, budget: float | None, keep_weights: bool, log: Callable[[str], None], prefix: str,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Train one step's ``config`` (with the command line's settings ``given``) into ``run_dir``,
     evaluate it on the validation cases and write its ``result.json`` (atomically); unless
     ``keep_weights``, drop its weights and checkpoint; ``prefix`` (``[i/n] step``) starts its log line.
-    Returns the row (Dice, HD95 in mm, timing)."""
+    Returns the row (Dice, HD95 in mm, timing); None when a campaign step was stopped on request
+    (``make campaign-stop``'s SIGTERM): its state is saved, it is not finished, and it gets no
+    ``result.json``, so the next run resumes it instead of skipping it."""
     result_path = run_dir / "result.json"
     d = apply_overrides(config, {"name": f"ablation-{slug(step['name'])}", "output": str(run_dir / "model"),
                                  "work_dir": str(run_dir / "work"), **given})
     cfg = TrainConfig.from_dict(d, where=f"{ablation}: step {step['name']!r}")
     log(f"{prefix}: training" + (f" for {budget} CPU-hours" if budget else ""))
     model_dir = train(cfg, resume=True, command=command, budget_cpu_hours=budget)
+    if campaign_state.stop_requested():
+        log(f"{prefix}: stopped on request; its state is saved and the step resumes from it next time")
+        return None
     meta = json.loads((model_dir / "model.json").read_text())
     tr = meta["training"]
     val = cfg.data.val or cfg.data.train
