@@ -33,7 +33,7 @@ from delineo.service.models import PacsServer, Study, User, new_id, utcnow
 from delineo.service.routes.deps import admin_user, current_user, get_ctx, get_db, visible_study
 from delineo.service.routes.models import pick_model
 from delineo.service.routes.jobs import start_job
-from delineo.service.routes.studies import _dicom_dates, _result_job, current_results, study_out
+from delineo.service.routes.studies import _dicom_dates, _result_job, current_results, removed_on_error, study_out
 from delineo.service.schemas import JobIn, JobOut, StudyOut
 from delineo.service.storage import UploadRejected
 
@@ -291,18 +291,11 @@ async def contour_from_pacs(name: str, body: PacsContourIn, request: Request, us
 
     pacs, row_name, url = await run_in_threadpool(connect)
     study_id = new_id()
-    try:
-        stored, count = await run_in_threadpool(_fetch_series, ctx, pacs, study_uid, series_uid, study_id, row_name)
-    except DelineoError as exc:
-        await run_in_threadpool(ctx.storage.delete_study, study_id)
-        raise _pacs_error(exc, row_name, url, user) from None
-    except UploadRejected as exc:
-        await run_in_threadpool(ctx.storage.delete_study, study_id)
-        log.info("PACS fetch refused (%s): %s", exc.status, exc.message)
-        raise HTTPException(exc.status, exc.message) from None
-    except BaseException:
-        await run_in_threadpool(ctx.storage.delete_study, study_id)
-        raise
+    async with removed_on_error(ctx, study_id, "PACS fetch", log):
+        try:
+            stored, count = await run_in_threadpool(_fetch_series, ctx, pacs, study_uid, series_uid, study_id, row_name)
+        except DelineoError as exc:
+            raise _pacs_error(exc, row_name, url, user) from None
     title = (body.name or "").strip()[:255] or stored.info.get("description") or f"PACS {row_name} {stored.info.get('study_date', '')}".strip()
 
     def save() -> PacsContourOut:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -20,6 +22,7 @@ from delineo.service.models import Job, Study, User
 from delineo.service.routes.deps import current_user, get_ctx, get_db, visible_study
 from delineo.service.routes.models import model_info
 from delineo.service.schemas import JobOut, StructureOut, StudyOut
+from delineo.service.storage import UploadRejected
 from delineo.service import review, versions
 
 log = logging.getLogger("delineo.service.upload")
@@ -148,6 +151,22 @@ def _dicom_dates(folder: Path) -> dict[str, str]:
             out["study_date"] = f"{d[:4]}-{d[4:6]}-{d[6:]}"
         return out
     return {}
+
+
+@asynccontextmanager
+async def removed_on_error(ctx: ServiceContext, study_id: str, what: str, logger: logging.Logger) -> AsyncIterator[None]:
+    """While a new study's files are being received (an upload, a PACS fetch): on any error its
+    folder is deleted, nothing half-stored stays; an UploadRejected is logged to ``logger``
+    (``"<what> refused"``) and answered with its status and message."""
+    try:
+        yield
+    except UploadRejected as exc:
+        await run_in_threadpool(ctx.storage.delete_study, study_id)
+        logger.info("%s refused (%s): %s", what, exc.status, exc.message)
+        raise HTTPException(exc.status, exc.message) from None
+    except BaseException:
+        await run_in_threadpool(ctx.storage.delete_study, study_id)
+        raise
 
 
 def _result_job(ctx: ServiceContext, study: Study, job_id: str | None) -> Job:

@@ -8,7 +8,6 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
@@ -22,9 +21,10 @@ from delineo.service import audit
 from delineo.service.core import ServiceContext
 from delineo.service.models import Study, User, new_id
 from delineo.service.routes.deps import current_user, get_ctx
-from delineo.service.routes.studies import _dicom_dates, study_out
+from delineo.service.routes.studies import _dicom_dates, removed_on_error, study_out
 from delineo.service.schemas import StudyOut
 from delineo.service.storage import UploadRejected
+from delineo.service.streams import idle_bounded
 
 log = logging.getLogger("delineo.service.upload")
 
@@ -111,16 +111,8 @@ async def receive_files(request: Request, dest: Path, max_bytes: int, max_files:
     fields: dict[str, str] = {}
     parser, state = _multipart_parser(params[b"boundary"], dest, max_files, files, fields)
     received = 0
-    stream = request.stream().__aiter__()
     try:
-        while True:
-            try:
-                with anyio.fail_after(idle_s):
-                    chunk = await stream.__anext__()
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                raise UploadRejected(f"the upload stalled (nothing received for {idle_s:.0f} s)", 408) from None
+        async for chunk in idle_bounded(request.stream(), idle_s, UploadRejected):
             received += len(chunk)
             if received > max_bytes:
                 raise UploadRejected(f"the upload is larger than the {max_bytes / 2**20:.0f} MB allowed", 413)
@@ -184,23 +176,17 @@ async def upload_study(request: Request, user: User = Depends(current_user), ctx
     study_id = new_id()
     upload_dir = await run_in_threadpool(ctx.storage.new_upload_dir)
     try:
-        files, fields = await receive_files(request, upload_dir, s.max_upload_bytes, s.max_files, s.upload_idle_s)
-        stored = await run_in_threadpool(ctx.storage.accept, upload_dir, files, study_id)
-        if stored.kind == "nifti" and int(stored.info.get("dims", 3)) == 3:
-            problem = await run_in_threadpool(hounsfield_problem, ctx.storage.input_path(study_id, stored.path))
-            if problem:
-                shown = PurePosixPath(files[0][0]).name if len(files) == 1 else stored.name
-                raise UploadRejected(f"{shown}: {problem}", 422)
-    except UploadRejected as exc:
-        await run_in_threadpool(ctx.storage.delete_study, study_id)
-        log.info("upload refused (%s): %s", exc.status, exc.message)
-        raise HTTPException(exc.status, exc.message) from None
-    except ClientDisconnect:
-        await run_in_threadpool(ctx.storage.delete_study, study_id)
-        raise HTTPException(400, "the upload was interrupted") from None
-    except BaseException:
-        await run_in_threadpool(ctx.storage.delete_study, study_id)
-        raise
+        async with removed_on_error(ctx, study_id, "upload", log):
+            try:
+                files, fields = await receive_files(request, upload_dir, s.max_upload_bytes, s.max_files, s.upload_idle_s)
+            except ClientDisconnect:
+                raise HTTPException(400, "the upload was interrupted") from None
+            stored = await run_in_threadpool(ctx.storage.accept, upload_dir, files, study_id)
+            if stored.kind == "nifti" and int(stored.info.get("dims", 3)) == 3:
+                problem = await run_in_threadpool(hounsfield_problem, ctx.storage.input_path(study_id, stored.path))
+                if problem:
+                    shown = PurePosixPath(files[0][0]).name if len(files) == 1 else stored.name
+                    raise UploadRejected(f"{shown}: {problem}", 422)
     finally:
         await run_in_threadpool(ctx.storage.discard, upload_dir)
     name = (fields.get("name") or "").strip()[:255] or stored.name[:255]
