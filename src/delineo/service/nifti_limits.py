@@ -21,6 +21,8 @@ import zlib
 from pathlib import Path
 from typing import AsyncIterator
 
+from delineo.service.streams import idle_bounded
+
 #: the longest NIfTI header (NIfTI-2); NIfTI-1's is 348 bytes
 HEADER_MAX = 540
 #: decompressed bytes an upload may need before its header is complete (header + extensions)
@@ -192,17 +194,7 @@ class MaskStream:
 async def receive_mask(stream: AsyncIterator[bytes], grid: tuple[int, ...], *, max_compressed: int, idle_s: float) -> bytes:
     """Read an edited mask's body from ``stream`` (``request.stream()``) through a
     :class:`MaskStream`; nothing received for ``idle_s`` -> 408."""
-    import anyio
-
     mask = MaskStream(grid, max_compressed)
-    it = stream.__aiter__()
-    while True:
-        try:
-            with anyio.fail_after(idle_s):
-                chunk = await it.__anext__()
-        except StopAsyncIteration:
-            break
-        except TimeoutError:
-            raise NiftiRefused(f"the upload stalled (nothing received for {idle_s:.0f} s)", 408) from None
+    async for chunk in idle_bounded(stream, idle_s, NiftiRefused):
         mask.feed(chunk)
     return mask.finish()
