@@ -13,7 +13,6 @@ Every search, fetch and store is in the access log (patients as pseudonyms).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -33,7 +32,7 @@ from delineo.service.models import PacsServer, Study, User, new_id, utcnow
 from delineo.service.routes.deps import admin_user, current_user, get_ctx, get_db, visible_study
 from delineo.service.routes.models import pick_model
 from delineo.service.routes.jobs import start_job
-from delineo.service.routes.studies import _dicom_dates, _result_job, current_results, removed_on_error, study_out
+from delineo.service.routes.studies import _dicom_dates, _result_job, current_results, add_study, removed_on_error, study_out
 from delineo.service.schemas import JobIn, JobOut, StudyOut
 from delineo.service.storage import UploadRejected
 
@@ -300,13 +299,8 @@ async def contour_from_pacs(name: str, body: PacsContourIn, request: Request, us
 
     def save() -> PacsContourOut:
         with ctx.db.session() as db:
-            study = Study(id=study_id, owner_id=user.id, name=title[:255], kind=stored.kind, input_path=stored.path,
-                          size_bytes=stored.size_bytes, info_json=json.dumps(stored.info))
-            db.add(study)
-            db.flush()
-            db.refresh(study)
-            audit.record(db, "pacs-fetch", actor=user.username, study=study, address=audit.client_address(request),
-                         detail=f"from PACS {row_name!r}: series of {count} images, {stored.size_bytes} bytes")
+            study = add_study(db, study_id, user, title, stored, request, "pacs-fetch",
+                              f"from PACS {row_name!r}: series of {count} images, {stored.size_bytes} bytes")
             db.commit()
             job = start_job(study_id, JobIn(model=model, structures=body.structures), request, user, db, ctx)
             db.refresh(study)

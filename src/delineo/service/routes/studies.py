@@ -169,6 +169,18 @@ async def removed_on_error(ctx: ServiceContext, study_id: str, what: str, logger
         raise
 
 
+def add_study(db: Session, study_id: str, user: User, name: str, stored: Any, request: Request, action: str, detail: str) -> Study:
+    """The database row of a new study of ``user`` from what Storage.accept stored under ``study_id``
+    (``stored``: kind, path, size, info), flushed and audited as ``action`` with ``detail``; not committed."""
+    study = Study(id=study_id, owner_id=user.id, name=name[:255], kind=stored.kind, input_path=stored.path,
+                  size_bytes=stored.size_bytes, info_json=json.dumps(stored.info))
+    db.add(study)
+    db.flush()
+    db.refresh(study)
+    audit.record(db, action, actor=user.username, study=study, address=audit.client_address(request), detail=detail)
+    return study
+
+
 def _result_job(ctx: ServiceContext, study: Study, job_id: str | None) -> Job:
     if job_id:
         job = next((j for j in study.jobs if j.id == job_id), None)

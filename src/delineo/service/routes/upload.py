@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -17,11 +16,10 @@ from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 from delineo.inference.plausibility import hounsfield_problem
-from delineo.service import audit
 from delineo.service.core import ServiceContext
 from delineo.service.models import Study, User, new_id
 from delineo.service.routes.deps import current_user, get_ctx
-from delineo.service.routes.studies import _dicom_dates, removed_on_error, study_out
+from delineo.service.routes.studies import _dicom_dates, add_study, removed_on_error, study_out
 from delineo.service.schemas import StudyOut
 from delineo.service.storage import UploadRejected
 from delineo.service.streams import idle_bounded
@@ -197,13 +195,7 @@ async def upload_study(request: Request, user: User = Depends(current_user), ctx
 
     def save() -> UploadOut:
         with ctx.db.session() as db:
-            study = Study(id=study_id, owner_id=user.id, name=name, kind=stored.kind, input_path=stored.path,
-                          size_bytes=stored.size_bytes, info_json=json.dumps(stored.info))
-            db.add(study)
-            db.flush()
-            db.refresh(study)
-            audit.record(db, "upload", actor=user.username, study=study, address=audit.client_address(request),
-                         detail=f"{stored.kind}, {stored.size_bytes} bytes")
+            study = add_study(db, study_id, user, name, stored, request, "upload", f"{stored.kind}, {stored.size_bytes} bytes")
             return UploadOut(**study_out(ctx, study, user).model_dump(),
                              duplicate_of=_duplicates(db, user.id, study.id, study.kind, stored.info))
 
