@@ -56,9 +56,22 @@ def test_a_named_cache_folder_is_shared_by_runs(tmp_path, tiny_config, image_dat
 
 def test_a_checkpoint_from_before_a_new_option_still_resumes():
     """An option added after a checkpoint was written (absent there, None now) is not a config change."""
-    from delineo.training.loop import _same_config
+    from delineo.training.loop import _config_changes
 
     saved = {"data": {"train": "x"}, "training": {"lr": 0.001}}
-    assert _same_config(saved, {"data": {"train": "x", "exclude_contours": None}, "training": {"lr": 0.001}})
-    assert not _same_config(saved, {"data": {"train": "x", "exclude_contours": {"audit": "a.csv"}}, "training": {"lr": 0.001}})
-    assert not _same_config(saved, {"data": {"train": "x"}, "training": {"lr": 0.002}})
+    assert not _config_changes(saved, {"data": {"train": "x", "exclude_contours": None}, "training": {"lr": 0.001}})
+    assert _config_changes(saved, {"data": {"train": "x", "exclude_contours": {"audit": "a.csv"}}, "training": {"lr": 0.001}})
+    assert _config_changes(saved, {"data": {"train": "x"}, "training": {"lr": 0.002}})
+
+
+def test_a_config_change_is_named_by_its_setting():
+    """What differs between a saved config and the current one is listed setting by setting (the
+    campaign's resume note names them), nested keys joined by dots."""
+    from delineo.training.loop import _config_changes
+
+    saved = {"training": {"threads": 1, "lr": 0.0005, "campaign": {"cpu_hours": 20}}, "name": "hn"}
+    now = {"training": {"threads": 2, "lr": 0.0005, "campaign": {"cpu_hours": 20}, "new_option": None}, "name": "hn"}
+    assert _config_changes(saved, now) == ["training.threads: 1 -> 2"]
+    assert _config_changes(saved, {**now, "name": "other", "network": {"deep_supervision": True}}) == [
+        "name: 'hn' -> 'other'", "network: None -> {'deep_supervision': True}", "training.threads: 1 -> 2"]
+    assert _config_changes(saved, saved) == []

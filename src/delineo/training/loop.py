@@ -179,17 +179,18 @@ def exclude_audited_contours(items: list[dict[str, Any]], structures: list[str],
     return record
 
 
-def _same_config(saved: Any, current: Any) -> bool:
-    """A checkpoint's config against the current one; an option added to delineo after the checkpoint
-    was written (absent there, None here) does not make it a different config."""
+def _config_changes(saved: Any, current: Any, path: str = "") -> list[str]:
+    """The settings in which a checkpoint's config differs from the current one, as
+    ``"training.threads: 1 -> 2"``; an option added to delineo after the checkpoint was written
+    (absent there, None here) is not a change."""
     if isinstance(saved, dict) and isinstance(current, dict):
-        keys = set(saved) | set(current)
-        return all(
-            (k in saved and k in current and _same_config(saved[k], current[k]))
-            or (k not in saved and current.get(k) is None) or (k not in current and saved.get(k) is None)
-            for k in keys
-        )
-    return saved == current
+        changes: list[str] = []
+        for k in sorted(set(saved) | set(current), key=str):
+            if k not in saved and current.get(k) is None or k not in current and saved.get(k) is None:
+                continue
+            changes += _config_changes(saved.get(k), current.get(k), f"{path}.{k}" if path else str(k))
+        return changes
+    return [] if saved == current else [f"{path or 'config'}: {saved!r} -> {current!r}"]
 
 
 def _cache_path(cache_dir: Path, dataset: SegmentationDataset, i: int, spec: dict[str, Any]) -> Path:
@@ -709,7 +710,8 @@ def _resume(run: _Run, resume: bool) -> None:
     cfg, camp, main = run.cfg, run.camp, run.main
     if resume and run.ckpt_path.is_file():
         ckpt = torch.load(run.ckpt_path, map_location=run.device, weights_only=False)
-        if _same_config(ckpt.get("config"), run.config_dict):
+        changes = _config_changes(ckpt.get("config"), run.config_dict)
+        if not changes:
             run.network.load_state_dict(ckpt["network"])
             run.weighting.load_state_dict(ckpt["weighting"])
             run.optimizer.load_state_dict(ckpt["optimizer"])
@@ -724,14 +726,16 @@ def _resume(run: _Run, resume: bool) -> None:
             if run.budget_s:
                 run.cpu_now["used"] = run.state.get("cpu_seconds", 0.0)
         elif main:
-            print(f"checkpoint {run.ckpt_path} is for a different config: starting afresh", file=sys.stderr)
+            print(f"checkpoint {run.ckpt_path} is for a different config ({'; '.join(changes[:8])}): starting afresh", file=sys.stderr)
     if camp and resume and campaign_state.has_state(camp["state"]):
         # the tracked state (committed, survives the machine) unless this machine's own checkpoint is further on
         tracked = json.loads((Path(camp["state"]) / campaign_state.STATE).read_text())["state"]
         if tracked.get("cpu_seconds", 0.0) >= run.state.get("cpu_seconds", 0.0):
             run.state, saved_config = campaign_state.load_state(camp["state"], run.network, run.optimizer, run.generator)
-            if not _same_config(saved_config, run.config_dict) and main:
-                print(f"note: {camp['state']} was written with other settings than {cfg.name}'s config now", file=sys.stderr)
+            changes = _config_changes(saved_config, run.config_dict)
+            if changes and main:
+                print(f"note: {camp['state']} was written with other settings than {cfg.name}'s config now: "
+                      + "; ".join(changes[:8]) + (f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""), file=sys.stderr)
             print(f"resuming campaign {cfg.name} from {camp['state']}: epoch {run.state['epoch']}, "
                   f"{run.state.get('cpu_seconds', 0.0) / 3600:.3f} CPU-hours", file=sys.stderr)
         run.cpu_now["used"] = run.state.get("cpu_seconds", 0.0)
