@@ -122,6 +122,5 @@ campaign-stop:
 		while kill -0 $$(cat $(CAMPAIGN_PID)) 2>/dev/null; do sleep 5; done; echo "campaign stopped, state saved"; \
 	else echo "the campaign is not running"; fi
 
-campaign-commit:
-	@msg=$$(python3 -c 'import json; s = json.load(open("benchmarks/results/hn-campaign/state/state.json"))["state"]; print("epoch %d, %.2f CPU-hours" % (s["epoch"], s.get("cpu_seconds", 0) / 3600))') && \
-	git add benchmarks/results/hn-campaign && git commit -m "hn-ct campaign: state at $$msg" -- benchmarks/results/hn-campaign
+campaign-commit: install
+	$(PY) benchmarks/campaign_commit.py

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from delineo.errors import ConfigError
+from delineo.errors import ConfigError, InputError
 from delineo.training import campaign
 from delineo.training.config import TrainConfig
 from delineo.training.loop import train
@@ -116,3 +116,52 @@ def test_the_campaign_ends_at_its_budget_and_a_resume_then_does_nothing(tmp_path
     assert doc["state"]["epoch"] == 1
     train(TrainConfig.from_dict(d))
     assert json.loads((tmp_path / "state" / "state.json").read_text())["state"]["epoch"] == 1
+
+
+def _saved_state(folder, seed: int):
+    """A state of a tiny network after one Adam step, written by save_state."""
+    torch.manual_seed(seed)
+    net = torch.nn.Conv3d(1, 2, 3)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    net(torch.randn(1, 1, 4, 4, 4)).sum().backward()
+    opt.step()
+    campaign.save_state(folder, net, opt, {"epoch": seed, "cpu_seconds": 3600.0 * seed}, torch.Generator(), {"name": "t"})
+    return net, opt
+
+
+def test_a_state_whose_tensors_are_not_those_of_its_json_is_refused(tmp_path):
+    """A copy taken between save_state's renames (new weights, old state.json) must not resume."""
+    net, opt = _saved_state(tmp_path / "a", 1)
+    _saved_state(tmp_path / "b", 2)
+    assert campaign.check_state(tmp_path / "a") == []
+    (tmp_path / "a" / campaign.WEIGHTS).write_bytes((tmp_path / "b" / campaign.WEIGHTS).read_bytes())
+    problems = campaign.check_state(tmp_path / "a")
+    assert len(problems) == 1 and campaign.WEIGHTS in problems[0] and "sha256" in problems[0]
+    with pytest.raises(InputError, match="weights.safetensors: not the file state.json was saved with"):
+        campaign.load_state(tmp_path / "a", net, opt, torch.Generator())
+    (tmp_path / "a" / campaign.MOMENTS).unlink()
+    assert "cannot be read" in campaign.check_state(tmp_path / "a")[0]
+
+
+def test_campaign_commit_commits_the_staged_state_it_checked(tmp_path):
+    """benchmarks/campaign_commit.py stages the folder, checks the staged files belong together and
+    names the staged epoch; a staged mismatch is staged again and, if it stays, not committed."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "campaign_commit.py"
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True).stdout  # noqa: E731
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    folder = tmp_path / "results"
+    _saved_state(folder / "state", 2)
+    run = lambda: subprocess.run([sys.executable, str(script), "--folder", "results", "--tries", "2"],  # noqa: E731
+                                 cwd=tmp_path, capture_output=True, text=True)
+    r = run()
+    assert r.returncode == 0, r.stderr
+    assert git("log", "--format=%s").strip() == "hn-ct campaign: state at epoch 2, 2.00 CPU-hours"
+    _saved_state(tmp_path / "other", 3)
+    (folder / "state" / campaign.MOMENTS).write_bytes((tmp_path / "other" / campaign.MOMENTS).read_bytes())
+    r = run()
+    assert r.returncode == 1 and "no consistent state after 2 tries" in r.stderr
+    assert len(git("log", "--format=%s").splitlines()) == 1

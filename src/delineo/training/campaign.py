@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import json
 import os
 import random
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -144,6 +145,9 @@ def save_state(
     doc = {
         "format": FORMAT,
         "saved_utc": _now(),
+        # the tensors this JSON belongs with: a copy taken between the renames below (a commit
+        # while the campaign saves) is detected by check_state instead of resuming mismatched files
+        "sha256": {name: hashlib.sha256((folder / f"{name}.{tag}").read_bytes()).hexdigest() for name in (WEIGHTS, MOMENTS)},
         "optimizer_steps": steps,
         "config": config,
         "state": state,
@@ -154,6 +158,23 @@ def save_state(
     (folder / f"{MOMENTS}.{tag}").replace(folder / MOMENTS)
     (folder / f"{STATE}.{tag}").replace(folder / STATE)
     return folder
+
+
+def check_state(folder: str | Path, read: Callable[[str], bytes] | None = None) -> list[str]:
+    """What is wrong with a state folder: missing files, or tensors that are not the ones its
+    ``state.json`` was written with (a copy or commit taken while the campaign was saving).
+    ``read(name)`` gives a file's bytes (default: from ``folder``; e.g. from git's index instead).
+    An empty list: the three files belong together. States written before the checksums (no
+    ``sha256`` in ``state.json``) are only checked for presence."""
+    folder = Path(folder)
+    read = read or (lambda name: (folder / name).read_bytes())
+    try:
+        doc = json.loads(read(STATE))
+        blobs = {name: read(name) for name in (WEIGHTS, MOMENTS)}
+    except (OSError, ValueError) as exc:
+        return [f"{folder}: campaign state cannot be read ({exc})"]
+    return [f"{folder / name}: not the file {STATE} was saved with (sha256 differs; copied while the campaign was saving?)"
+            for name, want in doc.get("sha256", {}).items() if hashlib.sha256(blobs[name]).hexdigest() != want]
 
 
 def has_state(folder: str | Path) -> bool:
@@ -169,6 +190,9 @@ def load_state(
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    problems = check_state(folder)
+    if problems:
+        raise InputError(folder, "; ".join(problems))
     try:
         doc = json.loads((folder / STATE).read_text())
         weights = load_file(str(folder / WEIGHTS))
