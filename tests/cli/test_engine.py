@@ -169,3 +169,24 @@ def test_evaluate_saved_contours_matches_the_model_run(trained, tmp_path):
 def test_evaluate_needs_a_model_or_predictions(tmp_path, capsys):
     assert main(["evaluate", "--data", str(tmp_path)]) == 2
     assert "--predictions" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_reaches_the_user_as_itself_and_an_abort_exits_1(monkeypatch):
+    """main() tells a programming error from a click/typer one: the error itself propagates (it used
+    to be replaced by an AttributeError from looking up click's Abort in typer's vendored click)."""
+    import typer
+
+    import delineo.cli as cli
+
+    def boom(**_):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "app", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main(["models"])
+
+    def abort(**_):
+        raise typer.Abort()
+
+    monkeypatch.setattr(cli, "app", abort)
+    assert cli.main(["models"]) == 1

@@ -165,3 +165,22 @@ def test_campaign_commit_commits_the_staged_state_it_checked(tmp_path):
     r = run()
     assert r.returncode == 1 and "no consistent state after 2 tries" in r.stderr
     assert len(git("log", "--format=%s").splitlines()) == 1
+
+
+def test_a_segment_stopped_before_its_first_validation_on_a_new_machine_ends_cleanly(tmp_path, monkeypatch):
+    """make campaign-stop on a machine that resumed from the committed state and has not validated yet
+    (no model folder there): the state is saved and train returns (it used to fail reading model.json)."""
+    data = write_case_dataset(tmp_path / "cases")
+    d = _config(tmp_path / "first", data.root)
+    d["training"]["epochs"] = 2
+    train(TrainConfig.from_dict(d))
+    fresh = tmp_path / "fresh"
+    (fresh / "state").mkdir(parents=True)
+    for f in (tmp_path / "first" / "state").iterdir():
+        (fresh / "state" / f.name).write_bytes(f.read_bytes())
+    dd = _config(fresh, data.root)
+    dd["training"]["val_every"] = 10
+    monkeypatch.setattr(campaign, "stop_requested", lambda: True)  # as SIGTERM during the first epoch
+    train(TrainConfig.from_dict(dd))
+    assert json.loads((fresh / "state" / "state.json").read_text())["state"]["epoch"] == 3
+    assert not (fresh / "model" / "model.json").exists()

@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        import typer
+
+        # Abort (Ctrl-C at a prompt): typer's own class since typer vendors click without it
+        if isinstance(exc, tuple(a for a in (getattr(typer, "Abort", None), getattr(click.exceptions, "Abort", None)) if a)):
             return 1
         raise
     return rv if isinstance(rv, int) else 0

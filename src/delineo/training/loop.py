@@ -562,7 +562,10 @@ def _train(
     if not run.main:
         dist_info.barrier()  # until process 0 has written the model folder
         return run.output
-    _finish(run)
+    if (run.output / "model.json").is_file():
+        _finish(run)
+    else:  # a campaign segment stopped before its first validation on this machine: nothing to finish
+        print(f"{cfg.name}: no model folder on this machine yet ({run.output}: written at a sitting's first validation)", file=sys.stderr)
     dist_info.barrier()
     return run.output
 
