@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
         import typer
 
-        # Abort (Ctrl-C at a prompt): typer's own class since typer vendors click without it
-        if isinstance(exc, tuple(a for a in (getattr(typer, "Abort", None), getattr(click.exceptions, "Abort", None)) if a)):
+        if isinstance(exc, typer.Abort):  # Ctrl-C at a prompt (typer's class: its vendored click has none)
             return 1
         raise
     return rv if isinstance(rv, int) else 0
