@@ -143,6 +143,28 @@ def test_a_state_whose_tensors_are_not_those_of_its_json_is_refused(tmp_path):
     assert "cannot be read" in campaign.check_state(tmp_path / "a")[0]
 
 
+def test_a_state_loads_back_exactly_and_a_damaged_one_is_named(tmp_path):
+    """load_state restores the bf16-rounded weights and the moments; a damaged tensor file in a state
+    written before the checksums (nothing to compare) is an InputError naming the folder, not a crash."""
+    net, opt = _saved_state(tmp_path / "a", 1)
+    torch.manual_seed(9)
+    net2 = torch.nn.Conv3d(1, 2, 3)
+    opt2 = torch.optim.Adam(net2.parameters(), 1e-3)
+    state, config = campaign.load_state(tmp_path / "a", net2, opt2, torch.Generator())
+    assert state["epoch"] == 1 and config == {"name": "t"}
+    for p, q in zip(net.parameters(), net2.parameters()):
+        assert torch.equal(p.detach().to(torch.bfloat16).float(), q.detach())
+    m = opt2.state_dict()["state"][0]
+    assert float(m["step"]) == 1.0 and m["exp_avg"].shape == net.weight.shape
+    doc = json.loads((tmp_path / "a" / campaign.STATE).read_text())
+    del doc["sha256"]
+    (tmp_path / "a" / campaign.STATE).write_text(json.dumps(doc))
+    (tmp_path / "a" / campaign.WEIGHTS).write_bytes(b"\xff" * 40)
+    with pytest.raises(InputError, match="campaign state cannot be read") as err:
+        campaign.load_state(tmp_path / "a", net2, opt2, torch.Generator())
+    assert str(tmp_path / "a") in str(err.value)
+
+
 def test_campaign_commit_commits_the_staged_state_it_checked(tmp_path):
     """benchmarks/campaign_commit.py stages the folder, checks the staged files belong together and
     names the staged epoch; a staged mismatch is staged again and, if it stays, not committed."""

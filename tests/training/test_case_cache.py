@@ -75,3 +75,11 @@ def test_a_config_change_is_named_by_its_setting():
     assert _config_changes(saved, {**now, "name": "other", "network": {"deep_supervision": True}}) == [
         "name: 'hn' -> 'other'", "network: None -> {'deep_supervision': True}", "training.threads: 1 -> 2"]
     assert _config_changes(saved, saved) == []
+
+
+def test_a_long_list_of_changes_is_cut_and_counted():
+    from delineo.training.loop import _config_changes, _list_changes
+
+    changes = _config_changes({f"k{i:02d}": 1 for i in range(11)}, {f"k{i:02d}": 2 for i in range(11)})
+    assert _list_changes(changes).endswith("k07: 1 -> 2 (and 3 more)")
+    assert _list_changes(changes[:2]) == "k00: 1 -> 2; k01: 1 -> 2"

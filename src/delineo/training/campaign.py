@@ -187,17 +187,24 @@ def load_state(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load a state written by :func:`save_state` into ``network``, ``optimizer`` and the random
     states; return ``(state, config)`` (the loop's bookkeeping and the config it was written with)."""
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_tensors
 
     folder = Path(folder)
-    problems = check_state(folder)
+    # each file is read once: the bytes checked are the bytes loaded (a save between a check and
+    # a second read could otherwise pair files the check never saw)
+    try:
+        blobs = {name: (folder / name).read_bytes() for name in (STATE, WEIGHTS, MOMENTS)}
+    except OSError as exc:
+        raise InputError(folder, f"campaign state cannot be read ({exc})") from exc
+    problems = check_state(folder, read=blobs.__getitem__)
     if problems:
         raise InputError(folder, "; ".join(problems))
     try:
-        doc = json.loads((folder / STATE).read_text())
-        weights = load_file(str(folder / WEIGHTS))
-        moments = load_file(str(folder / MOMENTS))
-    except (OSError, ValueError) as exc:
+        doc = json.loads(blobs[STATE])
+        weights = load_tensors(blobs[WEIGHTS])
+        moments = load_tensors(blobs[MOMENTS])
+    except (ValueError, SafetensorError) as exc:
         raise InputError(folder, f"campaign state cannot be read ({exc})") from exc
     if doc.get("format") != FORMAT:
         raise InputError(folder / STATE, f"campaign state format {doc.get('format')!r}, this delineo reads {FORMAT}")

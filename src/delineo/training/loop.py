@@ -193,6 +193,11 @@ def _config_changes(saved: Any, current: Any, path: str = "") -> list[str]:
     return [] if saved == current else [f"{path or 'config'}: {saved!r} -> {current!r}"]
 
 
+def _list_changes(changes: list[str], limit: int = 8) -> str:
+    """``_config_changes`` for a message: the first ``limit``, then how many more."""
+    return "; ".join(changes[:limit]) + (f" (and {len(changes) - limit} more)" if len(changes) > limit else "")
+
+
 def _cache_path(cache_dir: Path, dataset: SegmentationDataset, i: int, spec: dict[str, Any]) -> Path:
     """Where case ``i`` preprocessed by ``spec`` is kept: named by a hash of its files (path, size,
     modification time), the structures, the orientation and the preprocessing, so any change misses."""
@@ -729,7 +734,7 @@ def _resume(run: _Run, resume: bool) -> None:
             if run.budget_s:
                 run.cpu_now["used"] = run.state.get("cpu_seconds", 0.0)
         elif main:
-            print(f"checkpoint {run.ckpt_path} is for a different config ({'; '.join(changes[:8])}): starting afresh", file=sys.stderr)
+            print(f"checkpoint {run.ckpt_path} is for a different config ({_list_changes(changes)}): starting afresh", file=sys.stderr)
     if camp and resume and campaign_state.has_state(camp["state"]):
         # the tracked state (committed, survives the machine) unless this machine's own checkpoint is further on
         tracked = json.loads((Path(camp["state"]) / campaign_state.STATE).read_text())["state"]
@@ -738,9 +743,10 @@ def _resume(run: _Run, resume: bool) -> None:
             changes = _config_changes(saved_config, run.config_dict)
             if changes and main:
                 print(f"note: {camp['state']} was written with other settings than {cfg.name}'s config now: "
-                      + "; ".join(changes[:8]) + (f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""), file=sys.stderr)
-            print(f"resuming campaign {cfg.name} from {camp['state']}: epoch {run.state['epoch']}, "
-                  f"{run.state.get('cpu_seconds', 0.0) / 3600:.3f} CPU-hours", file=sys.stderr)
+                      f"{_list_changes(changes)}", file=sys.stderr)
+            if main:
+                print(f"resuming campaign {cfg.name} from {camp['state']}: epoch {run.state['epoch']}, "
+                      f"{run.state.get('cpu_seconds', 0.0) / 3600:.3f} CPU-hours", file=sys.stderr)
         run.cpu_now["used"] = run.state.get("cpu_seconds", 0.0)
     if camp:
         for g in run.optimizer.param_groups:  # the learning rate where the campaign stands, from the first step
