@@ -46,6 +46,14 @@ def main() -> None:
                      "on the model grid, 33 OpenKBP validation cases; the curve: `learning_curve.png`.")
     else:
         lines.append(f"No validation yet (every {t['val_every']} epochs).")
+    bundled = ROOT / "models/hn-ct/model.json"
+    if bundled.is_file():  # the model a campaign model must beat, on the same grid and by the bundling rule
+        v = json.loads(bundled.read_text()).get("validation", {})
+        grid, ev = v.get("mean_dice_model_grid"), (v.get("evaluated") or {}).get("mean_dice")
+        if grid is not None and ev is not None:
+            lines.append(f"The bundled `hn-ct` on the same cases: {grid:.3f} on the model grid (the figure to compare the curve with), "
+                         f"{ev:.3f} by `delineo evaluate` (input grid, post-processed); a campaign model replaces it when "
+                         f"`delineo evaluate` puts it at least 0.01 higher ({ev + 0.01:.3f}).")
     lines += ["", f"`python {Path(__file__).relative_to(ROOT)}`"]
     from delineo.training.campaign import campaign_spec, write_curve
 
