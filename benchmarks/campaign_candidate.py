@@ -1,0 +1,160 @@
+"""Judge the campaign's best model so far against the bundled ``hn-ct`` by the bundling rule, and
+bundle it when it wins (issue 39, item 5).
+
+The rule (docs/benchmarks/hn-ct-cpu.md §5): ``models/hn-ct`` is replaced only when
+``delineo evaluate`` on the 33 OpenKBP validation cases (input grid, post-processed) puts the new
+model at least 0.01 mean Dice above the bundled one's recorded figure. The campaign keeps its best
+epoch by the model-grid Dice in ``runs/hn-ct-campaign/model``; this script
+
+1. copies that folder to ``runs/campaign-candidates/epoch-N`` (the training process may overwrite
+   the original at its next validation while this runs),
+2. runs ``delineo evaluate`` on it (one thread, ``nice``), and records the summary (per structure:
+   Dice, surface Dice at one voxel, HD95; the any-PTV union) with the decision in
+   ``benchmarks/results/hn-campaign/candidates.json`` and ``candidates.md``,
+3. with ``--bundle`` and a win: replaces ``models/hn-ct`` by the candidate (renamed ``hn-ct``), refits
+   its quality estimate (``delineo quality-fit``) and records its validation in the model card
+   (``delineo evaluate --model-card``). The README row, the docs and the contouring-time benchmark
+   are then updated by hand, from the figures these commands wrote.
+
+    python benchmarks/campaign_candidate.py [--model runs/hn-ct-campaign/model] [--bundle]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks/results/hn-campaign"
+BUNDLED = ROOT / "models/hn-ct"
+MARGIN = 0.01
+SUMMARY_KEYS = ("dice", "surface_dice_voxel", "hd95_mm", "n")
+
+
+def _delineo(*args: str, threads: int = 1) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    cmd = ["nice", "-n", "5", str(Path(sys.executable).parent / "delineo"), *args]
+    print("$ " + " ".join(cmd[3:]), flush=True)
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+
+
+def _summary(report: dict) -> dict:
+    return {
+        "mean_dice": report["mean_dice"],
+        "structures": {k: {m: v.get(m) for m in SUMMARY_KEYS} for k, v in report["structures"].items()},
+        "unions": {k: {m: v.get(m) for m in SUMMARY_KEYS} for k, v in report.get("unions", {}).items()},
+        "seconds_per_case": report["seconds_per_case"],
+        "precision": report["precision"],
+    }
+
+
+def _table(records: list[dict], bundled: dict) -> str:
+    names = list(records[-1]["evaluated"]["structures"]) if records else []
+    head = ["epoch", "CPU-hours", "model grid", "evaluate", "rule", "decision", *names, "any PTV", "PTV70 HD95 mm", "machine"]
+    lines = [
+        "# Campaign candidates against the bundled hn-ct", "",
+        "Each row: the campaign's best epoch so far (`runs/hn-ct-campaign/model`, chosen by the model-grid Dice),",
+        "scored by `delineo evaluate` on the 33 OpenKBP validation cases (input grid, post-processed), against the",
+        f"bundled model's recorded figure + {MARGIN} (the bundling rule). Per structure: Dice. Written by",
+        "`python benchmarks/campaign_candidate.py`.", "",
+        "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+    ]
+    union = next(iter(bundled.get("unions", {}).values()), {}).get("dice")
+    lines.append("| bundled `hn-ct` | | " + f"{bundled.get('mean_dice_model_grid', float('nan')):.3f} | {bundled['mean_dice']:.3f} | | | "
+                 + " | ".join(f"{bundled['structures'][n]['dice']:.2f}" if n in bundled["structures"] else "-" for n in names)
+                 + f" | {'-' if union is None else f'{union:.3f}'} | {bundled['structures'].get('PTV70', {}).get('hd95_mm', float('nan')):.1f} | "
+                 + bundled.get("hardware", "").removeprefix("CPU: ") + " |")
+    for r in records:
+        e = r["evaluated"]
+        union = next(iter(e["unions"].values()), {}).get("dice")
+        cells = [str(r["epoch"]), f"{r['cpu_hours']:.2f}", f"{r['model_grid_mean']:.3f}", f"**{e['mean_dice']:.3f}**",
+                 f">= {r['threshold']:.3f}", r["decision"],
+                 *[f"{e['structures'][n]['dice']:.2f}" if e["structures"].get(n, {}).get("dice") is not None else "-" for n in names],
+                 "-" if union is None else f"{union:.3f}",
+                 f"{e['structures'].get('PTV70', {}).get('hd95_mm') or float('nan'):.1f}", r["hardware"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=ROOT / "runs/hn-ct-campaign/model")
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("DELINEO_DATA", ROOT.parent / "shared/data")) / "openkbp/validation")
+    ap.add_argument("--bundle", action="store_true", help="replace models/hn-ct when the candidate wins by the rule")
+    a = ap.parse_args()
+    if not (a.model / "model.json").is_file():
+        sys.exit(f"{a.model}: no model.json (the campaign writes its best epoch there at a validation)")
+    if not a.data.is_dir():
+        sys.exit(f"{a.data}: validation cases not found (set DELINEO_DATA)")
+    meta = json.loads((a.model / "model.json").read_text())
+    epoch = meta["training"]["best_epoch"]
+    snap = ROOT / f"runs/campaign-candidates/epoch-{epoch}"
+    if not snap.is_dir():
+        shutil.copytree(a.model, snap)
+        meta = json.loads((snap / "model.json").read_text())  # the copy's own (the original may have moved on)
+        epoch = meta["training"]["best_epoch"]
+    report_path = snap / "evaluate/validation.json"
+    if not report_path.is_file():
+        _delineo("evaluate", "--model", str(snap), "--data", str(a.data), "--out", str(report_path), "--device", "cpu", "--tolerance-mm", "4")
+    evaluated = _summary(json.loads(report_path.read_text()))
+    bundled_val = json.loads((BUNDLED / "model.json").read_text())["validation"]
+    bundled = bundled_val["evaluated"]["mean_dice"]
+    threshold = bundled + MARGIN
+    wins = evaluated["mean_dice"] >= threshold
+    state = json.loads((RESULTS / "state/state.json").read_text())["state"]
+    cpu_hours = next((h["cpu_seconds"] / 3600 for h in state["history"] if h["epoch"] == epoch), float("nan"))
+    from delineo.machine import cpu_name
+
+    record = {
+        "epoch": epoch, "cpu_hours": round(cpu_hours, 3),
+        "model_grid_mean": meta["validation"]["mean_dice_model_grid"],
+        "evaluated": evaluated, "bundled_mean": bundled, "threshold": threshold,
+        "decision": "bundled" if wins and a.bundle else "wins: bundle it (--bundle)" if wins else "kept the bundled model",
+        "hardware": f"{cpu_name()}, {os.cpu_count()} cores, evaluate on 1 thread beside the campaign",
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+    }
+    path = RESULTS / "candidates.json"
+    records = [r for r in (json.loads(path.read_text()) if path.is_file() else []) if r["epoch"] != epoch] + [record]
+    records.sort(key=lambda r: r["epoch"])
+    path.write_text(json.dumps(records, indent=1) + "\n")
+    (RESULTS / "candidates.md").write_text(_table(records, {**bundled_val["evaluated"], "mean_dice_model_grid": bundled_val.get("mean_dice_model_grid")}))
+    print(f"epoch {epoch}: evaluate {evaluated['mean_dice']:.4f} against {threshold:.4f} (bundled {bundled:.4f} + {MARGIN}): {record['decision']}")
+    if wins and a.bundle:
+        _bundle(snap, a.data)
+
+
+def _bundle(snap: Path, data: Path) -> None:
+    """The candidate becomes models/hn-ct: weights, curve, a model card named hn-ct; quality refitted;
+    validation recorded by the same command as every bundled model's."""
+    tmp = BUNDLED.with_name("hn-ct.new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name in ("weights.safetensors", "learning_curve.json", "learning_curve.png"):
+        if (snap / name).is_file():
+            shutil.copy2(snap / name, tmp / name)
+    meta = json.loads((snap / "model.json").read_text())
+    meta["name"] = "hn-ct"
+    meta.pop("quality", None)
+    (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    old = BUNDLED.with_name("hn-ct.old")
+    shutil.rmtree(old, ignore_errors=True)
+    BUNDLED.rename(old)
+    tmp.rename(BUNDLED)
+    rel = os.path.relpath(data, ROOT)
+    _delineo("quality-fit", "--model", "hn-ct", "--data", rel, "--save-features", "benchmarks/results/quality/hn-ct-features.json",
+             "--out", "benchmarks/results/quality/hn-ct-fit.json")
+    _delineo("evaluate", "--model", "hn-ct", "--data", rel, "--out", "benchmarks/results/hn-ct/validation.json",
+             "--device", "cpu", "--model-card")
+    shutil.rmtree(old)
+    print(f"bundled as {BUNDLED}; now: README's model row, docs/benchmarks (models.md, hn-ct-cpu.md), "
+          "the contouring-time benchmark (benchmarks/README.md)")
+
+
+if __name__ == "__main__":
+    main()
