@@ -95,8 +95,8 @@ def main() -> None:
     meta = json.loads((a.model / "model.json").read_text())
     epoch = meta["training"]["best_epoch"]
     snap = ROOT / f"runs/campaign-candidates/epoch-{epoch}"
-    if not snap.is_dir():
-        shutil.copytree(a.model, snap)
+    if not (snap / "model.json").is_file():
+        shutil.copytree(a.model, snap, dirs_exist_ok=True)
         meta = json.loads((snap / "model.json").read_text())  # the copy's own (the original may have moved on)
         epoch = meta["training"]["best_epoch"]
     report_path = snap / "evaluate/validation.json"

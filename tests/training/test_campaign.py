@@ -206,3 +206,65 @@ def test_a_segment_stopped_before_its_first_validation_on_a_new_machine_ends_cle
     train(TrainConfig.from_dict(dd))
     assert json.loads((fresh / "state" / "state.json").read_text())["state"]["epoch"] == 3
     assert not (fresh / "model" / "model.json").exists()
+
+
+def _candidate_module(tmp_path, monkeypatch):
+    """benchmarks/campaign_candidate.py with its paths in ``tmp_path`` and delineo's commands recorded."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "campaign_candidate", Path(__file__).resolve().parents[2] / "benchmarks" / "campaign_candidate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    monkeypatch.setattr(mod, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(mod, "BUNDLED", tmp_path / "models" / "hn-ct")
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(mod, "_delineo", lambda *a, **k: calls.append(a))
+    return mod, calls
+
+
+def _report(mean: float) -> dict:
+    s = {"dice": mean, "surface_dice_voxel": 0.5, "hd95_mm": 9.0, "n": 33}
+    return {"mean_dice": mean, "structures": {"PTV70": s, "Brainstem": s}, "unions": {"any PTV": s},
+            "seconds_per_case": 3.0, "precision": "bf16", "cases": [{"case": "pt_1"}]}
+
+
+@pytest.mark.parametrize("mean, wins", [(0.709, False), (0.711, True)])
+def test_a_candidate_is_bundled_only_at_least_001_above_the_bundled_model(tmp_path, monkeypatch, mean, wins):
+    """The bundling rule: evaluate's mean Dice >= the bundled model's recorded figure + 0.01; a win
+    with --bundle replaces models/hn-ct (renamed, quality refitted, card recorded); every candidate
+    is recorded with its decision."""
+    mod, calls = _candidate_module(tmp_path, monkeypatch)
+    bundled = tmp_path / "models" / "hn-ct"
+    bundled.mkdir(parents=True)
+    (bundled / "weights.safetensors").write_bytes(b"old")
+    (bundled / "model.json").write_text(json.dumps({"name": "hn-ct", "validation": {
+        "mean_dice_model_grid": 0.68, "evaluated": {**_report(0.70), "hardware": "CPU: x"}}}))
+    (tmp_path / "results" / "state").mkdir(parents=True)
+    (tmp_path / "results" / "state" / "state.json").write_text(json.dumps(
+        {"state": {"history": [{"epoch": 50, "cpu_seconds": 7200.0}]}}))
+    cand = tmp_path / "runs" / "hn-ct-campaign" / "model"
+    cand.mkdir(parents=True)
+    (cand / "weights.safetensors").write_bytes(b"new")
+    (cand / "model.json").write_text(json.dumps({"name": "hn-ct-campaign", "training": {"best_epoch": 50},
+                                                 "validation": {"mean_dice_model_grid": 0.69}}))
+    report = tmp_path / "runs" / "campaign-candidates" / "epoch-50" / "evaluate" / "validation.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps(_report(mean)))  # scored already: the script does not evaluate again
+    (tmp_path / "val").mkdir()
+    monkeypatch.setattr(sys, "argv", ["x", "--model", str(cand), "--data", str(tmp_path / "val"), "--bundle"])
+    mod.main()
+    rec = json.loads((tmp_path / "results" / "candidates.json").read_text())
+    assert [r["epoch"] for r in rec] == [50] and rec[0]["cpu_hours"] == 2.0 and "cases" not in rec[0]["evaluated"]
+    assert rec[0]["decision"] == ("bundled" if wins else "kept the bundled model")
+    table = (tmp_path / "results" / "candidates.md").read_text()
+    assert f"**{mean:.3f}**" in table and ">= 0.710" in table
+    assert (bundled / "weights.safetensors").read_bytes() == (b"new" if wins else b"old")
+    if wins:
+        assert json.loads((bundled / "model.json").read_text())["name"] == "hn-ct"
+        assert [c[0] for c in calls] == ["quality-fit", "evaluate"] and "--model-card" in calls[1]
+        assert not (tmp_path / "models" / "hn-ct.old").exists()
+    else:
+        assert calls == []
