@@ -129,6 +129,25 @@ def main() -> None:
         _bundle(snap, a.data)
 
 
+def _campaign_record(epoch: int) -> dict:
+    """How much of the campaign the bundled epoch had: CPU-hours, steps, and the segments (machine,
+    threads, precision, epochs, CPU-hours) up to it, for the model card."""
+    doc = json.loads((RESULTS / "state/state.json").read_text())
+    state, t = doc["state"], doc["config"]["training"]
+    at = next(h for h in state["history"] if h["epoch"] == epoch)
+    segments = []
+    for seg in state.get("segments", []):
+        if seg["start_epoch"] >= epoch:
+            break
+        end = min(seg.get("end_epoch", epoch), epoch)
+        end_h = seg.get("end_cpu_hours") if end == seg.get("end_epoch") else at["cpu_seconds"] / 3600
+        segments.append({"hardware": seg["hardware"].removeprefix("CPU: "), "threads": seg["threads"], "precision": seg.get("precision"),
+                         "epochs": [seg["start_epoch"] + 1, end], "cpu_hours": round(end_h - seg["start_cpu_hours"], 3)})
+    return {"config": "configs/hn-ct-campaign.yaml", "epoch": epoch, "steps": epoch * t["steps_per_epoch"],
+            "cpu_hours": round(at["cpu_seconds"] / 3600, 3), "budget_cpu_hours": t["campaign"]["cpu_hours"],
+            "lr": at.get("lr"), "segments": segments}
+
+
 def _bundle(snap: Path, data: Path) -> None:
     """The candidate becomes models/hn-ct: weights, curve, a model card named hn-ct; quality refitted;
     validation recorded by the same command as every bundled model's."""
@@ -141,6 +160,7 @@ def _bundle(snap: Path, data: Path) -> None:
     meta = json.loads((snap / "model.json").read_text())
     meta["name"] = "hn-ct"
     meta.pop("quality", None)
+    meta["training"]["campaign"] = _campaign_record(meta["training"]["best_epoch"])
     (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     old = BUNDLED.with_name("hn-ct.old")
     shutil.rmtree(old, ignore_errors=True)

@@ -23,6 +23,8 @@ log = logging.getLogger("mkdocs.hooks.model_cards")
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 OPTIONAL_PAGES = {"security.md", "viewer.md"}
+# figures a model folder may hold, shown on its card
+FIGURES = {"training_curves.png": "Training curves", "learning_curve.png": "Learning curve (validation Dice per structure)"}
 
 
 def _models() -> list[tuple[str, dict[str, Any]]]:
@@ -62,9 +64,9 @@ def on_files(files, config, **kwargs):
     files.append(File.generated(config, "models/index.md", content=_index(models)))
     for name, meta in models:
         files.append(File.generated(config, f"models/{name}.md", content=_card(name, meta)))
-        curves = MODELS / name / "training_curves.png"
-        if curves.is_file():
-            files.append(File.generated(config, f"models/{name}-training_curves.png", abs_src_path=str(curves)))
+        for figure in FIGURES:
+            if (MODELS / name / figure).is_file():
+                files.append(File.generated(config, f"models/{name}-{figure}", abs_src_path=str(MODELS / name / figure)))
     return files
 
 
@@ -164,11 +166,20 @@ def _card(name: str, meta: dict) -> str:
     lines += [f"- command: `{tr.get('command', '-')}`"]
     lines += [f"- data: `{data.get('train')}` ({data.get('n_train')} training cases); validation: {data.get('val')} "
               f"({data.get('n_val')} cases)"]
-    lines += [f"- {tr.get('epochs')} epochs (best {tr.get('best_epoch')}), batch {cfg_t.get('batch_size')}, "
+    epochs = f"{tr['epochs']} epochs (best {tr.get('best_epoch')})" if tr.get("epochs") else f"epoch {tr.get('best_epoch')}"
+    lines += [f"- {epochs}, batch {cfg_t.get('batch_size')}, "
               f"{cfg_t.get('optimizer')} lr {cfg_t.get('lr')}, {cfg_t.get('schedule')} schedule, loss {cfg_t.get('loss')}, "
               f"seed {tr.get('seed')}"]
     if tr.get("seconds") is not None:
         lines += [f"- {tr['seconds'] / 60:.1f} min on {tr.get('hardware')} (device {tr.get('device')})"]
+    camp = tr.get("campaign")
+    if camp:
+        lines += [f"- trained by the campaign `{camp['config']}` to epoch {camp['epoch']} ({camp['steps']:,} steps, "
+                  f"{camp['cpu_hours']:.2f} of its {camp['budget_cpu_hours']} CPU-hours, learning rate {camp.get('lr')}), "
+                  f"in {len(camp['segments'])} segments:"]
+        lines += [f"    - epochs {s['epochs'][0]}-{s['epochs'][1]}: {s['cpu_hours']:.2f} CPU-hours on {s['hardware']}, "
+                  f"{s.get('precision') or 'precision not recorded'}"
+                  for s in camp["segments"]]
     init = tr.get("init_weights")
     while isinstance(init, dict):
         lines += [f"- started from `{init.get('model')}` (SHA-256 `{str(init.get('weights_sha256', ''))[:16]}…`), itself trained by "
@@ -211,6 +222,7 @@ def _card(name: str, meta: dict) -> str:
                   f"AUROC for Dice < 0.7 {_f(oof.get('auroc_dice_below_0.7'))} ({oof.get('n_dice_below_0.7')} such contours). "
                   "Details: `benchmarks/results/quality/`.", ""]
 
-    if (MODELS / name / "training_curves.png").is_file():
-        lines += ["## Training curves", "", f"![training curves of {name}]({name}-training_curves.png)", ""]
+    for figure, title in FIGURES.items():
+        if (MODELS / name / figure).is_file():
+            lines += [f"## {title}", "", f"![{title.lower()} of {name}]({name}-{figure})", ""]
     return "\n".join(lines)

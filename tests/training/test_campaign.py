@@ -243,8 +243,13 @@ def test_a_candidate_is_bundled_only_at_least_001_above_the_bundled_model(tmp_pa
     (bundled / "model.json").write_text(json.dumps({"name": "hn-ct", "validation": {
         "mean_dice_model_grid": 0.68, "evaluated": {**_report(0.70), "hardware": "CPU: x"}}}))
     (tmp_path / "results" / "state").mkdir(parents=True)
-    (tmp_path / "results" / "state" / "state.json").write_text(json.dumps(
-        {"state": {"history": [{"epoch": 50, "cpu_seconds": 7200.0}]}}))
+    segments = [{"index": 0, "hardware": "CPU: A", "threads": 1, "precision": "fp32", "start_epoch": 0, "start_cpu_hours": 0.0,
+                 "end_epoch": 30, "end_cpu_hours": 1.5},
+                {"index": 1, "hardware": "CPU: B", "threads": 2, "precision": "bf16", "start_epoch": 30, "start_cpu_hours": 1.5,
+                 "end_epoch": 60, "end_cpu_hours": 2.5}]
+    (tmp_path / "results" / "state" / "state.json").write_text(json.dumps({
+        "config": {"training": {"steps_per_epoch": 100, "campaign": {"cpu_hours": 20}}},
+        "state": {"history": [{"epoch": 50, "cpu_seconds": 7200.0, "lr": 5e-4}], "segments": segments}}))
     cand = tmp_path / "runs" / "hn-ct-campaign" / "model"
     cand.mkdir(parents=True)
     (cand / "weights.safetensors").write_bytes(b"new")
@@ -263,7 +268,11 @@ def test_a_candidate_is_bundled_only_at_least_001_above_the_bundled_model(tmp_pa
     assert f"**{mean:.3f}**" in table and ">= 0.710" in table
     assert (bundled / "weights.safetensors").read_bytes() == (b"new" if wins else b"old")
     if wins:
-        assert json.loads((bundled / "model.json").read_text())["name"] == "hn-ct"
+        card = json.loads((bundled / "model.json").read_text())
+        assert card["name"] == "hn-ct"
+        camp = card["training"]["campaign"]  # the segments up to the bundled epoch, the last one cut there
+        assert camp["steps"] == 5000 and camp["cpu_hours"] == 2.0
+        assert [(s["hardware"], s["epochs"], s["cpu_hours"]) for s in camp["segments"]] == [("A", [1, 30], 1.5), ("B", [31, 50], 0.5)]
         assert [c[0] for c in calls] == ["quality-fit", "evaluate"] and "--model-card" in calls[1]
         assert not (tmp_path / "models" / "hn-ct.old").exists()
     else:
