@@ -79,6 +79,16 @@ def _table(records: list[dict], bundled: dict) -> str:
                  "-" if union is None else f"{union:.3f}",
                  f"{e['structures'].get('PTV70', {}).get('hd95_mm') or float('nan'):.1f}", r["hardware"]]
         lines.append("| " + " | ".join(cells) + " |")
+    if records:  # what a planner reads, for the newest candidate beside the bundled model
+        r, f = records[-1], lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+        e = r["evaluated"]
+        lines += ["", f"Epoch {r['epoch']} in detail, beside the bundled model (Dice; surface Dice at one voxel, the case's largest "
+                  "voxel dimension, about 4 mm; HD95 in mm; the any-PTV union scores the three dose levels as one region):", "",
+                  "| structure | Dice | surface Dice 1 voxel | HD95 mm | bundled Dice | bundled HD95 mm | cases |", "|---|---|---|---|---|---|---|"]
+        for n, m in [*e["structures"].items(), *e["unions"].items()]:
+            b = bundled["structures"].get(n) or bundled.get("unions", {}).get(n) or {}
+            lines.append(f"| {n} | {f(m.get('dice'), '.3f')} | {f(m.get('surface_dice_voxel'), '.3f')} | {f(m.get('hd95_mm'), '.1f')} | "
+                         f"{f(b.get('dice'), '.3f')} | {f(b.get('hd95_mm'), '.1f')} | {m.get('n')} |")
     return "\n".join(lines) + "\n"
 
 
