@@ -104,6 +104,10 @@ def main() -> None:
         sys.exit(f"{a.data}: validation cases not found (set DELINEO_DATA)")
     meta = json.loads((a.model / "model.json").read_text())
     epoch = meta["training"]["best_epoch"]
+    path = RESULTS / "candidates.json"
+    done = {r["epoch"]: r for r in (json.loads(path.read_text()) if path.is_file() else [])}
+    if done.get(epoch, {}).get("decision") == "bundled":  # it is the bundled model now: nothing to compare it with
+        sys.exit(f"epoch {epoch} is bundled already (candidates.md)")
     snap = ROOT / f"runs/campaign-candidates/epoch-{epoch}"
     if not (snap / "model.json").is_file():
         shutil.copytree(a.model, snap, dirs_exist_ok=True)
@@ -129,8 +133,7 @@ def main() -> None:
         "hardware": f"{cpu_name()}, {os.cpu_count()} cores, evaluate on 1 thread beside the campaign",
         "date_utc": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
     }
-    path = RESULTS / "candidates.json"
-    records = [r for r in (json.loads(path.read_text()) if path.is_file() else []) if r["epoch"] != epoch] + [record]
+    records = [r for e, r in done.items() if e != epoch] + [record]
     records.sort(key=lambda r: r["epoch"])
     path.write_text(json.dumps(records, indent=1) + "\n")
     (RESULTS / "candidates.md").write_text(_table(records, {**bundled_val["evaluated"], "mean_dice_model_grid": bundled_val.get("mean_dice_model_grid")}))

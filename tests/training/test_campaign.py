@@ -275,5 +275,7 @@ def test_a_candidate_is_bundled_only_at_least_001_above_the_bundled_model(tmp_pa
         assert [(s["hardware"], s["epochs"], s["cpu_hours"]) for s in camp["segments"]] == [("A", [1, 30], 1.5), ("B", [31, 50], 0.5)]
         assert [c[0] for c in calls] == ["quality-fit", "evaluate"] and "--model-card" in calls[1]
         assert not (tmp_path / "models" / "hn-ct.old").exists()
+        with pytest.raises(SystemExit, match="bundled already"):  # judged again against itself, it must not be undone
+            mod.main()
     else:
         assert calls == []
