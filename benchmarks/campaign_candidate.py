@@ -40,7 +40,7 @@ SUMMARY_KEYS = ("dice", "surface_dice_voxel", "hd95_mm", "n")
 def _delineo(*args: str, threads: int = 1) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
     cmd = ["nice", "-n", "5", str(Path(sys.executable).parent / "delineo"), *args]
-    print("$ " + " ".join(cmd[3:]), flush=True)
+    print("$ delineo " + " ".join(args), flush=True)
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
 
 
