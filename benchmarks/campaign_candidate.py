@@ -102,17 +102,20 @@ def main() -> None:
         sys.exit(f"{a.model}: no model.json (the campaign writes its best epoch there at a validation)")
     if not a.data.is_dir():
         sys.exit(f"{a.data}: validation cases not found (set DELINEO_DATA)")
-    meta = json.loads((a.model / "model.json").read_text())
+    # the copy is named by the epoch it holds (the campaign may rewrite the original at any validation)
+    incoming = ROOT / "runs/campaign-candidates/incoming"
+    shutil.rmtree(incoming, ignore_errors=True)
+    shutil.copytree(a.model, incoming)
+    meta = json.loads((incoming / "model.json").read_text())
     epoch = meta["training"]["best_epoch"]
     path = RESULTS / "candidates.json"
     done = {r["epoch"]: r for r in (json.loads(path.read_text()) if path.is_file() else [])}
     if done.get(epoch, {}).get("decision") == "bundled":  # it is the bundled model now: nothing to compare it with
+        shutil.rmtree(incoming)
         sys.exit(f"epoch {epoch} is bundled already (candidates.md)")
     snap = ROOT / f"runs/campaign-candidates/epoch-{epoch}"
-    if not (snap / "model.json").is_file():
-        shutil.copytree(a.model, snap, dirs_exist_ok=True)
-        meta = json.loads((snap / "model.json").read_text())  # the copy's own (the original may have moved on)
-        epoch = meta["training"]["best_epoch"]
+    shutil.copytree(incoming, snap, dirs_exist_ok=True)  # beside an earlier evaluation of the same epoch, if any
+    shutil.rmtree(incoming)
     report_path = snap / "evaluate/validation.json"
     if not report_path.is_file():
         _delineo("evaluate", "--model", str(snap), "--data", str(a.data), "--out", str(report_path), "--device", "cpu", "--tolerance-mm", "4")
@@ -121,8 +124,9 @@ def main() -> None:
     bundled = bundled_val["evaluated"]["mean_dice"]
     threshold = bundled + MARGIN
     wins = evaluated["mean_dice"] >= threshold
-    state = json.loads((RESULTS / "state/state.json").read_text())["state"]
-    cpu_hours = next((h["cpu_seconds"] / 3600 for h in state["history"] if h["epoch"] == epoch), float("nan"))
+    state_doc = json.loads((RESULTS / "state/state.json").read_text())
+    at = next((h for h in state_doc["state"]["history"] if h["epoch"] == epoch), {})
+    cpu_hours = at["cpu_seconds"] / 3600 if "cpu_seconds" in at else float("nan")
     from delineo.machine import cpu_name
 
     record = {
@@ -139,13 +143,12 @@ def main() -> None:
     (RESULTS / "candidates.md").write_text(_table(records, {**bundled_val["evaluated"], "mean_dice_model_grid": bundled_val.get("mean_dice_model_grid")}))
     print(f"epoch {epoch}: evaluate {evaluated['mean_dice']:.4f} against {threshold:.4f} (bundled {bundled:.4f} + {MARGIN}): {record['decision']}")
     if wins and a.bundle:
-        _bundle(snap, a.data)
+        _bundle(snap, a.data, _campaign_record(state_doc, epoch))
 
 
-def _campaign_record(epoch: int) -> dict:
-    """How much of the campaign the bundled epoch had: CPU-hours, steps, and the segments (machine,
-    threads, precision, epochs, CPU-hours) up to it, for the model card."""
-    doc = json.loads((RESULTS / "state/state.json").read_text())
+def _campaign_record(doc: dict, epoch: int) -> dict:
+    """How much of the campaign (``doc``: its state.json) the bundled epoch had: CPU-hours, steps, and
+    the segments (machine, threads, precision, epochs, CPU-hours) up to it, for the model card."""
     state, t = doc["state"], doc["config"]["training"]
     at = next(h for h in state["history"] if h["epoch"] == epoch)
     segments = []
@@ -161,7 +164,7 @@ def _campaign_record(epoch: int) -> dict:
             "lr": at.get("lr"), "segments": segments}
 
 
-def _bundle(snap: Path, data: Path) -> None:
+def _bundle(snap: Path, data: Path, campaign: dict) -> None:
     """The candidate becomes models/hn-ct: weights, curve, a model card named hn-ct; quality refitted;
     validation recorded by the same command as every bundled model's."""
     tmp = BUNDLED.with_name("hn-ct.new")
@@ -173,7 +176,7 @@ def _bundle(snap: Path, data: Path) -> None:
     meta = json.loads((snap / "model.json").read_text())
     meta["name"] = "hn-ct"
     meta.pop("quality", None)
-    meta["training"]["campaign"] = _campaign_record(meta["training"]["best_epoch"])
+    meta["training"]["campaign"] = campaign
     (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     old = BUNDLED.with_name("hn-ct.old")
     shutil.rmtree(old, ignore_errors=True)

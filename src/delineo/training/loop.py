@@ -741,10 +741,10 @@ def _resume(run: _Run, resume: bool) -> None:
         if tracked.get("cpu_seconds", 0.0) >= run.state.get("cpu_seconds", 0.0):
             run.state, saved_config = campaign_state.load_state(camp["state"], run.network, run.optimizer, run.generator)
             changes = _config_changes(saved_config, run.config_dict)
-            if changes and main:
-                print(f"note: {camp['state']} was written with other settings than {cfg.name}'s config now: "
-                      f"{_list_changes(changes)}", file=sys.stderr)
             if main:
+                if changes:
+                    print(f"note: {camp['state']} was written with other settings than {cfg.name}'s config now: "
+                          f"{_list_changes(changes)}", file=sys.stderr)
                 print(f"resuming campaign {cfg.name} from {camp['state']}: epoch {run.state['epoch']}, "
                       f"{run.state.get('cpu_seconds', 0.0) / 3600:.3f} CPU-hours", file=sys.stderr)
         run.cpu_now["used"] = run.state.get("cpu_seconds", 0.0)
