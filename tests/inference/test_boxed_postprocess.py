@@ -18,7 +18,7 @@ from torch import nn
 from delineo.data.io import Image, read_image
 from delineo.data.orientation import to_orientation
 from delineo.data.transforms import resample
-from delineo.inference.predictor import Predictor, foreground_box, keep_exclusive, keep_largest_components
+from delineo.inference.predictor import Predictor, foreground_box, keep_exclusive, keep_largest_components, remove_small_components
 from delineo.inference.quality import structure_features
 from delineo.metrics.segmentation import dice
 from delineo.models.networks import NetworkSpec
@@ -62,7 +62,8 @@ def blob_bundle(spacing_mm=(4.0, 4.0, 2.5)) -> ModelBundle:
         "name": "blobs", "structures": STRUCTURES,
         "preprocess": {"orientation": "LPI", "spacing_mm": list(spacing_mm), "intensity": {"kind": "window", "low": -500, "high": 1000}},
         "inference": {"threshold": 0.5, "crop_foreground": {"threshold": -500, "margin_mm": 10}},
-        "postprocess": {"keep_largest": {"Parotid": 1, "Cord": 1, "Tiny": 1}, "exclusive": [["PTV70", "PTV63", "PTV56"]]},
+        "postprocess": {"keep_largest": {"Parotid": 1, "Cord": 1, "Tiny": 1}, "exclusive": [["PTV70", "PTV63", "PTV56"]],
+                        "min_component_cc": {"PTV56": 0.5, "PTV63": 0.5}},
     }
     return ModelBundle(None, meta, BlobNet())
 
@@ -77,6 +78,7 @@ def reference(predictor: Predictor, image: Image, probs_model: torch.Tensor, wan
     masks = (probs >= predictor.threshold).cpu().numpy()
     masks = keep_exclusive(probs, masks, predictor.structures, predictor.bundle.postprocess.get("exclusive", []))
     masks = keep_largest_components(masks, predictor.structures, predictor.bundle.postprocess.get("keep_largest", {}))
+    masks = remove_small_components(masks, predictor.structures, predictor.bundle.postprocess.get("min_component_cc", {}), image.spacing_mm)
     index = {n: i for i, n in enumerate(predictor.structures)}
     channels = [index[n] for n in wanted]
     feats = dict(zip(wanted, structure_features(probs[channels], masks[channels], image.spacing_mm)))

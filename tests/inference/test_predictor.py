@@ -11,7 +11,9 @@ from torch import nn
 
 from delineo.data.io import Image, read_image
 from delineo.errors import InputError
-from delineo.inference.predictor import Predictor, foreground_box, keep_exclusive, keep_largest_components, predict_probabilities
+from delineo.inference.predictor import (
+    Predictor, foreground_box, keep_exclusive, keep_largest_components, predict_probabilities, remove_small_components,
+)
 from delineo.metrics.segmentation import dice
 from delineo.models.networks import NetworkSpec, build_network
 from delineo.models.registry import ModelBundle, save_model
@@ -162,6 +164,28 @@ def test_keep_largest_components_by_hand():
     np.testing.assert_array_equal(keep_largest_components(empty, ["x"], {"x": 1}), empty)
 
 
+def test_remove_small_components_by_hand():
+    # at 2 mm voxels (8 mm³): a 64-voxel cube (0.512 cm³), an 8-voxel cube (0.064 cm³) and two voxels
+    # touching only at a corner (one 26-connected component, 0.016 cm³)
+    m = np.zeros((2, 20, 20, 20), bool)
+    m[0, 1:5, 1:5, 1:5] = True
+    m[0, 10:12, 10:12, 10:12] = True
+    m[0, 15, 15, 15] = m[0, 16, 16, 16] = True
+    m[1] = m[0]
+    spacing = (2.0, 2.0, 2.0)
+    kept = {v: remove_small_components(m, ["a", "b"], {"a": v}, spacing)[0].sum() for v in (0.0, 0.016, 0.017, 0.064, 0.065, 0.6)}
+    assert kept == {0.0: 74, 0.016: 74, 0.017: 72, 0.064: 72, 0.065: 64, 0.6: 0}  # a component exactly at the volume stays
+    np.testing.assert_array_equal(remove_small_components(m, ["a", "b"], {"a": 0.1}, spacing)[1], m[1])  # not listed
+    assert m[0].sum() == 74  # input untouched
+    # the voxel's volume counts: at 1 x 1 x 4 mm the 8-voxel cube is 0.032 cm³
+    assert remove_small_components(m, ["a"], {"a": 0.033}, (1.0, 1.0, 4.0))[0].sum() == 64
+    # 2D: areas in cm² (10 x 10 px of 1 mm = 1 cm²)
+    m2 = np.zeros((1, 30, 30), bool)
+    m2[0, :10, :10] = True
+    m2[0, 20:22, 20:22] = True
+    assert remove_small_components(m2, ["a"], {"a": 0.05}, (1.0, 1.0))[0].sum() == 100
+
+
 def test_keep_exclusive_by_hand():
     # three dose levels and an organ, 1 x 4 voxels: the levels overlap where two are above threshold
     probs = torch.tensor([
@@ -197,6 +221,21 @@ def test_keep_largest_in_predictor(shared_case_dataset):
     np.testing.assert_array_equal(cleaned["Ball"], shared_case_dataset.masks[case]["Ball"])
     np.testing.assert_array_equal(cleaned["Dark"], plain["Dark"])  # not listed: left alone
     assert not cleaned["Dark"][0:2, 0:2, 0:2].any()
+
+
+def test_min_component_cc_in_predictor(shared_case_dataset):
+    case = shared_case_dataset.cases[0]
+    image = read_image(shared_case_dataset.ct_path(case))
+    arr = image.array.copy()
+    arr[0:2, 0:2, 0:2] = 300  # a small bright speck away from the ball
+    speckled = image.like(arr)
+    voxel_cc = float(np.prod(image.spacing_mm)) / 1000.0
+    speck_cc = 8 * voxel_cc
+    kept = Predictor(threshold_bundle(postprocess={"min_component_cc": {"Ball": speck_cc}}), "cpu").predict(speckled)
+    assert kept["Ball"][0:2, 0:2, 0:2].all()  # exactly at the volume: kept
+    cleaned = Predictor(threshold_bundle(postprocess={"min_component_cc": {"Ball": speck_cc * 1.01}}), "cpu").predict(speckled)
+    assert not cleaned["Ball"][0:2, 0:2, 0:2].any()
+    np.testing.assert_array_equal(cleaned["Ball"], shared_case_dataset.masks[case]["Ball"])
 
 
 def test_predictor_on_model_folder(tmp_path, ct):

@@ -124,6 +124,17 @@ def test_an_estimator_fitted_with_other_inference_settings_is_not_used(tmp_path,
     assert "inference settings" in caplog.text
     assert Q.load_quality(tmp_path, {"crop_foreground": {"threshold": -500, "margin_mm": 10}}) is None
     assert Q.load_quality(tmp_path, {"threshold": 0.4}) is None
+    # the post-processing makes the masks the features are measured on
+    assert Q.load_quality(tmp_path, {"postprocess": {"keep_largest": {"PTV70": 1}}}) is None
+    est.meta["inference"] = Q.inference_signature({"postprocess": {"keep_largest": {"PTV70": 1}}})
+    est.save(tmp_path)
+    assert Q.load_quality(tmp_path, {"postprocess": {"keep_largest": {"PTV70": 1}}}) is not None
+    assert Q.load_quality(tmp_path, {"postprocess": {"keep_largest": {"PTV70": 2}}}) is None
+    # fitted before the post-processing was recorded: compared on what it records
+    est.meta["inference"] = {k: v for k, v in Q.inference_signature({}).items() if k != "postprocess"}
+    est.save(tmp_path)
+    assert Q.load_quality(tmp_path, {"postprocess": {"keep_largest": {"PTV70": 1}}}) is not None
+    assert Q.load_quality(tmp_path, {"threshold": 0.4}) is None
     del est.meta["inference"]
     est.save(tmp_path)
     assert Q.load_quality(tmp_path, {"patch_size": [64, 64, 64]}) is not None
@@ -234,7 +245,8 @@ def test_fit_evaluate_and_contour_with_a_trained_model(tmp_path, trained_2d, sha
     assert rc == 0
     stored = json.loads((model / "quality.json").read_text())
     assert len(stored["folds"]) == 4 and stored["weights_sha256"] == Q.weights_digest(model)
-    assert stored["inference"] == Q.inference_signature(json.loads((model / "model.json").read_text())["inference"])
+    meta = json.loads((model / "model.json").read_text())
+    assert stored["inference"] == Q.inference_signature({**meta["inference"], "postprocess": meta["postprocess"]})
     card = json.loads((model / "model.json").read_text())["quality"]
     assert card["file"] == "quality.json" and "quality-fit" in card["command"] and "spearman" in card["out_of_fold"]
     fit = json.loads(out.read_text())

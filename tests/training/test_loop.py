@@ -253,7 +253,7 @@ def test_reproducible_with_same_seed(tmp_path, tiny_config, image_dataset):
     assert not same_weights(a, c)
 
 
-def test_finished_run_is_not_retrained(tmp_path, tiny_config, image_dataset, monkeypatch):
+def test_finished_run_is_not_retrained(tmp_path, tiny_config, image_dataset, monkeypatch, capsys):
     cfg = TrainConfig.from_dict(tiny_config(image_dataset.root, tmp_path, epochs=2))
     out = train(cfg)
     before = (out / "weights.safetensors").read_bytes()
@@ -270,6 +270,7 @@ def test_finished_run_is_not_retrained(tmp_path, tiny_config, image_dataset, mon
     # a different config does not reuse the checkpoint; resume=False neither
     with pytest.raises(AssertionError, match="checkpoint is complete"):
         train(TrainConfig.from_dict(tiny_config(image_dataset.root, tmp_path, epochs=2, lr=0.02)))
+    assert "is for a different config (training.lr: 0.01 -> 0.02): not used, starting afresh" in capsys.readouterr().err
     with pytest.raises(AssertionError, match="checkpoint is complete"):
         train(cfg, resume=False)
 

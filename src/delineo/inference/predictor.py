@@ -13,12 +13,14 @@ Stages (timed separately, see :attr:`Predictor.timings`):
                    the whole grid at a cost proportional to the structures), threshold, one label per voxel within
                    each group of mutually exclusive structures (``exclusive``: the most probable
                    one), keep the N largest connected components per structure (MONAI
-                   ``KeepLargestConnectedComponent``)
+                   ``KeepLargestConnectedComponent``), drop components under a volume in cm³
+                   (``min_component_cc``, scikit-image ``remove_small_objects``)
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import time
 import warnings
 from typing import Any, Sequence
@@ -26,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from skimage.morphology import remove_small_objects
 from monai.inferers import sliding_window_inference
 from monai.transforms import KeepLargestConnectedComponent
 from monai.transforms.utils import generate_spatial_bounding_box
@@ -107,6 +110,29 @@ def keep_largest_components(masks: np.ndarray, structures: Sequence[str], keep: 
         if n and out[c].any():
             tool = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, num_components=int(n))
             out[c] = np.asarray(tool(torch.as_tensor(out[c][None].astype(np.uint8))))[0].astype(bool)
+    return out
+
+
+def remove_small_components(
+    masks: np.ndarray, structures: Sequence[str], min_cc: dict[str, float], spacing_mm: Sequence[float],
+) -> np.ndarray:
+    """Drop every connected component (26-connected in 3D, as :func:`keep_largest_components`) of a
+    listed structure whose volume is under ``min_cc[name]`` cm³ (area in cm² for 2D).
+
+    masks: bool ``(C, *spatial)`` on a grid of ``spacing_mm`` (mm per axis, in the array's axis order);
+    structures not in ``min_cc`` are left as they are. A structure made only of small components
+    comes out empty."""
+    out = masks.copy()
+    unit = 1000.0 if len(spacing_mm) == 3 else 100.0  # mm³ per cm³, mm² per cm²
+    voxel = float(np.prod([float(s) for s in spacing_mm]))
+    for c, name in enumerate(structures):
+        v = min_cc.get(name)
+        # a component of n voxels is dropped when n * voxel < v * unit, i.e. n <= ceil(v * unit / voxel) - 1
+        # (scikit-image's max_size, not MONAI's RemoveSmallObjects: its min_size maps onto a parameter
+        # scikit-image 0.26 deprecates, whose boundary differs by one voxel between versions)
+        largest_dropped = math.ceil(float(v) * unit / voxel) - 1 if v else 0
+        if largest_dropped >= 1 and out[c].any():
+            out[c] = remove_small_objects(out[c], max_size=largest_dropped, connectivity=out[c].ndim)
     return out
 
 
@@ -258,9 +284,11 @@ class Predictor:
 
     @property
     def inference_settings(self) -> dict[str, Any]:
-        """The settings this predictor contours with (the model's, or those given to it)."""
+        """The settings this predictor contours with (the model's, or those given to it), its
+        post-processing included."""
         return {"patch_size": self.patch_size, "overlap": self.overlap, "mirror": self.mirror,
-                "threshold": self.threshold, "crop_foreground": self.crop_foreground}
+                "threshold": self.threshold, "crop_foreground": self.crop_foreground,
+                "postprocess": self.bundle.postprocess}
 
     @property
     def structures(self) -> list[str]:
@@ -352,6 +380,7 @@ class Predictor:
         index = {name: i for i, name in enumerate(self.structures)}
         groups = [[index[n] for n in g if n in index] for g in self.bundle.postprocess.get("exclusive", [])]
         keep = self.bundle.postprocess.get("keep_largest", {})
+        min_cc = self.bundle.postprocess.get("min_component_cc", {})
         lo = min(self.threshold, FLOOR) if features else self.threshold
         boxed: dict[int, tuple[tuple[slice, ...], np.ndarray]] = {}
         info: dict[str, dict[str, Any]] = {}
@@ -368,6 +397,7 @@ class Predictor:
             names = [self.structures[c] for c in unit]
             m = keep_exclusive(p, m, names, [names] if len(unit) > 1 else [])
             m = keep_largest_components(m, names, keep)
+            m = remove_small_components(m, names, min_cc, spacing_mm)
             for k, c in enumerate(unit):
                 boxed[c] = (region, m[k])
             if features:

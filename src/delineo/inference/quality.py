@@ -211,12 +211,13 @@ def weights_digest(folder: str | Path) -> str:
 
 
 #: inference settings that change the probabilities the features are computed from
-INFERENCE_KEYS = {"patch_size": None, "overlap": 0.5, "mirror": False, "threshold": 0.5, "crop_foreground": None}
+INFERENCE_KEYS = {"patch_size": None, "overlap": 0.5, "mirror": False, "threshold": 0.5, "crop_foreground": None, "postprocess": {}}
 
 
 def inference_signature(inference: dict[str, Any]) -> dict[str, Any]:
     """The settings of ``inference`` (a model.json ``inference`` block or a Predictor's effective
-    settings) that the features depend on, with defaults filled in and in JSON form, so that an
+    settings, which include the model's ``postprocess``: the features are measured on the cleaned
+    masks) that the features depend on, with defaults filled in and in JSON form, so that an
     estimator fitted on contours made one way is not applied to contours made another way."""
     sig = {k: inference.get(k, default) for k, default in INFERENCE_KEYS.items()}
     window = sig["patch_size"] is not None
@@ -231,7 +232,8 @@ def load_quality(folder: str | Path | None, inference: dict[str, Any] | None = N
     """The estimator stored in a model folder, or None when it has none, when it was fitted for
     other weights (the model was retrained since: run ``delineo quality-fit`` again; logged), or
     when ``inference`` (the predictor's effective settings) differs from the settings it was fitted
-    with (body box, sliding window, threshold...: the features would come from other probabilities)."""
+    with (body box, sliding window, threshold, post-processing...: the features would come from other
+    probabilities or other masks)."""
     if folder is None:
         return None
     path = Path(folder) / QUALITY_JSON
@@ -253,6 +255,10 @@ def load_quality(folder: str | Path | None, inference: dict[str, Any] | None = N
         return None
     fitted_with = estimator.meta.get("inference")
     running = inference_signature(inference) if inference is not None else None
+    if running is not None and fitted_with is not None:
+        # compared on the settings the estimator records (one fitted before the post-processing was
+        # recorded is compared without it)
+        running = {k: v for k, v in running.items() if k in fitted_with}
     if running is not None and fitted_with is not None and fitted_with != running:
         log.warning("%s was fitted on contours made with inference settings %s, these are made with %s: no quality "
                     "estimate (run `delineo quality-fit` for these settings)", path, fitted_with, running)

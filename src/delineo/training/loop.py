@@ -734,7 +734,8 @@ def _resume(run: _Run, resume: bool) -> None:
             if run.budget_s:
                 run.cpu_now["used"] = run.state.get("cpu_seconds", 0.0)
         elif main:
-            print(f"checkpoint {run.ckpt_path} is for a different config ({_list_changes(changes)}): starting afresh", file=sys.stderr)
+            instead = "the campaign's state" if camp and campaign_state.has_state(camp["state"]) else "starting afresh"
+            print(f"checkpoint {run.ckpt_path} is for a different config ({_list_changes(changes)}): not used, {instead}", file=sys.stderr)
     if camp and resume and campaign_state.has_state(camp["state"]):
         # the tracked state (committed, survives the machine) unless this machine's own checkpoint is further on
         tracked = json.loads((Path(camp["state"]) / campaign_state.STATE).read_text())["state"]
