@@ -160,6 +160,12 @@ def _card(name: str, meta: dict) -> str:
     keep = (meta.get("postprocess") or {}).get("keep_largest")
     if keep:
         lines += ["- keep the largest connected components: " + ", ".join(f"{k} {v}" for k, v in keep.items())]
+    small = (meta.get("postprocess") or {}).get("min_component_cc")
+    if small:
+        lines += ["- drop connected components under a volume: " + ", ".join(f"{k} {v:g} cm³" for k, v in small.items())]
+    groups = (meta.get("postprocess") or {}).get("exclusive")
+    if groups:
+        lines += ["- one structure per voxel (the most probable) within: " + "; ".join(", ".join(g) for g in groups)]
     lines += [""]
 
     lines += ["## Training", ""]
