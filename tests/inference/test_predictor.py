@@ -208,34 +208,36 @@ def test_keep_exclusive_by_hand():
     np.testing.assert_array_equal(keep_exclusive(probs, masks, ["high", "mid", "low", "organ"], []), masks)
 
 
-def test_keep_largest_in_predictor(shared_case_dataset):
+@pytest.fixture
+def speckled(shared_case_dataset):
+    """The ball case with a small bright speck (8 voxels) in a corner, away from the ball, and its
+    reference masks."""
     case = shared_case_dataset.cases[0]
     image = read_image(shared_case_dataset.ct_path(case))
     arr = image.array.copy()
-    arr[0:2, 0:2, 0:2] = 300  # a small bright speck away from the ball
-    speckled = image.like(arr)
-    plain = Predictor(threshold_bundle(), "cpu").predict(speckled)
+    arr[0:2, 0:2, 0:2] = 300
+    return image.like(arr), shared_case_dataset.masks[case]
+
+
+def test_keep_largest_in_predictor(speckled):
+    image, reference = speckled
+    plain = Predictor(threshold_bundle(), "cpu").predict(image)
     assert plain["Ball"][0, 0, 0]
-    cleaned = Predictor(threshold_bundle(postprocess={"keep_largest": {"Ball": 1}}), "cpu").predict(speckled)
+    cleaned = Predictor(threshold_bundle(postprocess={"keep_largest": {"Ball": 1}}), "cpu").predict(image)
     assert not cleaned["Ball"][0:2, 0:2, 0:2].any()
-    np.testing.assert_array_equal(cleaned["Ball"], shared_case_dataset.masks[case]["Ball"])
+    np.testing.assert_array_equal(cleaned["Ball"], reference["Ball"])
     np.testing.assert_array_equal(cleaned["Dark"], plain["Dark"])  # not listed: left alone
     assert not cleaned["Dark"][0:2, 0:2, 0:2].any()
 
 
-def test_min_component_cc_in_predictor(shared_case_dataset):
-    case = shared_case_dataset.cases[0]
-    image = read_image(shared_case_dataset.ct_path(case))
-    arr = image.array.copy()
-    arr[0:2, 0:2, 0:2] = 300  # a small bright speck away from the ball
-    speckled = image.like(arr)
-    voxel_cc = float(np.prod(image.spacing_mm)) / 1000.0
-    speck_cc = 8 * voxel_cc
-    kept = Predictor(threshold_bundle(postprocess={"min_component_cc": {"Ball": speck_cc}}), "cpu").predict(speckled)
+def test_min_component_cc_in_predictor(speckled):
+    image, reference = speckled
+    speck_cc = 8 * float(np.prod(image.spacing_mm)) / 1000.0
+    kept = Predictor(threshold_bundle(postprocess={"min_component_cc": {"Ball": speck_cc}}), "cpu").predict(image)
     assert kept["Ball"][0:2, 0:2, 0:2].all()  # exactly at the volume: kept
-    cleaned = Predictor(threshold_bundle(postprocess={"min_component_cc": {"Ball": speck_cc * 1.01}}), "cpu").predict(speckled)
+    cleaned = Predictor(threshold_bundle(postprocess={"min_component_cc": {"Ball": speck_cc * 1.01}}), "cpu").predict(image)
     assert not cleaned["Ball"][0:2, 0:2, 0:2].any()
-    np.testing.assert_array_equal(cleaned["Ball"], shared_case_dataset.masks[case]["Ball"])
+    np.testing.assert_array_equal(cleaned["Ball"], reference["Ball"])
 
 
 def test_predictor_on_model_folder(tmp_path, ct):
