@@ -28,10 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from skimage.morphology import remove_small_objects
 from monai.inferers import sliding_window_inference
 from monai.transforms import KeepLargestConnectedComponent
 from monai.transforms.utils import generate_spatial_bounding_box
+from skimage.morphology import remove_small_objects
 
 from delineo.data.boxes import bounding_box
 from delineo.data.io import Image, grid_affine, is_png

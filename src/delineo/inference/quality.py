@@ -210,7 +210,8 @@ def weights_digest(folder: str | Path) -> str:
     return h.hexdigest()
 
 
-#: inference settings that change the probabilities the features are computed from
+#: inference settings that change the probabilities the features are computed from, and the
+#: post-processing that changes the masks they are measured on
 INFERENCE_KEYS = {"patch_size": None, "overlap": 0.5, "mirror": False, "threshold": 0.5, "crop_foreground": None, "postprocess": {}}
 
 
