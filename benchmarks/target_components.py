@@ -105,7 +105,8 @@ def main() -> None:
     args = ap.parse_args()
     predictor = Predictor(args.model, "cpu")
     bundled = dict(predictor.bundle.postprocess)
-    rules_bundled = {n: v for n, v in bundled.get("min_component_cc", {}).items() if n in LEVELS}
+    rules_bundled = {f"{family}:{n}": v for family in ("min_component_cc", "keep_largest")
+                     for n, v in bundled.get(family, {}).items() if n in LEVELS}
     # the targets as the network draws them: no target rule (the organs' keep_largest stays)
     predictor.bundle.meta["postprocess"] = {
         **bundled, "min_component_cc": {k: v for k, v in bundled.get("min_component_cc", {}).items() if k not in LEVELS},

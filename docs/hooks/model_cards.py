@@ -157,15 +157,14 @@ def _card(name: str, meta: dict) -> str:
     inf = meta.get("inference") or {}
     lines += [f"- inference: {'whole image' if not inf.get('patch_size') else 'sliding window ' + str(inf['patch_size'])}, "
               f"threshold {inf.get('threshold')}, mirroring {inf.get('mirror')}"]
-    keep = (meta.get("postprocess") or {}).get("keep_largest")
-    if keep:
-        lines += ["- keep the largest connected components: " + ", ".join(f"{k} {v}" for k, v in keep.items())]
-    small = (meta.get("postprocess") or {}).get("min_component_cc")
-    if small:
-        lines += ["- drop connected components under a volume: " + ", ".join(f"{k} {v:g} cm³" for k, v in small.items())]
-    groups = (meta.get("postprocess") or {}).get("exclusive")
-    if groups:
-        lines += ["- one structure per voxel (the most probable) within: " + "; ".join(", ".join(g) for g in groups)]
+    post = meta.get("postprocess") or {}
+    if post.get("keep_largest"):
+        lines += ["- keep the largest connected components: " + ", ".join(f"{k} {v}" for k, v in post["keep_largest"].items())]
+    if post.get("min_component_cc"):
+        lines += ["- drop connected components under a volume: "
+                  + ", ".join(f"{k} {v:g} cm³" for k, v in post["min_component_cc"].items())]
+    if post.get("exclusive"):
+        lines += ["- one structure per voxel (the most probable) within: " + "; ".join(", ".join(g) for g in post["exclusive"])]
     lines += [""]
 
     lines += ["## Training", ""]

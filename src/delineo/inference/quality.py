@@ -260,10 +260,10 @@ def load_quality(folder: str | Path | None, inference: dict[str, Any] | None = N
         # compared on the settings the estimator records (one fitted before the post-processing was
         # recorded is compared without it)
         running = {k: v for k, v in running.items() if k in fitted_with}
-    if running is not None and fitted_with is not None and fitted_with != running:
-        log.warning("%s was fitted on contours made with inference settings %s, these are made with %s: no quality "
-                    "estimate (run `delineo quality-fit` for these settings)", path, fitted_with, running)
-        return None
+        if fitted_with != running:
+            log.warning("%s was fitted on contours made with inference settings %s, these are made with %s: no quality "
+                        "estimate (run `delineo quality-fit` for these settings)", path, fitted_with, running)
+            return None
     return estimator
 
 
