@@ -143,14 +143,16 @@ def main() -> None:
     (RESULTS / "candidates.md").write_text(_table(records, {**bundled_val["evaluated"], "mean_dice_model_grid": bundled_val.get("mean_dice_model_grid")}))
     print(f"epoch {epoch}: evaluate {evaluated['mean_dice']:.4f} against {threshold:.4f} (bundled {bundled:.4f} + {MARGIN}): {record['decision']}")
     if wins and a.bundle:
-        _bundle(snap, a.data, _campaign_record(state_doc, epoch))
+        if not at:
+            sys.exit(f"epoch {epoch} is not in the campaign's history ({RESULTS / 'state/state.json'}): not bundled")
+        _bundle(snap, a.data, _campaign_record(state_doc, at))
 
 
-def _campaign_record(doc: dict, epoch: int) -> dict:
-    """How much of the campaign (``doc``: its state.json) the bundled epoch had: CPU-hours, steps, and
-    the segments (machine, threads, precision, epochs, CPU-hours) up to it, for the model card."""
-    state, t = doc["state"], doc["config"]["training"]
-    at = next(h for h in state["history"] if h["epoch"] == epoch)
+def _campaign_record(doc: dict, at: dict) -> dict:
+    """How much of the campaign (``doc``: its state.json; ``at``: the bundled epoch's record in its
+    history) the bundled epoch had: CPU-hours, steps, and the segments (machine, threads, precision,
+    epochs, CPU-hours) up to it, for the model card."""
+    state, t, epoch = doc["state"], doc["config"]["training"], at["epoch"]
     segments = []
     for seg in state.get("segments", []):
         if seg["start_epoch"] >= epoch:

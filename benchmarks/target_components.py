@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 
-from delineo.data.boxes import bounding_box
 from delineo.data.datasets import open_dataset
 from delineo.data.io import Image
 from delineo.inference.predictor import Predictor, keep_largest_components, remove_small_components
@@ -66,21 +65,9 @@ def apply_rule(mask: np.ndarray, rule: str, spacing_mm) -> np.ndarray:
     return keep_largest_components(mask[None], ["t"], {"t": int(value)})[0]
 
 
-def _crop(pred: np.ndarray, ref: np.ndarray, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Both masks inside the box around their union plus ``margin`` voxels: surface distances are
-    unchanged (every edge voxel and its neighbours stay inside), at a cost proportional to the
-    structures instead of the 128³ grid."""
-    box = bounding_box(pred | ref)
-    if box is None:
-        return pred, ref
-    box = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, pred.shape))
-    return pred[box], ref[box]
-
-
 def score(pred: np.ndarray, ref: np.ndarray, spacing_mm) -> dict[str, float]:
-    p, r = _crop(pred, ref)
-    return {"dice": dice(p, r), "hd95_mm": hd95(p, r, spacing_mm),
-            "surface_dice_voxel": surface_dice(p, r, spacing_mm, float(max(spacing_mm)))}
+    return {"dice": dice(pred, ref), "hd95_mm": hd95(pred, ref, spacing_mm),
+            "surface_dice_voxel": surface_dice(pred, ref, spacing_mm, float(max(spacing_mm)))}
 
 
 def choose(summary: dict[str, dict[str, float]]) -> str:

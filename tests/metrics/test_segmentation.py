@@ -178,3 +178,29 @@ def test_label_agreement_dice_hard_and_soft():
     torch.testing.assert_close(label_agreement(probs, label, (1, 1), "soft_dice"), torch.tensor([2 / 3, 0.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="agreement measure"):
         label_agreement(probs, label, (1, 1), "hausdorff")
+
+
+@pytest.mark.parametrize("where", ["inside", "at the grid's edge", "torch tensors"])
+def test_surface_metrics_on_the_union_box_equal_monai_on_the_whole_grid(where):
+    """The surface distances are taken inside the box around both masks: the values must be MONAI's
+    own on the uncropped grid, for a shifted, speckled structure with a stray island far away, and
+    for one that touches the grid's faces (where no margin fits)."""
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
+
+    rng = np.random.default_rng(3)
+    ref = np.zeros((40, 36, 30), bool)
+    ref[(slice(10, 25), slice(12, 30), slice(5, 20)) if where != "at the grid's edge" else (slice(0, 20), slice(20, 36), slice(0, 30))] = True
+    pred = np.roll(ref, 3, axis=0) & (rng.random(ref.shape) > 0.05)
+    pred[35:38, 2:4, 25:28] = True
+    spacing = (1.5, 1.0, 2.5)
+    p, r = torch.as_tensor(pred)[None, None].float(), torch.as_tensor(ref)[None, None].float()
+    whole = {
+        "hd95": float(compute_hausdorff_distance(p, r, include_background=True, spacing=list(spacing), percentile=95)[0, 0]),
+        "asd": float(compute_average_surface_distance(p, r, include_background=True, spacing=list(spacing), symmetric=True)[0, 0]),
+        "sd": float(compute_surface_dice(torch.cat([1 - p, p], 1), torch.cat([1 - r, r], 1), class_thresholds=[2.5],
+                                         include_background=False, spacing=list(spacing))[0, 0]),
+    }
+    a, b = (torch.as_tensor(pred), torch.as_tensor(ref)) if where == "torch tensors" else (pred, ref)
+    assert hd95(a, b, spacing) == pytest.approx(whole["hd95"], abs=1e-6)
+    assert average_surface_distance(a, b, spacing) == pytest.approx(whole["asd"], abs=1e-6)
+    assert surface_dice(a, b, spacing, 2.5) == pytest.approx(whole["sd"], abs=1e-6)

@@ -11,6 +11,11 @@ case               dice   hd95    asd    surface dice
 both empty         1.0    0.0     0.0    1.0
 one of them empty  0.0    inf     inf    0.0
 =================  =====  ======  =====  ============
+
+Surface distances are computed inside the box around both masks plus a margin of
+``SURFACE_MARGIN`` voxels (MONAI's ``generate_spatial_bounding_box``): every edge voxel and its
+neighbours stay inside, so the values equal the whole grid's, at a cost that follows the
+structures' size instead of the grid's (several times faster for an organ on a 128³ grid).
 """
 
 from __future__ import annotations
@@ -27,16 +32,28 @@ from monai.metrics import (
     compute_hausdorff_distance,
     compute_surface_dice,
 )
+from monai.transforms.utils import generate_spatial_bounding_box
 
 # MONAI 1.5 warns about its own deprecated argument on every surface-distance call
 warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
 
+SURFACE_MARGIN = 2  # voxels kept around the union of both masks for the surface distances (>= 1)
 
-def _pair(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+
+def _pair(
+    pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor, crop: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both masks as ``(1, 1, *spatial)`` float tensors; with ``crop`` only the box around their
+    union plus ``SURFACE_MARGIN`` voxels (both must hold a voxel)."""
     p = torch.as_tensor(np.ascontiguousarray(pred) if not isinstance(pred, torch.Tensor) else pred).bool()
     r = torch.as_tensor(np.ascontiguousarray(ref) if not isinstance(ref, torch.Tensor) else ref).bool()
     if p.shape != r.shape:
         raise ValueError(f"prediction shape {tuple(p.shape)} != reference shape {tuple(r.shape)}")
+    if crop:
+        # MONAI's box reaches past the grid by the margin where a mask touches a face (meant for padding)
+        start, end = generate_spatial_bounding_box((p | r)[None], margin=SURFACE_MARGIN)
+        box = tuple(slice(max(0, int(a)), int(b)) for a, b in zip(start, end))
+        p, r = p[box], r[box]
     return p[None, None].float(), r[None, None].float()
 
 
@@ -61,7 +78,7 @@ def _distance(fn, pred, ref, spacing_mm: Sequence[float], **kwargs) -> float:
         return 0.0
     if pe or re:
         return math.inf
-    p, r = _pair(pred, ref)
+    p, r = _pair(pred, ref, crop=True)
     return float(fn(p, r, include_background=True, spacing=[float(s) for s in spacing_mm], **kwargs)[0, 0])
 
 
@@ -82,7 +99,7 @@ def surface_dice(pred, ref, spacing_mm: Sequence[float], tolerance_mm: float = 2
         return 1.0
     if pe or re:
         return 0.0
-    p, r = _pair(pred, ref)
+    p, r = _pair(pred, ref, crop=True)
     # MONAI's surface Dice expects one-hot input with a background channel it can skip
     p2 = torch.cat([1 - p, p], dim=1)
     r2 = torch.cat([1 - r, r], dim=1)
