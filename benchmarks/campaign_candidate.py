@@ -17,6 +17,10 @@ epoch by the model-grid Dice in ``runs/hn-ct-campaign/model``; this script
    are then updated by hand, from the figures these commands wrote.
 
     python benchmarks/campaign_candidate.py [--model runs/hn-ct-campaign/model] [--bundle]
+
+A cooldown branch (``benchmarks/campaign_cooldown.py``) is judged the same way, with its own state
+for the CPU-hours and segments: ``--model runs/campaign-cooldown/epoch-N/model --state
+runs/campaign-cooldown/epoch-N/state``; its rows name the branch.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/hn-campaign"
 BUNDLED = ROOT / "models/hn-ct"
 MARGIN = 0.01
+CAMPAIGN = "hn-ct-campaign"  # the campaign's run name; a cooldown branch has its own
 SUMMARY_KEYS = ("dice", "surface_dice_voxel", "hd95_mm", "n")
 
 
@@ -54,6 +59,11 @@ def _summary(report: dict) -> dict:
     }
 
 
+def _label(r: dict) -> str:
+    """A record's epoch, with the run's name when it is not the campaign itself (a cooldown branch)."""
+    return str(r["epoch"]) if r.get("run", CAMPAIGN) == CAMPAIGN else f"{r['epoch']} ({r['run']})"
+
+
 def _table(records: list[dict], bundled: dict) -> str:
     names = list(records[-1]["evaluated"]["structures"]) if records else []
     head = ["epoch", "CPU-hours", "model grid", "evaluate", "rule", "decision", *names, "any PTV", "PTV70 HD95 mm", "machine"]
@@ -62,7 +72,8 @@ def _table(records: list[dict], bundled: dict) -> str:
         "Each row: the campaign's best epoch so far (`runs/hn-ct-campaign/model`, chosen by the model-grid Dice),",
         "scored by `delineo evaluate` on the 33 OpenKBP validation cases (input grid, post-processed), against the",
         f"bundled model's recorded figure + {MARGIN} (the bundling rule). Per structure: Dice. Written by",
-        "`python benchmarks/campaign_candidate.py`.", "",
+        "`python benchmarks/campaign_candidate.py`. A row whose epoch names a run is a cooldown branch",
+        "(`benchmarks/campaign_cooldown.py`: a copy of the campaign's state, its learning rate decayed to zero).", "",
         "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
     ]
     union = next(iter(bundled.get("unions", {}).values()), {}).get("dice")
@@ -73,7 +84,7 @@ def _table(records: list[dict], bundled: dict) -> str:
     for r in records:
         e = r["evaluated"]
         union = next(iter(e["unions"].values()), {}).get("dice")
-        cells = [str(r["epoch"]), f"{r['cpu_hours']:.2f}", f"{r['model_grid_mean']:.3f}", f"**{e['mean_dice']:.3f}**",
+        cells = [_label(r), f"{r['cpu_hours']:.2f}", f"{r['model_grid_mean']:.3f}", f"**{e['mean_dice']:.3f}**",
                  f">= {r['threshold']:.3f}", r["decision"],
                  *[f"{e['structures'][n]['dice']:.2f}" if e["structures"].get(n, {}).get("dice") is not None else "-" for n in names],
                  "-" if union is None else f"{union:.3f}",
@@ -82,7 +93,7 @@ def _table(records: list[dict], bundled: dict) -> str:
     if records:  # what a planner reads, for the newest candidate beside the bundled model
         r, f = records[-1], lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
         e = r["evaluated"]
-        lines += ["", f"Epoch {r['epoch']} in detail, beside the bundled model (Dice; surface Dice at one voxel, the case's largest "
+        lines += ["", f"Epoch {_label(r)} in detail, beside the bundled model (Dice; surface Dice at one voxel, the case's largest "
                   "voxel dimension, about 4 mm; HD95 in mm; the any-PTV union scores the three dose levels as one region):", "",
                   "| structure | Dice | surface Dice 1 voxel | HD95 mm | bundled Dice | bundled HD95 mm | cases |", "|---|---|---|---|---|---|---|"]
         for n, m in [*e["structures"].items(), *e["unions"].items()]:
@@ -96,6 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=ROOT / "runs/hn-ct-campaign/model")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("DELINEO_DATA", ROOT.parent / "shared/data")) / "openkbp/validation")
+    ap.add_argument("--state", type=Path, default=None, help="the run's state folder (default: the campaign's)")
     ap.add_argument("--bundle", action="store_true", help="replace models/hn-ct when the candidate wins by the rule")
     a = ap.parse_args()
     if not (a.model / "model.json").is_file():
@@ -107,13 +119,13 @@ def main() -> None:
     shutil.rmtree(incoming, ignore_errors=True)
     shutil.copytree(a.model, incoming)
     meta = json.loads((incoming / "model.json").read_text())
-    epoch = meta["training"]["best_epoch"]
+    epoch, run = meta["training"]["best_epoch"], meta.get("name", CAMPAIGN)
     path = RESULTS / "candidates.json"
-    done = {r["epoch"]: r for r in (json.loads(path.read_text()) if path.is_file() else [])}
-    if done.get(epoch, {}).get("decision") == "bundled":  # it is the bundled model now: nothing to compare it with
+    done = {(r.get("run", CAMPAIGN), r["epoch"]): r for r in (json.loads(path.read_text()) if path.is_file() else [])}
+    if done.get((run, epoch), {}).get("decision") == "bundled":  # it is the bundled model now: nothing to compare it with
         shutil.rmtree(incoming)
-        sys.exit(f"epoch {epoch} is bundled already (candidates.md)")
-    snap = ROOT / f"runs/campaign-candidates/epoch-{epoch}"
+        sys.exit(f"epoch {epoch} of {run} is bundled already (candidates.md)")
+    snap = ROOT / "runs/campaign-candidates" / (f"epoch-{epoch}" if run == CAMPAIGN else f"{run}-epoch-{epoch}")
     shutil.copytree(incoming, snap, dirs_exist_ok=True)  # beside an earlier evaluation of the same epoch, if any
     shutil.rmtree(incoming)
     report_path = snap / "evaluate/validation.json"
@@ -124,34 +136,36 @@ def main() -> None:
     bundled = bundled_val["evaluated"]["mean_dice"]
     threshold = bundled + MARGIN
     wins = evaluated["mean_dice"] >= threshold
-    state_doc = json.loads((RESULTS / "state/state.json").read_text())
+    state_path = (a.state or RESULTS / "state") / "state.json"
+    state_doc = json.loads(state_path.read_text())
     at = next((h for h in state_doc["state"]["history"] if h["epoch"] == epoch), {})
     cpu_hours = at["cpu_seconds"] / 3600 if "cpu_seconds" in at else float("nan")
     from delineo.machine import cpu_name
 
     record = {
-        "epoch": epoch, "cpu_hours": round(cpu_hours, 3),
+        "run": run, "epoch": epoch, "cpu_hours": round(cpu_hours, 3),
         "model_grid_mean": meta["validation"]["mean_dice_model_grid"],
         "evaluated": evaluated, "bundled_mean": bundled, "threshold": threshold,
         "decision": "bundled" if wins and a.bundle else "wins: bundle it (--bundle)" if wins else "kept the bundled model",
         "hardware": f"{cpu_name()}, {os.cpu_count()} cores, evaluate on 1 thread beside the campaign",
         "date_utc": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
     }
-    records = [r for e, r in done.items() if e != epoch] + [record]
-    records.sort(key=lambda r: r["epoch"])
+    records = [r for k, r in done.items() if k != (run, epoch)] + [record]
+    records.sort(key=lambda r: (r["epoch"], r.get("run", CAMPAIGN) != CAMPAIGN))
     path.write_text(json.dumps(records, indent=1) + "\n")
     (RESULTS / "candidates.md").write_text(_table(records, {**bundled_val["evaluated"], "mean_dice_model_grid": bundled_val.get("mean_dice_model_grid")}))
     print(f"epoch {epoch}: evaluate {evaluated['mean_dice']:.4f} against {threshold:.4f} (bundled {bundled:.4f} + {MARGIN}): {record['decision']}")
     if wins and a.bundle:
         if not at:
-            sys.exit(f"epoch {epoch} is not in the campaign's history ({RESULTS / 'state/state.json'}): not bundled")
-        _bundle(snap, a.data, _campaign_record(state_doc, at))
+            sys.exit(f"epoch {epoch} is not in the run's history ({state_path}): not bundled")
+        _bundle(snap, a.data, _campaign_record(state_doc, at, run))
 
 
-def _campaign_record(doc: dict, at: dict) -> dict:
-    """How much of the campaign (``doc``: its state.json; ``at``: the bundled epoch's record in its
-    history) the bundled epoch had: CPU-hours, steps, and the segments (machine, threads, precision,
-    epochs, CPU-hours) up to it, for the model card."""
+def _campaign_record(doc: dict, at: dict, run: str = CAMPAIGN) -> dict:
+    """How much of the campaign (``doc``: the run's state.json; ``at``: the bundled epoch's record in
+    its history) the bundled epoch had: CPU-hours, steps, and the segments (machine, threads,
+    precision, epochs, CPU-hours) up to it, for the model card; for a cooldown branch (``run``) also
+    where its decay began and ended."""
     state, t, epoch = doc["state"], doc["config"]["training"], at["epoch"]
     segments = []
     for seg in state.get("segments", []):
@@ -161,9 +175,15 @@ def _campaign_record(doc: dict, at: dict) -> dict:
         end_h = seg.get("end_cpu_hours") if end == seg.get("end_epoch") else at["cpu_seconds"] / 3600
         segments.append({"hardware": seg["hardware"].removeprefix("CPU: "), "threads": seg["threads"], "precision": seg.get("precision"),
                          "epochs": [seg["start_epoch"] + 1, end], "cpu_hours": round(end_h - seg["start_cpu_hours"], 3)})
-    return {"config": "configs/hn-ct-campaign.yaml", "epoch": epoch, "steps": epoch * t["steps_per_epoch"],
-            "cpu_hours": round(at["cpu_seconds"] / 3600, 3), "budget_cpu_hours": t["campaign"]["cpu_hours"],
-            "lr": at.get("lr"), "segments": segments}
+    out = {"config": "configs/hn-ct-campaign.yaml", "epoch": epoch, "steps": epoch * t["steps_per_epoch"],
+           "cpu_hours": round(at["cpu_seconds"] / 3600, 3), "budget_cpu_hours": t["campaign"]["cpu_hours"],
+           "lr": at.get("lr"), "segments": segments}
+    if run != CAMPAIGN:
+        c = t["campaign"]
+        out["cooldown"] = {"run": run, "script": "benchmarks/campaign_cooldown.py", "decay": c.get("decay", "linear"),
+                           "from_cpu_hours": c["constant_until_cpu_hours"], "to_cpu_hours": c["cpu_hours"],
+                           "note": "a copy of the campaign's state, its learning rate decayed to zero; the campaign went on without it"}
+    return out
 
 
 def _bundle(snap: Path, data: Path, campaign: dict) -> None:

@@ -279,3 +279,91 @@ def test_a_candidate_is_bundled_only_at_least_001_above_the_bundled_model(tmp_pa
             mod.main()
     else:
         assert calls == []
+
+
+@pytest.mark.timeout(600)
+def test_a_cooldown_branch_anneals_a_copy_to_zero_and_leaves_the_campaign_alone(tmp_path, monkeypatch):
+    """benchmarks/campaign_cooldown.py: the branch resumes a copy of the campaign's state, its
+    learning rate falls from the peak to zero over the CPU-hours asked for, it writes its own model
+    (the copied best is cleared), and the campaign's state is not touched."""
+    import hashlib
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    data = write_case_dataset(tmp_path / "cases")
+    d = _config(tmp_path / "camp", data.root, hours=1.0)
+    d["training"]["epochs"] = 2
+    train(TrainConfig.from_dict(d))
+    state = tmp_path / "camp" / "state"
+    before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in state.iterdir()}
+    start_h = json.loads((state / "state.json").read_text())["state"]["cpu_seconds"] / 3600
+    d["training"]["epochs"] = 100
+    (tmp_path / "camp.yaml").write_text(yaml.safe_dump(d))
+
+    spec = importlib.util.spec_from_file_location(
+        "campaign_cooldown", Path(__file__).resolve().parents[2] / "benchmarks" / "campaign_cooldown.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    monkeypatch.setattr(mod, "RUNS", tmp_path / "runs" / "campaign-cooldown")
+    hours = 4e-4  # 1.4 CPU-seconds: a few of these tiny epochs
+    monkeypatch.setattr(sys, "argv", ["x", "--config", str(tmp_path / "camp.yaml"), "--cpu-hours", str(hours)])
+    mod.main()
+
+    branch = tmp_path / "runs" / "campaign-cooldown" / "epoch-2"
+    cfg = yaml.safe_load((branch / "config.yaml").read_text())
+    camp = cfg["training"]["campaign"]
+    assert camp["constant_until_cpu_hours"] == pytest.approx(start_h) and camp["cpu_hours"] == pytest.approx(start_h + hours)
+    assert cfg["name"] == "hn-ct-cooldown-2" and cfg["network"] == d["network"] and cfg["data"] == d["data"]
+    out = json.loads((branch / "state" / "state.json").read_text())["state"]
+    new = out["history"][2:]
+    assert len(new) >= 2 and out["cpu_seconds"] >= (start_h + hours) * 3600
+    lrs = [h["lr"] for h in new]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] <= 0.01 and lrs[-1] < 0.01 * 0.5  # from the peak down towards zero
+    assert len(out["segments"]) == 2
+    assert json.loads((branch / "model" / "model.json").read_text())["training"]["best_epoch"] > 2
+    assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in state.iterdir()} == before
+    with pytest.raises(SystemExit, match="exists"):  # one branch per epoch: a second start is refused
+        mod.main()
+
+
+def test_a_cooldown_candidate_is_recorded_under_its_run_and_its_card_says_so(tmp_path, monkeypatch):
+    """A branch's epoch is judged by the same rule, keyed by (run, epoch) beside the campaign's own
+    epoch of the same number, with its CPU-hours from its own state; bundled, its card records the decay."""
+    mod, calls = _candidate_module(tmp_path, monkeypatch)
+    bundled = tmp_path / "models" / "hn-ct"
+    bundled.mkdir(parents=True)
+    (bundled / "model.json").write_text(json.dumps({"name": "hn-ct", "validation": {
+        "mean_dice_model_grid": 0.68, "evaluated": {**_report(0.70), "hardware": "CPU: x"}}}))
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "candidates.json").write_text(json.dumps([{  # the campaign's own epoch 60, judged before
+        "epoch": 60, "cpu_hours": 3.0, "model_grid_mean": 0.69, "evaluated": _report(0.705), "threshold": 0.71,
+        "decision": "kept the bundled model", "hardware": "A"}]))
+    branch = tmp_path / "runs" / "campaign-cooldown" / "epoch-50"
+    (branch / "state").mkdir(parents=True)
+    (branch / "state" / "state.json").write_text(json.dumps({
+        "config": {"training": {"steps_per_epoch": 100, "campaign": {"cpu_hours": 2.5, "constant_until_cpu_hours": 2.0}}},
+        "state": {"history": [{"epoch": 60, "cpu_seconds": 9000.0, "lr": 1e-6}], "segments": [
+            {"hardware": "CPU: A", "threads": 2, "precision": "bf16", "start_epoch": 0, "start_cpu_hours": 0.0, "end_epoch": 50, "end_cpu_hours": 2.0},
+            {"hardware": "CPU: B", "threads": 1, "precision": "bf16", "start_epoch": 50, "start_cpu_hours": 2.0, "end_epoch": 60, "end_cpu_hours": 2.5}]}}))
+    (branch / "model").mkdir()
+    (branch / "model" / "weights.safetensors").write_bytes(b"cooled")
+    (branch / "model" / "model.json").write_text(json.dumps({"name": "hn-ct-cooldown-50", "training": {"best_epoch": 60},
+                                                            "validation": {"mean_dice_model_grid": 0.70}}))
+    report = tmp_path / "runs" / "campaign-candidates" / "hn-ct-cooldown-50-epoch-60" / "evaluate" / "validation.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps(_report(0.72)))
+    (tmp_path / "val").mkdir()
+    monkeypatch.setattr(sys, "argv", ["x", "--model", str(branch / "model"), "--state", str(branch / "state"),
+                                      "--data", str(tmp_path / "val"), "--bundle"])
+    mod.main()
+    rec = json.loads((tmp_path / "results" / "candidates.json").read_text())
+    assert [(r.get("run"), r["epoch"]) for r in rec] == [(None, 60), ("hn-ct-cooldown-50", 60)]
+    assert rec[1]["cpu_hours"] == 2.5 and rec[1]["decision"] == "bundled"
+    assert "| 60 (hn-ct-cooldown-50) | 2.50 |" in (tmp_path / "results" / "candidates.md").read_text()
+    card = json.loads((bundled / "model.json").read_text())["training"]["campaign"]
+    assert card["cooldown"]["from_cpu_hours"] == 2.0 and card["cooldown"]["to_cpu_hours"] == 2.5
+    assert [s["epochs"] for s in card["segments"]] == [[1, 50], [51, 60]]
+    assert (bundled / "weights.safetensors").read_bytes() == b"cooled"
