@@ -21,8 +21,11 @@ judged like any campaign candidate, by the bundling rule::
     python benchmarks/campaign_candidate.py --model runs/campaign-cooldown/epoch-N/model \\
         --state runs/campaign-cooldown/epoch-N/state [--bundle]
 
-Nothing of the branch is committed but the figures it leads to (and the model, if it is bundled);
-the campaign's own state and learning curve are never written by it.
+Nothing of the branch is committed but the figures it leads to (and the model, if it is bundled):
+at its end the script writes ``benchmarks/results/hn-campaign/cooldowns.json`` and ``cooldowns.md``
+(each branch's validations beside the campaign's own at the same epochs; ``--summary-only N``
+rewrites them from an existing branch). The campaign's own state and learning curve are never
+written by it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/hn-ct-campaign.yaml"
 RUNS = ROOT / "runs/campaign-cooldown"
+RESULTS = ROOT / "benchmarks/results/hn-campaign"
 
 
 def copy_state(src: Path, dst: Path, tries: int = 10) -> dict:
@@ -73,16 +77,82 @@ def branch_config(base: dict, folder: Path, start_cpu_hours: float, cooldown_cpu
     return cfg
 
 
+def _validations(doc: dict, since_epoch: int = 0) -> list[dict]:
+    """The validated epochs after ``since_epoch`` of a state.json: epoch, CPU-hours, learning rate,
+    mean and per-structure Dice on the model grid."""
+    names = doc["config"]["data"].get("structures")  # None: the config let the data name them (numbered here)
+    return [{"epoch": h["epoch"], "cpu_hours": round(h["cpu_seconds"] / 3600, 3), "lr": h.get("lr"),
+             "mean_dice": round(h["val_mean_dice"], 4),
+             "dice": {n: round(v, 4) for n, v in zip(names or map(str, range(len(h["val_dice"]))), h["val_dice"])}}
+            for h in doc["state"]["history"] if h["epoch"] > since_epoch and h.get("val_mean_dice") is not None]
+
+
+def summarize(folder: Path, campaign_state: Path) -> dict:
+    """One branch's record: where it started, its decay, its machine, its validations, and the
+    campaign's own validations from the branch's start to its end (and the campaign's best before)."""
+    doc = json.loads((folder / "state/state.json").read_text())
+    camp = json.loads((campaign_state / "state.json").read_text())
+    spec = doc["config"]["training"]["campaign"]
+    seg = doc["state"]["segments"][-1]
+    start_epoch = seg["start_epoch"]
+    own = _validations(doc, start_epoch)
+    end_epoch = own[-1]["epoch"] if own else start_epoch
+    before = [v for v in _validations(camp) if v["epoch"] <= start_epoch]
+    return {
+        "run": doc["config"]["name"], "from_epoch": start_epoch, "from_cpu_hours": round(spec["constant_until_cpu_hours"], 3),
+        "decay_cpu_hours": round(spec["cpu_hours"] - spec["constant_until_cpu_hours"], 3), "decay": spec.get("decay", "linear"),
+        "peak_lr": doc["config"]["training"]["lr"], "hardware": seg["hardware"].removeprefix("CPU: "), "precision": seg.get("precision"),
+        "started_utc": seg.get("started_utc"), "ended_utc": seg.get("ended_utc"), "commit": seg.get("commit"),
+        "validations": own,
+        "campaign_best_before": max(before, key=lambda v: v["mean_dice"]) if before else None,
+        "campaign_same_span": [v for v in _validations(camp, start_epoch) if v["epoch"] <= end_epoch + 10],
+    }
+
+
+def write_summary(record: dict, results: Path | None = None) -> None:
+    """Add (or replace) one branch's record in ``cooldowns.json`` and rewrite ``cooldowns.md``
+    (in ``results``, default the campaign's results folder)."""
+    results = results or RESULTS
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / "cooldowns.json"
+    records = [r for r in (json.loads(path.read_text()) if path.is_file() else []) if r["run"] != record["run"]] + [record]
+    records.sort(key=lambda r: r["from_epoch"])
+    path.write_text(json.dumps(records, indent=1) + "\n")
+    lines = ["# Cooldown branches of the hn-ct campaign", "",
+             "Each branch: a copy of the campaign's state at one epoch of its constant phase, its learning rate decayed",
+             "linearly from the peak to zero over a few CPU-hours (`python benchmarks/campaign_cooldown.py --cpu-hours D`),",
+             "validated on the model grid (33 OpenKBP validation cases, mean Dice of the 10 structures) like the campaign;",
+             "beside it the campaign's own validations over the same span (constant learning rate) and its best before the branch.", ""]
+    for r in records:
+        b = r["campaign_best_before"]
+        lines += [f"## {r['run']}: from epoch {r['from_epoch']} ({r['from_cpu_hours']:.2f} CPU-hours), "
+                  f"{r['decay']} decay over {r['decay_cpu_hours']} CPU-hours", "",
+                  f"Machine: {r['hardware']}, {r['precision']}; {r['started_utc']} to {r['ended_utc']}; commit {r['commit']}.",
+                  "" if b is None else f"The campaign's best before it: epoch {b['epoch']}, {b['mean_dice']:.4f}.", "",
+                  "| run | epoch | CPU-hours | learning rate | mean Dice | " + " | ".join(r["validations"][0]["dice"]) + " |" if r["validations"] else "",
+                  "|---|---|---|---|---|" + "---|" * (len(r["validations"][0]["dice"]) if r["validations"] else 0)]
+        for who, vs in (("branch", r["validations"]), ("campaign", r["campaign_same_span"])):
+            for v in vs:
+                lines.append(f"| {who} | {v['epoch']} | {v['cpu_hours']:.2f} | {v['lr']:.2g} | **{v['mean_dice']:.4f}** | "
+                             + " | ".join(f"{x:.3f}" for x in v["dice"].values()) + " |")
+        lines.append("")
+    (results / "cooldowns.md").write_text("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cpu-hours", type=float, required=True, help="length of the decay D, in CPU-hours")
+    ap.add_argument("--cpu-hours", type=float, help="length of the decay D, in CPU-hours")
+    ap.add_argument("--summary-only", type=int, metavar="EPOCH", help="only rewrite the results of the branch from EPOCH")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", type=Path, default=CONFIG)
     a = ap.parse_args()
-    if a.cpu_hours <= 0:
-        sys.exit("--cpu-hours must be > 0")
     base = yaml.safe_load(a.config.read_text())
     src = ROOT / base["training"]["campaign"]["state"]
+    if a.summary_only is not None:
+        write_summary(summarize(RUNS / f"epoch-{a.summary_only}", src))
+        return
+    if a.cpu_hours is None or a.cpu_hours <= 0:
+        sys.exit("--cpu-hours must be given, > 0")
     staging = RUNS / "incoming"
     doc = copy_state(src, staging / "state")
     epoch, start = doc["state"]["epoch"], doc["state"].get("cpu_seconds", 0.0) / 3600
@@ -101,6 +171,7 @@ def main() -> None:
                              str(folder / "config.yaml"), "--threads", str(a.threads)], env=env, cwd=ROOT, stdout=log, stderr=log).returncode
     if rc:
         sys.exit(f"delineo train ended with {rc}: {folder / 'train.log'}")
+    write_summary(summarize(folder, src))
     print(f"done: {folder / 'model'}; judge it with\n  python benchmarks/campaign_candidate.py --model {folder / 'model'} --state {folder / 'state'}")
 
 

@@ -308,6 +308,7 @@ def test_a_cooldown_branch_anneals_a_copy_to_zero_and_leaves_the_campaign_alone(
     spec.loader.exec_module(mod)
     monkeypatch.setattr(mod, "ROOT", tmp_path)
     monkeypatch.setattr(mod, "RUNS", tmp_path / "runs" / "campaign-cooldown")
+    monkeypatch.setattr(mod, "RESULTS", tmp_path / "results")
     hours = 4e-4  # 1.4 CPU-seconds: a few of these tiny epochs
     monkeypatch.setattr(sys, "argv", ["x", "--config", str(tmp_path / "camp.yaml"), "--cpu-hours", str(hours)])
     mod.main()
@@ -325,6 +326,11 @@ def test_a_cooldown_branch_anneals_a_copy_to_zero_and_leaves_the_campaign_alone(
     assert len(out["segments"]) == 2
     assert json.loads((branch / "model" / "model.json").read_text())["training"]["best_epoch"] > 2
     assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in state.iterdir()} == before
+    summary = json.loads((tmp_path / "results" / "cooldowns.json").read_text())
+    assert [r["run"] for r in summary] == ["hn-ct-cooldown-2"] and summary[0]["from_epoch"] == 2
+    assert [v["epoch"] for v in summary[0]["validations"]] == [h["epoch"] for h in new if h.get("val_mean_dice") is not None]
+    assert summary[0]["campaign_best_before"]["epoch"] == 2 and summary[0]["campaign_same_span"] == []
+    assert "| branch | " in (tmp_path / "results" / "cooldowns.md").read_text()
     with pytest.raises(SystemExit, match="exists"):  # one branch per epoch: a second start is refused
         mod.main()
 
