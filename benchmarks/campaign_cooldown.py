@@ -122,11 +122,12 @@ def write_summary(record: dict, results: Path | None = None) -> None:
              "Each branch: a copy of the campaign's state at one epoch of its constant phase, its learning rate decayed",
              "linearly from the peak to zero over a few CPU-hours (`python benchmarks/campaign_cooldown.py --cpu-hours D`),",
              "validated on the model grid (33 OpenKBP validation cases, mean Dice of the 10 structures) like the campaign;",
-             "beside it the campaign's own validations over the same span (constant learning rate) and its best before the branch.", ""]
+             "beside it the campaign's own validations over the same span (constant learning rate) and its best before the branch.", "",
+             "<!-- --8<-- [start:branches] -->"]
     for r in records:
         b = r["campaign_best_before"]
-        lines += [f"## {r['run']}: from epoch {r['from_epoch']} ({r['from_cpu_hours']:.2f} CPU-hours), "
-                  f"{r['decay']} decay over {r['decay_cpu_hours']} CPU-hours", "",
+        lines += [f"**{r['run']}**: from epoch {r['from_epoch']} ({r['from_cpu_hours']:.2f} CPU-hours), "
+                  f"{r['decay']} decay over {r['decay_cpu_hours']} CPU-hours.", "",
                   f"Machine: {r['hardware']}, {r['precision']}; {r['started_utc']} to {r['ended_utc']}; commit {r['commit']}.",
                   "" if b is None else f"The campaign's best before it: epoch {b['epoch']}, {b['mean_dice']:.4f}.", "",
                   "| run | epoch | CPU-hours | learning rate | mean Dice | " + " | ".join(r["validations"][0]["dice"]) + " |" if r["validations"] else "",
@@ -136,7 +137,8 @@ def write_summary(record: dict, results: Path | None = None) -> None:
                 lines.append(f"| {who} | {v['epoch']} | {v['cpu_hours']:.2f} | {v['lr']:.2g} | **{v['mean_dice']:.4f}** | "
                              + " | ".join(f"{x:.3f}" for x in v["dice"].values()) + " |")
         lines.append("")
-    (results / "cooldowns.md").write_text("\n".join(lines))
+    lines.append("<!-- --8<-- [end:branches] -->")
+    (results / "cooldowns.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
