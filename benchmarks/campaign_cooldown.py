@@ -73,7 +73,7 @@ def branch_config(base: dict, folder: Path, start_cpu_hours: float, cooldown_cpu
     cfg["name"] = f"hn-ct-cooldown-{epoch}"
     cfg["output"], cfg["work_dir"] = f"{rel}/model", f"{rel}/work"
     cfg["description"] = (f"{base.get('description', '').strip()} Cooldown branch: from the campaign's epoch {epoch} "
-                          f"({start_cpu_hours:.2f} CPU-hours), learning rate decayed linearly to zero over {cooldown_cpu_hours} CPU-hours.")
+                          f"({start_cpu_hours:.2f} CPU-hours), learning rate decayed ({camp.get('decay', 'linear')}) to zero over {cooldown_cpu_hours} CPU-hours.")
     return cfg
 
 
@@ -93,15 +93,20 @@ def summarize(folder: Path, campaign_state: Path) -> dict:
     doc = json.loads((folder / "state/state.json").read_text())
     camp = json.loads((campaign_state / "state.json").read_text())
     spec = doc["config"]["training"]["campaign"]
-    seg = doc["state"]["segments"][-1]
-    start_epoch = seg["start_epoch"]
+    # the branch began after the last epoch within the copy's CPU-hours (history: rounded to ms); its segments (more than
+    # one if it was stopped and resumed) are those from there on
+    start_epoch = max((h["epoch"] for h in doc["state"]["history"] if h["cpu_seconds"] <= spec["constant_until_cpu_hours"] * 3600 + 0.002),
+                      default=0)
+    segs = [g for g in doc["state"]["segments"] if g["start_epoch"] >= start_epoch]
+    seg = {**segs[0], "ended_utc": segs[-1].get("ended_utc"), "hardware": "; ".join(dict.fromkeys(g["hardware"] for g in segs)),
+           "precision": "/".join(dict.fromkeys(str(g.get("precision")) for g in segs))}
     own = _validations(doc, start_epoch)
     end_epoch = own[-1]["epoch"] if own else start_epoch
     before = [v for v in _validations(camp) if v["epoch"] <= start_epoch]
     return {
         "run": doc["config"]["name"], "from_epoch": start_epoch, "from_cpu_hours": round(spec["constant_until_cpu_hours"], 3),
         "decay_cpu_hours": round(spec["cpu_hours"] - spec["constant_until_cpu_hours"], 3), "decay": spec.get("decay", "linear"),
-        "peak_lr": doc["config"]["training"]["lr"], "hardware": seg["hardware"].removeprefix("CPU: "), "precision": seg.get("precision"),
+        "peak_lr": doc["config"]["training"]["lr"], "hardware": seg["hardware"].replace("CPU: ", ""), "precision": seg.get("precision"),
         "started_utc": seg.get("started_utc"), "ended_utc": seg.get("ended_utc"), "commit": seg.get("commit"),
         "validations": own,
         "campaign_best_before": max(before, key=lambda v: v["mean_dice"]) if before else None,
