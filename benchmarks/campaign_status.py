@@ -54,6 +54,14 @@ def main() -> None:
             lines.append(f"The bundled `hn-ct` on the same cases: {grid:.3f} on the model grid (the figure to compare the curve with), "
                          f"{ev:.3f} by `delineo evaluate` (input grid, post-processed); a campaign model replaces it when "
                          f"`delineo evaluate` puts it at least 0.01 higher ({ev + 0.01:.3f}).")
+    cooldowns = STATE.parent.parent / "cooldowns.json"
+    if cooldowns.is_file():  # branches annealed from the constant phase (benchmarks/campaign_cooldown.py)
+        for r in json.loads(cooldowns.read_text()):
+            if r["validations"]:
+                best = max(r["validations"], key=lambda v: v["mean_dice"])
+                lines.append(f"Cooldown branch from epoch {r['from_epoch']} ({r['from_cpu_hours']:.2f} CPU-hours, decay over "
+                             f"{r['decay_cpu_hours']} CPU-hours): best {best['mean_dice']:.3f} on the model grid (epoch {best['epoch']}); "
+                             "`cooldowns.md`.")
     lines += ["", f"`python {Path(__file__).relative_to(ROOT)}`"]
     from delineo.training.campaign import campaign_spec, write_curve
 
