@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.errors import InvalidDicomError
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
@@ -46,7 +47,16 @@ def scu_assoc(port: int, aet: str = "TESTSCU"):
 
 
 def modalities(out: Path) -> list[str]:
-    return sorted(str(pydicom.dcmread(f, stop_before_pixels=True).Modality) for f in out.iterdir() if f.is_file())
+    """The modalities of the files the peer has received whole: a file it is still writing is left
+    for the next poll (a file that never parses keeps its modality from ever showing up)."""
+    found = []
+    for f in out.iterdir():
+        if f.is_file():
+            try:
+                found.append(str(pydicom.dcmread(f, stop_before_pixels=True).Modality))
+            except (InvalidDicomError, EOFError, OSError, AttributeError):
+                continue
+    return sorted(found)
 
 
 def node_status(storage: Path) -> dict:
