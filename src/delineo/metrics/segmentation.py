@@ -15,7 +15,7 @@ one of them empty  0.0    inf     inf    0.0
 Surface distances are computed inside the box around both masks plus a margin of
 ``SURFACE_MARGIN`` voxels (MONAI's ``generate_spatial_bounding_box``): every edge voxel and its
 neighbours stay inside, so the values equal the whole grid's, at a cost that follows the
-structures' size instead of the grid's (several times faster for an organ on a 128³ grid).
+structures' size instead of the grid's.
 """
 
 from __future__ import annotations
