@@ -78,13 +78,13 @@ def branch_config(base: dict, folder: Path, start_cpu_hours: float, cooldown_cpu
 
 
 def _validations(doc: dict, since_epoch: int = 0) -> list[dict]:
-    """The validated epochs after ``since_epoch`` of a state.json: epoch, CPU-hours, learning rate,
-    mean and per-structure Dice on the model grid."""
-    names = doc["config"]["data"].get("structures")  # None: the config let the data name them (numbered here)
-    return [{"epoch": h["epoch"], "cpu_hours": round(h["cpu_seconds"] / 3600, 3), "lr": h.get("lr"),
-             "mean_dice": round(h["val_mean_dice"], 4),
-             "dice": {n: round(v, 4) for n, v in zip(names or map(str, range(len(h["val_dice"]))), h["val_dice"])}}
-            for h in doc["state"]["history"] if h["epoch"] > since_epoch and h.get("val_mean_dice") is not None]
+    """The validated epochs after ``since_epoch`` of a state.json (the campaign's validation points,
+    rounded for the tables)."""
+    from delineo.training.campaign import validation_points
+
+    return [{**p, "cpu_hours": round(p["cpu_hours"], 3), "mean_dice": round(p["mean_dice"], 4),
+             "dice": {n: round(v, 4) for n, v in p["dice"].items()}}
+            for p in validation_points(doc["state"], doc["config"]["data"].get("structures"), since_epoch=since_epoch)]
 
 
 def summarize(folder: Path, campaign_state: Path) -> dict:

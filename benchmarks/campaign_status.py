@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from delineo.training.campaign import campaign_spec, constant_phase_gain, phase, validation_points, write_curve
+
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / "benchmarks/results/hn-campaign/state/state.json"
 
@@ -20,12 +22,13 @@ def main() -> None:
     state, t = doc["state"], doc["config"]["training"]
     spec = t["campaign"]
     hours = state.get("cpu_seconds", 0.0) / 3600
-    phase = "warm-up" if hours < spec["warmup_cpu_hours"] else "constant" if hours < spec["constant_until_cpu_hours"] else "decay"
+    spec = campaign_spec(spec)
+    points = validation_points(state, doc["config"]["data"]["structures"], spec)
     steps = state["epoch"] * t["steps_per_epoch"]
     lines = [
         "# The hn-ct campaign: where it stands", "",
         f"State saved {doc['saved_utc']}: epoch {state['epoch']} ({steps} steps of {t['batch_size']} x "
-        f"{'x'.join(map(str, t['patch_size']))}), **{hours:.2f} of {spec['cpu_hours']} CPU-hours**, {phase} phase "
+        f"{'x'.join(map(str, t['patch_size']))}), **{hours:.2f} of {spec['cpu_hours']} CPU-hours**, {phase(hours, spec)} phase "
         f"(warm-up to {spec['warmup_cpu_hours']}, constant to {spec['constant_until_cpu_hours']}, {spec['decay']} decay to "
         f"{spec['cpu_hours']}); size of the state folder: "
         f"{sum(f.stat().st_size for f in STATE.parent.iterdir()) / 1e6:.1f} MB.", "",
@@ -38,14 +41,22 @@ def main() -> None:
         per = f"{ch * 3600 / ep:.0f}" if ep else "-"
         lines.append(f"| {s['index']} | {s['started_utc']} | {s.get('ended_utc', '-')} | {s['hardware'].removeprefix('CPU: ')} | "
                      f"{s['threads']} | {s.get('precision') or 'not recorded'} | {ep} | {ch:.3f} | {per} | {s.get('commit') or '-'} |")
-    val = [h for h in state["history"] if h.get("val_mean_dice") is not None]
     lines.append("")
-    if val:
-        h = val[-1]
-        lines.append(f"Last validation (epoch {h['epoch']}, {h['cpu_seconds'] / 3600:.2f} CPU-hours): mean Dice {h['val_mean_dice']:.3f} "
+    if points:
+        p = points[-1]
+        lines.append(f"Last validation (epoch {p['epoch']}, {p['cpu_hours']:.2f} CPU-hours): mean Dice {p['mean_dice']:.3f} "
                      "on the model grid, 33 OpenKBP validation cases; the curve: `learning_curve.png`.")
     else:
         lines.append(f"No validation yet (every {t['val_every']} epochs).")
+    q = constant_phase_gain(points, spec)
+    if q is not None:  # "flat" is judged here only (issue 39)
+        trend = "-" if q["trend_gain"] is None else f"{q['trend_gain']:+.4f}"
+        best = "-" if q["best_gain"] is None else f"{q['best_gain']:+.4f}"
+        lines.append(f"Last quarter of the constant phase ({q['from_cpu_hours']:.2f}-{q['to_cpu_hours']:.2f} CPU-hours, "
+                     f"{q['validations']} validations{'' if q['complete'] else ', so far'}): gain of the fitted line {trend}, "
+                     f"best inside minus best before {best}: "
+                     + ("flat" if q["flat"] else "not flat") + ("" if q["complete"] else " so far")
+                     + f" (flat: both below {q['flat_below']}).")
     bundled = ROOT / "models/hn-ct/model.json"
     if bundled.is_file():  # the model a campaign model must beat, on the same grid and by the bundling rule
         v = json.loads(bundled.read_text()).get("validation", {})
@@ -63,9 +74,7 @@ def main() -> None:
                              f"{r['decay_cpu_hours']} CPU-hours): best {best['mean_dice']:.3f} on the model grid (epoch {best['epoch']}); "
                              "`cooldowns.md`.")
     lines += ["", f"`python {Path(__file__).relative_to(ROOT)}`"]
-    from delineo.training.campaign import campaign_spec, write_curve
-
-    write_curve(state, doc["config"]["data"]["structures"], {**campaign_spec(spec), "results": str(STATE.parent.parent)})
+    write_curve(state, doc["config"]["data"]["structures"], {**spec, "results": str(STATE.parent.parent)})
     out = STATE.parent.parent / "status.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -39,6 +39,46 @@ def test_schedule_warms_up_holds_then_decays_to_zero():
     assert [campaign.phase(h, spec) for h in (0.1, 5, 17)] == ["warmup", "constant", "decay"]
 
 
+def _history(dice_by_hour: dict[float, float | None]) -> dict:
+    """A campaign ``state`` whose history validates (two structures) at the given CPU-hours; None: an
+    epoch without validation."""
+    return {"history": [{"epoch": 10 * (i + 1), "cpu_seconds": h * 3600, "lr": 5e-4,
+                         **({} if d is None else {"val_dice": [d - 0.1, d + 0.1], "val_mean_dice": d})}
+                        for i, (h, d) in enumerate(dice_by_hour.items())]}
+
+
+def test_validation_points_name_the_structures_and_the_phase():
+    spec = campaign.campaign_spec(SPEC)
+    state = _history({0.1: 0.2, 5.0: None, 17.0: 0.6})
+    pts = campaign.validation_points(state, ["PTV70", "Brainstem"], spec)
+    assert [(p["epoch"], p["phase"], p["dice"]) for p in pts] == [
+        (10, "warmup", {"PTV70": pytest.approx(0.1), "Brainstem": pytest.approx(0.3)}),
+        (30, "decay", {"PTV70": pytest.approx(0.5), "Brainstem": pytest.approx(0.7)})]
+    numbered = campaign.validation_points(state, None, since_epoch=10)  # a config that let the data name them; no spec
+    assert [p["epoch"] for p in numbered] == [30] and list(numbered[0]["dice"]) == ["0", "1"] and "phase" not in numbered[0]
+
+
+@pytest.mark.parametrize("curve, trend, best, flat", [
+    # still rising across the last quarter (12.06-16 CPU-hours): +0.01 per CPU-hour
+    ({10.0: 0.55, 12.5: 0.60, 13.5: 0.61, 14.5: 0.62, 15.5: 0.63}, 0.0394, 0.08, False),
+    # a band around 0.62 before and inside it: flat
+    ({10.0: 0.622, 12.5: 0.617, 13.5: 0.621, 14.5: 0.619, 15.5: 0.620}, None, -0.001, True),
+    # the best inside far above the best before, though the line is level: not flat
+    ({10.0: 0.60, 12.5: 0.62, 13.5: 0.61, 14.5: 0.61, 15.5: 0.62}, None, 0.02, False),
+])
+def test_the_last_quarter_of_the_constant_phase_is_judged_flat_only_below_0005(curve, trend, best, flat):
+    spec = campaign.campaign_spec(SPEC)
+    q = campaign.constant_phase_gain(campaign.validation_points(_history({**curve, 16.5: 0.7}), ["a", "b"], spec), spec)
+    assert (q["from_cpu_hours"], q["to_cpu_hours"], q["validations"]) == (12.062, 16.0, 4)  # 16.5: decay, outside
+    if trend is not None:
+        assert q["trend_gain"] == pytest.approx(trend, abs=2e-3)
+    else:
+        assert abs(q["trend_gain"]) < 0.005
+    assert q["best_gain"] == pytest.approx(best, abs=1e-4)
+    assert q["flat"] is flat and q["complete"] is True
+    assert campaign.constant_phase_gain(campaign.validation_points(_history({10.0: 0.6}), ["a", "b"], spec), spec) is None
+
+
 @pytest.mark.parametrize("bad", [{"cpu_hours": 20}, {**SPEC, "constant_until_cpu_hours": 30}, {**SPEC, "decay": "step"}, {**SPEC, "x": 1}])
 def test_bad_campaign_settings_are_refused(bad):
     with pytest.raises(ConfigError):
@@ -163,6 +203,12 @@ def test_a_state_loads_back_exactly_and_a_damaged_one_is_named(tmp_path):
     with pytest.raises(InputError, match="campaign state cannot be read") as err:
         campaign.load_state(tmp_path / "a", net2, opt2, torch.Generator())
     assert str(tmp_path / "a") in str(err.value)
+    assert campaign.saved_cpu_seconds(tmp_path / "a") == doc["state"].get("cpu_seconds", 0.0)
+    for damaged in ("{\"state\": {\"epoch\": 1", "[1, 2]"):  # cut off mid-write; not a state
+        (tmp_path / "a" / campaign.STATE).write_text(damaged)
+        with pytest.raises(InputError, match="campaign state cannot be read") as err:
+            campaign.saved_cpu_seconds(tmp_path / "a")
+        assert str(tmp_path / "a" / campaign.STATE) in str(err.value)
 
 
 def test_campaign_commit_commits_the_staged_state_it_checked(tmp_path):

@@ -182,6 +182,16 @@ def has_state(folder: str | Path) -> bool:
     return all((folder / f).is_file() for f in (WEIGHTS, MOMENTS, STATE))
 
 
+def saved_cpu_seconds(folder: str | Path) -> float:
+    """The campaign CPU seconds a state folder was saved at (from its ``state.json``; 0 if it has
+    none); an unreadable ``state.json`` is an :class:`InputError` naming it."""
+    path = Path(folder) / STATE
+    try:
+        return float(json.loads(path.read_text())["state"].get("cpu_seconds", 0.0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(path, f"campaign state cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
 def load_state(
     folder: str | Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -294,6 +304,50 @@ def _now() -> str:
 
 
 # ---- the learning curve across segments ----------------------------------------------------------
+def validation_points(state: dict[str, Any], structures: list[str] | None, spec: dict[str, Any] | None = None,
+                      since_epoch: int = 0) -> list[dict[str, Any]]:
+    """The validated epochs after ``since_epoch`` in a run's ``history``, oldest first: ``epoch``,
+    ``cpu_hours`` (the campaign's, training only), ``lr``, ``mean_dice`` and ``dice`` per structure
+    (model grid); ``phase`` too when the campaign's ``spec`` is given. ``structures`` None (a config
+    that lets the data name them): the structures are numbered."""
+    points = []
+    for h in state["history"]:
+        if h["epoch"] <= since_epoch or h.get("val_dice") is None or h.get("cpu_seconds") is None:
+            continue
+        hours = h["cpu_seconds"] / 3600
+        names = structures or [str(i) for i in range(len(h["val_dice"]))]
+        points.append({"epoch": h["epoch"], "cpu_hours": round(hours, 4), "lr": h.get("lr"),
+                       **({"phase": phase(hours, spec)} if spec is not None else {}),
+                       "mean_dice": h.get("val_mean_dice"), "dice": dict(zip(names, h["val_dice"]))})
+    return points
+
+
+def constant_phase_gain(points: list[dict[str, Any]], spec: dict[str, Any], flat_below: float = 0.005) -> dict[str, Any] | None:
+    """What the last quarter of the constant phase says about more compute (issue 39: "flat" only
+    there, gain < ``flat_below``): the quarter from ``warmup + 3/4 (constant_until - warmup)`` to
+    ``constant_until`` CPU-hours, judged on the validations (``points`` from :func:`validation_points`).
+
+    Two readings of the mean Dice, both over the quarter: ``trend_gain``, the least-squares line's rise
+    across the quarter's width (all validations inside it, at least three), and ``best_gain``, the best
+    inside it minus the best before it. ``flat`` when both are below ``flat_below``; ``complete`` once
+    the campaign has passed the quarter's end. None before any validation inside the quarter."""
+    w, c = float(spec["warmup_cpu_hours"]), float(spec["constant_until_cpu_hours"])
+    start = w + 0.75 * (c - w)
+    inside = [p for p in points if start <= p["cpu_hours"] < c and p.get("mean_dice") is not None]
+    before = [p["mean_dice"] for p in points if p["cpu_hours"] < start and p.get("mean_dice") is not None]
+    if not inside:
+        return None
+    x = np.array([p["cpu_hours"] for p in inside])
+    y = np.array([p["mean_dice"] for p in inside])
+    trend = float(np.polyfit(x, y, 1)[0] * (c - start)) if len(inside) >= 3 else None
+    best = float(y.max() - max(before)) if before else None
+    known = [g for g in (trend, best) if g is not None]
+    return {"from_cpu_hours": round(start, 3), "to_cpu_hours": round(c, 3), "validations": len(inside),
+            "trend_gain": None if trend is None else round(trend, 4), "best_gain": None if best is None else round(best, 4),
+            "flat_below": flat_below, "flat": bool(known) and all(g < flat_below for g in known),
+            "complete": any(p["cpu_hours"] >= c for p in points)}
+
+
 def write_curve(state: dict[str, Any], structures: list[str], spec: dict[str, Any]) -> Path:
     """``learning_curve.json`` + ``.png`` in ``spec["results"]``: validation Dice per structure against
     the campaign's cumulative CPU hours, segment boundaries marked with their CPU model and threads,
@@ -305,17 +359,13 @@ def write_curve(state: dict[str, Any], structures: list[str], spec: dict[str, An
 
     folder = Path(spec["results"])
     folder.mkdir(parents=True, exist_ok=True)
-    points = [
-        {"epoch": h["epoch"], "cpu_hours": round(h["cpu_seconds"] / 3600, 4), "lr": h.get("lr"),
-         "phase": phase(h["cpu_seconds"] / 3600, spec), "mean_dice": h.get("val_mean_dice"),
-         "dice": dict(zip(structures, h["val_dice"]))}
-        for h in state["history"] if h.get("val_dice") is not None and h.get("cpu_seconds") is not None
-    ]
+    points = validation_points(state, structures, spec)
     curve = {
         "x": "campaign CPU hours (training process, user + system, all threads; validation excluded)",
         "schedule": {k: spec[k] for k in ("cpu_hours", "warmup_cpu_hours", "constant_until_cpu_hours", "decay")},
         "segments": state.get("segments", []),
         "points": points,
+        "constant_phase_last_quarter": constant_phase_gain(points, spec),
     }
     (folder / "learning_curve.json").write_text(json.dumps(json_safe(curve), indent=1) + "\n")
     fig, ax = plt.subplots(figsize=(9, 5))

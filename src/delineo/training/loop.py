@@ -738,8 +738,7 @@ def _resume(run: _Run, resume: bool) -> None:
             print(f"checkpoint {run.ckpt_path} is for a different config ({_list_changes(changes)}): not used, {instead}", file=sys.stderr)
     if camp and resume and campaign_state.has_state(camp["state"]):
         # the tracked state (committed, survives the machine) unless this machine's own checkpoint is further on
-        tracked = json.loads((Path(camp["state"]) / campaign_state.STATE).read_text())["state"]
-        if tracked.get("cpu_seconds", 0.0) >= run.state.get("cpu_seconds", 0.0):
+        if campaign_state.saved_cpu_seconds(camp["state"]) >= run.state.get("cpu_seconds", 0.0):
             run.state, saved_config = campaign_state.load_state(camp["state"], run.network, run.optimizer, run.generator)
             changes = _config_changes(saved_config, run.config_dict)
             if main:
