@@ -52,11 +52,13 @@ def main() -> None:
     if q is not None:  # "flat" is judged here only (issue 39)
         trend = "-" if q["trend_gain"] is None else f"{q['trend_gain']:+.4f}"
         best = "-" if q["best_gain"] is None else f"{q['best_gain']:+.4f}"
+        lines.append("<!-- --8<-- [start:last-quarter] -->")  # docs/benchmarks/hn-ct-cpu.md includes this line
         lines.append(f"Last quarter of the constant phase ({q['from_cpu_hours']:.2f}-{q['to_cpu_hours']:.2f} CPU-hours, "
                      f"{q['validations']} validations{'' if q['complete'] else ', so far'}): gain of the fitted line {trend}, "
                      f"best inside minus best before {best}: "
                      + ("flat" if q["flat"] else "not flat") + ("" if q["complete"] else " so far")
                      + f" (flat: both below {q['flat_below']}).")
+        lines.append("<!-- --8<-- [end:last-quarter] -->")
     bundled = ROOT / "models/hn-ct/model.json"
     if bundled.is_file():  # the model a campaign model must beat, on the same grid and by the bundling rule
         v = json.loads(bundled.read_text()).get("validation", {})
