@@ -204,3 +204,6 @@ def test_surface_metrics_on_the_union_box_equal_monai_on_the_whole_grid(where):
     assert hd95(a, b, spacing) == pytest.approx(whole["hd95"], abs=1e-6)
     assert average_surface_distance(a, b, spacing) == pytest.approx(whole["asd"], abs=1e-6)
     assert surface_dice(a, b, spacing, 2.5) == pytest.approx(whole["sd"], abs=1e-6)
+    m = structure_metrics(pred, ref, spacing, tolerance_mm=2.5)  # one cut for all its surface metrics
+    assert (m["hd95_mm"], m["asd_mm"], m["surface_dice"]) == pytest.approx((whole["hd95"], whole["asd"], whole["sd"]), abs=1e-6)
+    assert m["volume_pred_cc"] == pytest.approx(pred.sum() * 1.5 * 2.5 / 1000) and m["dice"] == pytest.approx(dice(pred, ref))

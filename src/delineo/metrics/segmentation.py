@@ -152,15 +152,17 @@ def structure_metrics(
     pred = np.asarray(pred).astype(bool)
     ref = np.asarray(ref).astype(bool)
     v_pred, v_ref = volume_cc(pred, spacing_mm), volume_cc(ref, spacing_mm)
-    out = {
-        "dice": dice(pred, ref),
+    out = {"dice": dice(pred, ref)}
+    if pred.any() and ref.any():  # the surface metrics' box, cut once (each metric's own cut is then the whole box)
+        pred, ref = (t[0, 0].bool().numpy() for t in _pair(pred, ref, crop=True))
+    out.update({
         "hd95_mm": hd95(pred, ref, spacing_mm),
         "asd_mm": average_surface_distance(pred, ref, spacing_mm),
         "surface_dice": surface_dice(pred, ref, spacing_mm, tolerance_mm),
         "volume_pred_cc": v_pred,
         "volume_ref_cc": v_ref,
         "volume_diff_cc": v_pred - v_ref,
-    }
+    })
     if voxel_tolerance:
         out["surface_dice_voxel"] = surface_dice(pred, ref, spacing_mm, float(max(spacing_mm)))
     return out
