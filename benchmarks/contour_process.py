@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -47,18 +48,23 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", type=Path, help="Write the report as JSON here.")
     ap.add_argument("--note", default="", help="What else ran on the machine, for the report.")
-    ap.add_argument("extra", nargs="*", help="Arguments for delineo contour (after --).")
-    args = ap.parse_args()
+    # what follows "--" goes to delineo contour (split here: argparse gives nothing after the input positional to a
+    # second one once an option came between them)
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = ap.parse_args(argv[:cut])
+    args.extra = argv[cut + 1:]
 
     import torch
 
     from delineo.machine import cpu_name
 
+    load_start = os.getloadavg()[0]
     run_once(args.input, args.model, args.extra)  # warm-up
     runs = [run_once(args.input, args.model, args.extra) for _ in range(args.repeat)]
     walls = [r["wall_s"] for r in runs]
     report = {
-        "command": "python benchmarks/contour_process.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/contour_process.py " + shlex.join(sys.argv[1:]),
         "input": str(args.input),
         "model": args.model,
         "contour_args": args.extra,
@@ -67,7 +73,8 @@ def main() -> None:
         "wall_s_max": max(walls),
         "runs": runs,
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
-                    "python": platform.python_version(), "note": args.note},
+                    "python": platform.python_version(), "note": args.note,
+                    "load_1min_start": round(load_start, 2)},
     }
     text = json.dumps(report, indent=2)
     print(text)

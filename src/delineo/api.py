@@ -169,6 +169,9 @@ def _summary(
         "input": source,
         "model": predictor.bundle.name,
         "device": str(predictor.device),
+        # how the network was run: the same weights give slightly other contours in bf16 or at another overlap
+        "inference": {"precision": "bf16" if predictor.amp else "fp32", "patch_size": predictor.patch_size,
+                      "overlap": predictor.overlap if predictor.patch_size else None},
         "spacing_mm": list(image.spacing_mm),
         "shape": list(image.shape),
         "structures": {
@@ -199,13 +202,17 @@ def contour(
     series_uid: str | None = None,
     bf16: bool | None = None,
     title: str | None = None,
+    overlap: float | None = None,
 ) -> dict[str, Any]:
     """Contour a NIfTI CT, a DICOM CT series (folder or zip; ``series_uid`` picks one of several)
     or a PNG X-ray with a bundled or given model; see :func:`contour_image`. DICOM input also gives
     ``rtstruct.dcm`` and ``seg.dcm``. A volume for a 3D model that is not a plausible CT is refused
     before contouring (:func:`delineo.inference.plausibility.check_ct`). ``bf16``: bfloat16
     autocast for the network (default: on CUDA, and on a CPU with native bf16 (AVX-512 BF16, AMX)
-    for a model whose model.json says ``"precision": "bf16"``: one checked to give the same validation Dice as in fp32)."""
+    for a model whose model.json says ``"precision": "bf16"``: one checked to give the same validation Dice as in fp32).
+    ``overlap``: the sliding window's overlap, 0 <= overlap < 1 (default the model's, 0.5 for ``hn-ct``;
+    0.25 runs fewer than half the windows, at a small cost in Dice: docs/benchmarks/hn-ct-cpu.md §7);
+    a model's quality estimate is only given at the overlap it was fitted with."""
     _report(progress, "read", 0.0)
     t0 = time.perf_counter()
     series = None
@@ -215,7 +222,7 @@ def contour(
     else:
         image = read_image(input_path)
     read_s = time.perf_counter() - t0
-    predictor = Predictor(model or default_model(image.array.ndim), device, amp=bf16)
+    predictor = Predictor(model or default_model(image.array.ndim), device, amp=bf16, overlap=overlap)
     image = with_model_pixel_spacing(image, input_path, predictor.bundle)
     check_ct(image, predictor.bundle, input_path)  # a 3D model's input must be a plausible CT (InputError if not)
     return contour_image(
@@ -238,6 +245,7 @@ def contour_dicomweb(
     overview: bool = True,
     progress: Progress | None = None,
     bf16: bool | None = None,
+    overlap: float | None = None,
 ) -> dict[str, Any]:
     """Contour a CT series from a DICOMweb server (a PACS) and store the results back: QIDO-RS finds
     the study's CT series (``series_uid`` picks one when it has several), WADO-RS fetches it into a
@@ -259,7 +267,7 @@ def contour_dicomweb(
         pacs.fetch_series(study_uid, series_uid, tmp)
         fetch_s = time.perf_counter() - t0
         summary = contour(tmp, out_dir, model=model, device=device, structures=structures, overview=overview,
-                          progress=progress, bf16=bf16, title=f"series {series_uid}")
+                          progress=progress, bf16=bf16, title=f"series {series_uid}", overlap=overlap)
     summary["input"] = f"{pacs.url} study {study_uid} series {series_uid}"
     summary["seconds"] = {"fetch": round(fetch_s, 4), **summary["seconds"]}
     stored: list[str] = []

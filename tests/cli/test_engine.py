@@ -84,6 +84,33 @@ def test_precision_switch_bf16_on_cpu(trained, tmp_path):
     assert (out / "segmentations" / "Ball.nii.gz").is_file()
 
 
+def test_overlap_is_recorded_and_a_bad_one_is_a_one_line_error(trained, tmp_path, capsys):
+    """--overlap changes how the sliding window runs: the summary and the report say which was used
+    (the model's 0.5 by default); an overlap of 1 or more, or one with saved contours, is refused."""
+    model, data = trained
+    meta = json.loads((model / "model.json").read_text())
+    meta["inference"] = {**meta.get("inference", {}), "patch_size": [8, 8, 8]}  # a sliding window on the 16^3 cases
+    (tmp_path / "m").mkdir()
+    for f in model.iterdir():
+        if f.is_file():
+            (tmp_path / "m" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    ct = str(data / "case0" / "ct.nii.gz")
+    for flag, want in (([], 0.5), (["--overlap", "0.25"], 0.25)):
+        out = tmp_path / f"c{len(flag)}"
+        assert main(["contour", ct, "-o", str(out), "--model", str(tmp_path / "m"), "--device", "cpu", *flag]) == 0
+        assert json.loads((out / "summary.json").read_text())["inference"] == {"precision": "fp32", "patch_size": [8, 8, 8], "overlap": want}
+    r = tmp_path / "r.json"
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(data), "--out", str(r), "--device", "cpu", "--overlap", "0"]) == 0
+    assert json.loads(r.read_text())["overlap"] == 0.0
+    capsys.readouterr()
+    assert main(["contour", ct, "-o", str(tmp_path / "bad"), "--model", str(tmp_path / "m"), "--overlap", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "overlap must be at least 0 and below 1, got 1" in err and len(err.splitlines()) == 1
+    assert main(["evaluate", "--predictions", str(tmp_path), "--data", str(data), "--out", str(r), "--overlap", "0.25"]) == 2
+    assert "--overlap runs a model" in capsys.readouterr().err
+
+
 def test_evaluate_val_split_uses_recorded_cases(trained, tmp_path):
     model, data = trained
     out = tmp_path / "v.json"

@@ -19,6 +19,11 @@ def _structures(value: Optional[str]) -> list[str] | None:
     return [s.strip() for s in value.split(",") if s.strip()] if value else None
 
 
+
+OVERLAP_HELP = ("Sliding-window overlap, at least 0 and below 1 (default: the model's, 0.5; 0.25 runs fewer than half the windows, "
+                "a little less accurate; no quality estimate unless the model's was fitted at it).")
+
+
 @app.command()
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="Training config (YAML)."),
@@ -62,6 +67,7 @@ def evaluate(
     bf16: Optional[bool] = typer.Option(
         None, "--bf16/--fp32", help="Network precision: bfloat16 autocast or float32 (default: bf16 on CUDA, and on a CPU with native bf16 for a model checked in bf16 (precision in its model.json), else fp32)."
     ),
+    overlap: Optional[float] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
 ) -> None:
     """Contour every case of a dataset and compare with its reference contours."""
     from delineo.api import evaluate as run_evaluate  # lazy: loads torch, MONAI; keeps `delineo --help` fast
@@ -79,7 +85,10 @@ def evaluate(
         selected = meta.get("training", {}).get("data", {}).get("val_cases")
         if not selected:
             raise InputError(resolve_model(model) / "model.json", "records no validation cases (trained with a separate val folder?)")
-    report = run_evaluate(model, data, out, device=device, cases=selected, tolerance_mm=tolerance_mm, bf16=bf16, predictions=predictions)
+    if predictions is not None and overlap is not None:
+        raise InputError(predictions, "--overlap runs a model (--model); saved contours were made already")
+    report = run_evaluate(model, data, out, device=device, cases=selected, tolerance_mm=tolerance_mm, bf16=bf16, predictions=predictions,
+                          overlap=overlap)
     typer.echo(f"{'structure':<14}{'dice':>8}{'surf. 1 vox':>12}{'hd95 mm':>10}{'n':>5}")
     for name, m in [*report["structures"].items(), *report.get("unions", {}).items()]:
         cells = ["-" if m.get(k) is None else f"{m[k]:{f}}" for k, f in (("dice", ".4f"), ("surface_dice_voxel", ".4f"), ("hd95_mm", ".2f"))]
@@ -162,6 +171,7 @@ def contour(
     bf16: Optional[bool] = typer.Option(
         None, "--bf16/--fp32", help="Network precision: bfloat16 autocast or float32 (default: bf16 on CUDA, and on a CPU with native bf16 for a model checked in bf16 (precision in its model.json), else fp32)."
     ),
+    overlap: Optional[float] = typer.Option(None, "--overlap", help=OVERLAP_HELP),
     dicomweb: Optional[str] = typer.Option(None, "--dicomweb", help="Contour a study from this DICOMweb server (e.g. https://pacs/dicom-web) "
                                            "and store the results back (STOW-RS); needs --study."),
     study: Optional[str] = typer.Option(None, "--study", "--study-uid", help="--dicomweb: the Study Instance UID."),
@@ -190,14 +200,15 @@ def contour(
         auth = DicomwebAuth(token=dicomweb_token, username=dicomweb_user, password=dicomweb_password,
                             client_cert=dicomweb_cert, client_key=dicomweb_key, ca_bundle=dicomweb_ca)
         summary = contour_dicomweb(dicomweb, study, out, series_uid=series_uid, auth=auth, store=not no_store, model=model,
-                                   device=device, structures=_structures(structures), overview=not no_overview, bf16=bf16)
+                                   device=device, structures=_structures(structures), overview=not no_overview, bf16=bf16,
+                                   overlap=overlap)
     else:
         if input is None:
             raise ConfigError("give the INPUT to contour (a NIfTI, a DICOM folder or zip, a PNG), or --dicomweb URL --study UID")
         if study:
             raise ConfigError("--study goes with --dicomweb URL")
         summary = run_contour(input, out, model=model, device=device, structures=_structures(structures), overview=not no_overview,
-                              series_uid=series_uid, bf16=bf16)
+                              series_uid=series_uid, bf16=bf16, overlap=overlap)
     _print_summary(summary, out)
     if "rtstruct" in summary:
         typer.echo(f"RT Structure Set: {summary['rtstruct']}" + (f"; DICOM SEG: {summary['seg']}" if "seg" in summary else ""))

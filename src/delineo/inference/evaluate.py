@@ -80,6 +80,7 @@ def evaluate(
     progress: bool = True,
     predictions: str | Path | None = None,
     unions: dict[str, list[str]] | None = None,
+    overlap: float | None = None,
 ) -> dict[str, Any]:
     """Contour every case of ``data`` with ``model`` and compare with its reference masks.
 
@@ -91,7 +92,8 @@ def evaluate(
     HD95/ASD are in mm; when prediction or reference is empty (but not both) the distance is
     undefined: it is written as null and counted in ``n_distance_undefined``.
     ``bf16``: run the network under bfloat16 autocast (default: the model's, see
-    :class:`delineo.inference.predictor.Predictor`).
+    :class:`delineo.inference.predictor.Predictor`). ``overlap``: the sliding window's (default the
+    model's).
     ``progress``: a bar on a terminal, one line per case in a log (:mod:`delineo.progress`).
     With a quality estimator in the model folder (:mod:`delineo.inference.quality`), each case's
     structure has ``quality`` and ``review`` beside ``dice``, and ``report["quality"]`` says how well
@@ -106,7 +108,7 @@ def evaluate(
     """
     if predictions is not None:
         predictor = SavedPredictions(predictions)
-    predictor = predictor or Predictor(str(model), device, amp=bf16)
+    predictor = predictor or Predictor(str(model), device, amp=bf16, overlap=overlap)
     spacing = pixel_spacing_mm if pixel_spacing_mm is not None else predictor.bundle.pixel_spacing_mm
     dataset = open_dataset(data, None, cases, pixel_spacing_mm=spacing)
     wanted = [s for s in predictor.structures if s in dataset.structures]
@@ -147,6 +149,7 @@ def evaluate(
         "cases": per_case,
         "seconds_per_case": seconds / max(1, len(dataset)),
         "precision": getattr(predictor, "precision", None) or ("bf16" if predictor.amp else "fp32"),
+        "overlap": predictor.overlap if getattr(predictor, "patch_size", None) else None,
         "tolerance_mm": tolerance_mm,
         "unions": scored_unions,
         "note": "surface_dice_voxel: tolerance = the case's largest voxel dimension; unions: predicted union against reference union",

@@ -270,6 +270,8 @@ class Predictor:
         cfg = self.bundle.inference
         self.patch_size = cfg.get("patch_size") if patch_size == "model" else patch_size
         self.overlap = float(cfg.get("overlap", 0.5) if overlap is None else overlap)
+        if not 0.0 <= self.overlap < 1.0:
+            raise InputError(None, f"sliding-window overlap must be at least 0 and below 1, got {self.overlap:g}")
         self.mirror = bool(cfg.get("mirror", False) if mirror is None else mirror)
         self.threshold = float(cfg.get("threshold", 0.5) if threshold is None else threshold)
         #: 3D: ``{"threshold", "margin_mm"}`` to contour the body box only, None for the whole image
