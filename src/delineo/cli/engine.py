@@ -19,7 +19,6 @@ def _structures(value: Optional[str]) -> list[str] | None:
     return [s.strip() for s in value.split(",") if s.strip()] if value else None
 
 
-
 OVERLAP_HELP = ("Sliding-window overlap, at least 0 and below 1 (default: the model's, 0.5; 0.25 runs fewer than half the windows, "
                 "a little less accurate; no quality estimate unless the model's was fitted at it).")
 
