@@ -170,8 +170,7 @@ def _summary(
         "model": predictor.bundle.name,
         "device": str(predictor.device),
         # how the network was run: the same weights give slightly other contours in bf16 or at another overlap
-        "inference": {"precision": "bf16" if predictor.amp else "fp32", "patch_size": predictor.patch_size,
-                      "overlap": predictor.overlap if predictor.patch_size else None},
+        "inference": predictor.run_settings,
         "spacing_mm": list(image.spacing_mm),
         "shape": list(image.shape),
         "structures": {

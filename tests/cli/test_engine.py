@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -90,10 +91,7 @@ def test_overlap_is_recorded_and_a_bad_one_is_a_one_line_error(trained, tmp_path
     model, data = trained
     meta = json.loads((model / "model.json").read_text())
     meta["inference"] = {**meta.get("inference", {}), "patch_size": [8, 8, 8]}  # a sliding window on the 16^3 cases
-    (tmp_path / "m").mkdir()
-    for f in model.iterdir():
-        if f.is_file():
-            (tmp_path / "m" / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(model, tmp_path / "m")
     (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
     ct = str(data / "case0" / "ct.nii.gz")
     for flag, want in (([], 0.5), (["--overlap", "0.25"], 0.25)):

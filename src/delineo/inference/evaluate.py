@@ -149,7 +149,7 @@ def evaluate(
         "cases": per_case,
         "seconds_per_case": seconds / max(1, len(dataset)),
         "precision": getattr(predictor, "precision", None) or ("bf16" if predictor.amp else "fp32"),
-        "overlap": predictor.overlap if getattr(predictor, "patch_size", None) else None,
+        "overlap": getattr(predictor, "run_settings", {}).get("overlap"),  # None: saved contours, or no sliding window
         "tolerance_mm": tolerance_mm,
         "unions": scored_unions,
         "note": "surface_dice_voxel: tolerance = the case's largest voxel dimension; unions: predicted union against reference union",

@@ -293,6 +293,13 @@ class Predictor:
                 "postprocess": self.bundle.postprocess}
 
     @property
+    def run_settings(self) -> dict[str, Any]:
+        """How the network runs, as summaries and reports record it: ``precision`` (bf16 | fp32),
+        ``patch_size`` (None: the whole box at once) and ``overlap`` (None without a sliding window)."""
+        return {"precision": "bf16" if self.amp else "fp32", "patch_size": self.patch_size,
+                "overlap": self.overlap if self.patch_size else None}
+
+    @property
     def structures(self) -> list[str]:
         return self.bundle.structures
 

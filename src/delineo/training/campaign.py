@@ -330,7 +330,8 @@ def constant_phase_gain(points: list[dict[str, Any]], spec: dict[str, Any], flat
     Two readings of the mean Dice, both over the quarter: ``trend_gain``, the least-squares line's rise
     across the quarter's width (all validations inside it, at least three), and ``best_gain``, the best
     inside it minus the best before it. ``flat`` when both are below ``flat_below``; ``complete`` once
-    the campaign has passed the quarter's end. None before any validation inside the quarter."""
+    a validation lies past the quarter's end (the decay has been validated). None before any
+    validation inside the quarter."""
     w, c = float(spec["warmup_cpu_hours"]), float(spec["constant_until_cpu_hours"])
     start = w + 0.75 * (c - w)
     inside = [p for p in points if start <= p["cpu_hours"] < c and p.get("mean_dice") is not None]
