@@ -72,11 +72,10 @@ def main() -> None:
             meta_path.write_text(json.dumps(meta, indent=2))
             report_path = args.out / f"{slug(name)}.json"
             report = evaluate(str(folder), args.data, report_path, device="cpu", bf16=precision == "bf16")
-        organs = [v["dice"] for s, v in report["structures"].items() if not s.startswith("PTV") and v["dice"] is not None]
         rows.append({"mode": name, "inference": inference, "mean_dice": round(report["mean_dice"], 4),
                      "structures": {s: round(v["dice"], 4) for s, v in report["structures"].items()},
                      "unions": {s: round(v["dice"], 4) for s, v in report.get("unions", {}).items() if v.get("dice") is not None},
-                     "organs_at_risk_mean": round(sum(organs) / len(organs), 4) if organs else None,
+                     "organs_at_risk_mean": None if report["organs_at_risk_mean"] is None else round(report["organs_at_risk_mean"], 4),
                      "seconds_per_case": round(report["seconds_per_case"], 2), "report": str(report_path)})
         print(json.dumps(rows[-1]), flush=True)
     from delineo.machine import hardware_description

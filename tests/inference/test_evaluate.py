@@ -192,3 +192,16 @@ def test_ptv_dose_levels_are_unioned_by_default(shared_case_dataset):
     p = Predictor(ModelBundle(None, meta, BallNet()), "cpu")
     report = evaluate("ballnet", shared_case_dataset.root, None, predictor=p, progress=False)
     assert report["unions"]["any PTV"]["members"] == ["Ball", "Box"]
+
+
+def test_organs_at_risk_mean_follows_the_roi_types(shared_case_dataset, predictor):
+    """The organs-at-risk mean is over the structures of ROI type ORGAN, read from the model card
+    (not guessed from names); a model with no target has none (its mean is mean_dice)."""
+    meta = {"name": "ballnet", "structures": ["Ball", "Box"], "roi_types": {"Ball": "ptv"},  # Box: ORGAN by default
+            "preprocess": {"intensity": {"kind": "window", "low": 150, "high": 300}}}
+    report = evaluate("ballnet", shared_case_dataset.root, None, progress=False,
+                      predictor=Predictor(ModelBundle(None, meta, BallNet()), "cpu"))
+    assert report["structures"]["Ball"]["dice"] == 1.0 and report["structures"]["Box"]["dice"] < 0.9
+    assert report["organs_at_risk_mean"] == pytest.approx(report["structures"]["Box"]["dice"])
+    assert "any PTV" not in report["unions"]  # one PTV: nothing to unite
+    assert evaluate("ballnet", shared_case_dataset.root, None, predictor=predictor, progress=False)["organs_at_risk_mean"] is None

@@ -92,7 +92,8 @@ def evaluate(
     for name, m in [*report["structures"].items(), *report.get("unions", {}).items()]:
         cells = ["-" if m.get(k) is None else f"{m[k]:{f}}" for k, f in (("dice", ".4f"), ("surface_dice_voxel", ".4f"), ("hd95_mm", ".2f"))]
         typer.echo(f"{name:<14}{cells[0]:>8}{cells[1]:>12}{cells[2]:>10}{m['n']:>5}")
-    typer.echo(f"mean Dice {report['mean_dice']:.4f}; {report['seconds_per_case']:.2f} s/case; report: {out}")
+    oar = "" if report.get("organs_at_risk_mean") is None else f" (organs at risk {report['organs_at_risk_mean']:.4f})"
+    typer.echo(f"mean Dice {report['mean_dice']:.4f}{oar}; {report['seconds_per_case']:.2f} s/case; report: {out}")
     if model_card:
         from delineo.machine import hardware_description, resolve_device  # lazy: imports torch, keeps `delineo --help` fast
 
@@ -105,6 +106,7 @@ def evaluate(
                 "cases": "validation split held out from training" if split == "val" else str(data),
                 "hardware": hardware_description(resolve_device(device)),
                 "mean_dice": report["mean_dice"],
+                "organs_at_risk_mean": report.get("organs_at_risk_mean"),
                 "structures": report["structures"],
                 "unions": report.get("unions", {}),
                 "seconds_per_case": round(report["seconds_per_case"], 3),

@@ -20,8 +20,7 @@ from delineo.contours.colors import structure_color
 from delineo.data.boxes import bounding_box
 from delineo.dicom.series import CTSeries
 from delineo.errors import InputError
-
-TARGET_TYPES = ("PTV", "CTV", "GTV")
+from delineo.models.registry import TARGET_TYPES
 
 
 def write_seg(

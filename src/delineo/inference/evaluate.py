@@ -17,6 +17,7 @@ from delineo.errors import InputError
 from delineo.inference.predictor import Predictor
 from delineo.inference.quality import agreement_report
 from delineo.metrics.segmentation import structure_metrics
+from delineo.models.registry import TARGET_TYPES, ModelBundle
 from delineo.progress import Steps
 
 
@@ -146,6 +147,7 @@ def evaluate(
         "device": str(predictor.device),
         "structures": structures,
         "mean_dice": float(np.mean(dices)) if dices else None,
+        "organs_at_risk_mean": _organs_at_risk_mean(predictor, structures),
         "cases": per_case,
         "seconds_per_case": seconds / max(1, len(dataset)),
         "precision": getattr(predictor, "precision", None) or ("bf16" if predictor.amp else "fp32"),
@@ -219,10 +221,26 @@ def _summary(vals: dict[str, list[float]], tolerance_mm: float) -> dict[str, Any
     }
 
 
+def _roi_types(predictor) -> dict[str, str]:
+    """The model's ROI type per structure; empty for saved predictions (no model card)."""
+    bundle = getattr(predictor, "bundle", None)
+    return bundle.roi_types if isinstance(bundle, ModelBundle) else {}
+
+
+def _organs_at_risk_mean(predictor, structures: dict[str, dict[str, Any]]) -> float | None:
+    """Mean Dice over the structures of ROI type ORGAN when the model also has targets (PTV, CTV,
+    GTV); ``None`` for a model of organs only (its mean is ``mean_dice``) or saved predictions."""
+    types = _roi_types(predictor)
+    if not any(t in TARGET_TYPES for t in types.values()):
+        return None
+    organs = [v["dice"] for n, v in structures.items() if types.get(n) == "ORGAN" and v["dice"] is not None]
+    return float(np.mean(organs)) if organs else None
+
+
 def default_unions(predictor, wanted: list[str]) -> dict[str, list[str]]:
     """``{"any PTV": [...]}`` when two or more of ``wanted`` are PTVs by the model's ROI types."""
-    meta = getattr(getattr(predictor, "bundle", None), "meta", None) or {}
-    ptvs = [n for n in wanted if str((meta.get("roi_types") or {}).get(n, "")).upper() == "PTV"]
+    types = _roi_types(predictor)
+    ptvs = [n for n in wanted if types.get(n) == "PTV"]
     return {"any PTV": ptvs} if len(ptvs) >= 2 else {}
 
 

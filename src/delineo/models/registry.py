@@ -25,6 +25,7 @@ from delineo.settings import models_dir
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
+TARGET_TYPES = ("PTV", "CTV", "GTV")  # RT ROI Interpreted Types that are targets; everything else is an organ
 
 
 @dataclass
@@ -42,6 +43,13 @@ class ModelBundle:
     @property
     def structures(self) -> list[str]:
         return list(self.meta["structures"])
+
+    @property
+    def roi_types(self) -> dict[str, str]:
+        """RT ROI Interpreted Type of each structure (``PTV``, ``CTV``, ``GTV``, ``ORGAN``), from the
+        card's ``roi_types``; ``ORGAN`` where it names none."""
+        types = self.meta.get("roi_types") or {}
+        return {n: str(types.get(n, "ORGAN")).upper() for n in self.structures}
 
     @property
     def spec(self) -> NetworkSpec:
