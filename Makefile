@@ -122,5 +122,8 @@ campaign-stop:
 		while kill -0 $$(cat $(CAMPAIGN_PID)) 2>/dev/null; do sleep 5; done; echo "campaign stopped, state saved"; \
 	else echo "the campaign is not running"; fi
 
+# status.md is written first, so that the commit's summary (segments, last validation, the last
+# quarter's judgement) is that of the state it commits
 campaign-commit: install
+	$(PY) benchmarks/campaign_status.py > /dev/null
 	$(PY) benchmarks/campaign_commit.py
