@@ -4,6 +4,10 @@ build, so a card never drifts from the model it describes (a retrained model's c
 Also: ``<!-- delineo:settings -->`` in a page becomes the web service's settings table, the docstring of
 ``src/delineo/service/config.py`` (read, not imported), so the documented settings are the code's.
 
+And: figures that a benchmark writes under ``benchmarks/results/`` (``RESULT_FIGURES``) are served
+from there at the path a page links to, so that the page shows the figure the last run wrote, without
+a second copy of it in the repository.
+
 And: pages that another part of the project owns and that may not exist yet (``OPTIONAL_PAGES``) are
 left out of the navigation, with a note in the build log, instead of failing a ``--strict`` build.
 """
@@ -24,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 OPTIONAL_PAGES = {"security.md", "viewer.md"}
 # figures a model folder may hold, shown on its card
+# docs path -> figure a benchmark writes (rewritten by its runs; shown where a page links the docs path)
+RESULT_FIGURES = {"benchmarks/figures/hn-campaign-learning-curve.png": ROOT / "benchmarks/results/hn-campaign/learning_curve.png"}
 FIGURES = {"training_curves.png": "Training curves", "learning_curve.png": "Learning curve (validation Dice per structure)"}
 
 
@@ -67,6 +73,9 @@ def on_files(files, config, **kwargs):
         for figure in FIGURES:
             if (MODELS / name / figure).is_file():
                 files.append(File.generated(config, f"models/{name}-{figure}", abs_src_path=str(MODELS / name / figure)))
+    for uri, source in RESULT_FIGURES.items():
+        if source.is_file():
+            files.append(File.generated(config, uri, abs_src_path=str(source)))
     return files
 
 
