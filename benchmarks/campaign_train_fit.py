@@ -23,9 +23,10 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
+
+from campaign_candidate import _delineo  # delineo as a subprocess: one thread, nice (benchmarks/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DELINEO_DATA", ROOT.parent / "shared/data")) / "openkbp"
@@ -39,11 +40,7 @@ def _case_number(name: str) -> int:
 def _evaluate(model: Path, data: Path, out: Path, cases: list[str] | None) -> dict:
     if not out.is_file():  # a report already written for this model and these cases is reused
         args = ["evaluate", "--model", str(model), "--data", str(data), "--out", str(out), "--device", "cpu", "--tolerance-mm", "4"]
-        if cases:
-            args += ["--cases", ",".join(cases)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-        print("$ delineo " + shlex.join(args), flush=True)
-        subprocess.run(["nice", "-n", "5", str(Path(sys.executable).parent / "delineo"), *args], check=True, env=env, cwd=ROOT)
+        _delineo(*args, *(["--cases", ",".join(cases)] if cases else []))
     return json.loads(out.read_text())
 
 
@@ -80,18 +77,16 @@ def main() -> None:
             continue
         rows.append({"structure": name, "train": round(t["dice"], 4), "train_n": t["n"], "validation": round(v["dice"], 4),
                      "validation_n": v["n"], "gap": round(t["dice"] - v["dice"], 4)})
-    summary = {k: (train.get(k), val.get(k)) for k in ("mean_dice", "organs_at_risk_mean")}
     result = {
         "command": "python benchmarks/campaign_train_fit.py " + shlex.join(sys.argv[1:]),
         "model": str(a.model), "epoch": epoch, "train_cases": train_cases,
         "machine": hardware_description(torch.device("cpu")), "structures": rows,
-        "mean_dice": {"train": summary["mean_dice"][0], "validation": summary["mean_dice"][1]},
-        "organs_at_risk_mean": {"train": summary["organs_at_risk_mean"][0], "validation": summary["organs_at_risk_mean"][1]},
+        **{k: {"train": train.get(k), "validation": val.get(k)} for k in ("mean_dice", "organs_at_risk_mean")},
     }
     (a.out / "train_fit.json").write_text(json.dumps(result, indent=1) + "\n")
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"Epoch {epoch} scored by `delineo evaluate` (input grid, post-processed) on {len(train_cases)} of its training cases "
-             f"(every {a.every}th by case number) and on the {val['structures'][next(iter(val['structures']))]['n']} validation cases:", "",
+             f"(every {a.every}th by case number) and on the {len(val['cases'])} validation cases:", "",
              "| structure | training cases | validation | training − validation |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['structure']} | {r['train']:.3f} ({r['train_n']}) | {r['validation']:.3f} ({r['validation_n']}) | {r['gap']:+.3f} |")

@@ -27,9 +27,9 @@ log = logging.getLogger("mkdocs.hooks.model_cards")
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 OPTIONAL_PAGES = {"security.md", "viewer.md"}
-# figures a model folder may hold, shown on its card
 # docs path -> figure a benchmark writes (rewritten by its runs; shown where a page links the docs path)
 RESULT_FIGURES = {"benchmarks/figures/hn-campaign-learning-curve.png": ROOT / "benchmarks/results/hn-campaign/learning_curve.png"}
+# figures a model folder may hold, shown on its card
 FIGURES = {"training_curves.png": "Training curves", "learning_curve.png": "Learning curve (validation Dice per structure)"}
 
 

@@ -143,7 +143,7 @@ def _submit_dicom_writers(
     ROI's description names its failed checks and quality estimate. Returns the futures by output."""
     pending: dict[str, Future] = {}
     _report(progress, "rtstruct", 0.8)
-    roi_types = predictor.bundle.meta.get("roi_types", {})
+    roi_types = predictor.bundle.roi_types
     descriptions = {n: "CHECK FAILED: " + "; ".join(m) for n, m in flags.items()}
     for n, q in quality.items():  # the planning system shows the estimate beside the contour
         if "quality" in q:
@@ -165,6 +165,7 @@ def _summary(
     """The summary's core: input, model, grid, and per structure its volume (cc, or cm² for 2D),
     ROI type, emptiness, mask file, failed checks and quality estimate; then the checks."""
     unit = "cc" if image.array.ndim == 3 else "cm2"
+    roi_types = predictor.bundle.roi_types
     return {
         "input": source,
         "model": predictor.bundle.name,
@@ -176,7 +177,7 @@ def _summary(
         "structures": {
             name: {
                 f"volume_{unit}": round(volume_cc(mask, image.spacing_mm), 3),
-                "roi_type": predictor.bundle.meta.get("roi_types", {}).get(name, "ORGAN"),
+                "roi_type": roi_types.get(name, "ORGAN"),
                 "empty": not bool(mask.any()),
                 "file": files[name],
                 "flags": flags.get(name, []),
