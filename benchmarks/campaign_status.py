@@ -4,10 +4,15 @@ the last validation Dice. Writes ``benchmarks/results/hn-campaign/status.md`` an
 curve (``learning_curve.json`` / ``.png``) from the state.
 
     python benchmarks/campaign_status.py
+    python benchmarks/campaign_status.py --table 250 300   # the validations of epochs 250-300 as a docs table
+
+``--table`` only prints (one row per validation: CPU-hours, learning rate, mean Dice on the model grid
+and per structure, as in docs/benchmarks/hn-ct-cpu.md section 9); it writes nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -17,13 +22,41 @@ ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / "benchmarks/results/hn-campaign/state/state.json"
 
 
+# the docs table's columns: (header, structure); PTV63 is left out there (section 6 says why)
+TABLE_COLUMNS = [("PTV70", "PTV70"), ("PTV56", "PTV56"), ("brainstem", "Brainstem"), ("cord", "SpinalCord"),
+                 ("parotid R / L", ("RightParotid", "LeftParotid")), ("oesophagus", "Esophagus"),
+                 ("larynx", "Larynx"), ("mandible", "Mandible")]
+
+
+def table(points: list[dict], first: int, last: int) -> str:
+    """Markdown table of the validations with ``first <= epoch <= last``."""
+    head = ["epoch", "CPU-hours", "learning rate", "model grid"] + [h for h, _ in TABLE_COLUMNS]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in points:
+        if not first <= p["epoch"] <= last:
+            continue
+        cells = [str(p["epoch"]), f"{p['cpu_hours']:.2f}", f"{p['lr']:.1e}", f"{p['mean_dice']:.3f}"]
+        for _, key in TABLE_COLUMNS:
+            keys = key if isinstance(key, tuple) else (key,)
+            cells.append(" / ".join(f"{p['dice'][k]:.2f}" for k in keys))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--table", nargs=2, type=int, metavar=("FROM", "TO"),
+                    help="print the validations of epochs FROM-TO as a markdown table and exit")
+    args = ap.parse_args()
     doc = json.loads(STATE.read_text())
     state, t = doc["state"], doc["config"]["training"]
     spec = t["campaign"]
     hours = state.get("cpu_seconds", 0.0) / 3600
     spec = campaign_spec(spec)
     points = validation_points(state, doc["config"]["data"]["structures"], spec)
+    if args.table:
+        print(table(points, *args.table))
+        return
     steps = state["epoch"] * t["steps_per_epoch"]
     lines = [
         "# The hn-ct campaign: where it stands", "",
