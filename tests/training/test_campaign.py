@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from delineo.errors import ConfigError, InputError
-from delineo.training import campaign
+from delineo.training import campaign, loop
 from delineo.training.config import TrainConfig
 from delineo.training.loop import train
 from conftest import write_case_dataset
@@ -148,14 +148,17 @@ def test_a_resumed_campaign_takes_the_same_next_steps_in_another_process(tmp_pat
     assert [p["epoch"] for p in curve["points"]] == [2, 4] and len(curve["segments"]) == 2
 
 
-def test_the_campaign_ends_at_its_budget_and_a_resume_then_does_nothing(tmp_path):
+def test_the_campaign_ends_at_its_budget_and_a_resume_then_does_nothing(tmp_path, monkeypatch, capsys):
     data = write_case_dataset(tmp_path / "cases")
     d = _config(tmp_path, data.root, hours=1e-9)  # 3.6 microseconds: spent by the first epoch on any machine
     train(TrainConfig.from_dict(d))
     doc = json.loads((tmp_path / "state" / "state.json").read_text())
     assert doc["state"]["epoch"] == 1
+    before = (tmp_path / "state" / "state.json").read_bytes()
+    monkeypatch.setattr(loop, "_prepare_cases", lambda *a: pytest.fail("a complete campaign prepared its cases"))
     train(TrainConfig.from_dict(d))
-    assert json.loads((tmp_path / "state" / "state.json").read_text())["state"]["epoch"] == 1
+    assert (tmp_path / "state" / "state.json").read_bytes() == before  # no new segment, nothing rewritten
+    assert "the campaign is complete" in capsys.readouterr().err
 
 
 def _saved_state(folder, seed: int):

@@ -43,7 +43,8 @@ def train(
     if threads:
         cfg.training.threads = threads
     out = run_train(cfg, resume=not no_resume, command=command, budget_cpu_hours=budget_cpu_hours)
-    typer.echo(f"model written to {out}")
+    if (out / "model.json").is_file():  # else the loop said why (a complete campaign, no validation yet here)
+        typer.echo(f"model written to {out}")
 
 
 @app.command()

@@ -520,6 +520,11 @@ def _train(
         if t.schedule != "campaign":
             raise ConfigError("training.campaign is set: training.schedule must be campaign")
         budget_cpu_hours = float(camp["cpu_hours"])
+        spent = campaign_state.saved_cpu_seconds(camp["state"]) if resume and campaign_state.has_state(camp["state"]) else 0.0
+        if spent >= budget_cpu_hours * 3600:  # said at once, before minutes of preparing the cases
+            print(f"{cfg.name}: the campaign is complete ({spent / 3600:.2f} of {budget_cpu_hours:g} CPU-hours spent, "
+                  f"state in {camp['state']}); nothing to train", file=sys.stderr, flush=True)
+            return Path(cfg.output)
     set_threads(t.threads)
     seed_everything(t.seed)
     amp = bool(t.amp and bf16_available(device))  # bf16 autocast: CUDA, or a CPU with native bf16
