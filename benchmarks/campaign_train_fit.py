@@ -26,7 +26,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from campaign_candidate import _delineo  # delineo as a subprocess: one thread, nice (benchmarks/ is on sys.path)
+from campaign_candidate import _evaluate  # delineo evaluate as a subprocess: one thread, nice (benchmarks/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DELINEO_DATA", ROOT.parent / "shared/data")) / "openkbp"
@@ -35,13 +35,6 @@ DATA = Path(os.environ.get("DELINEO_DATA", ROOT.parent / "shared/data")) / "open
 def _case_number(name: str) -> int:
     digits = re.findall(r"\d+", name)
     return int(digits[-1]) if digits else -1
-
-
-def _evaluate(model: Path, data: Path, out: Path, cases: list[str] | None) -> dict:
-    if not out.is_file():  # a report already written for this model and these cases is reused
-        args = ["evaluate", "--model", str(model), "--data", str(data), "--out", str(out), "--device", "cpu", "--tolerance-mm", "4"]
-        _delineo(*args, *(["--cases", ",".join(cases)] if cases else []))
-    return json.loads(out.read_text())
 
 
 def main() -> None:
